@@ -1,0 +1,222 @@
+"""Behaviour of the Transformer model: counts, masks, packing, cache, positions."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer_jax import (Transformer, TransformerConfig, count_params, init_cache,
+                             shift_right, sinusoidal_positions)
+
+S, T = 10, 9  # source / target lengths used by most tests (few shapes: few compiles)
+
+
+def _tokens(seed, shape, vocab=40):
+  return jax.random.randint(jax.random.key(seed), shape, 3, vocab)
+
+
+@pytest.fixture(scope='module')
+def forward(tiny_config):
+  model = Transformer(tiny_config)
+  return jax.jit(lambda p, src, tgt, **kw: model.apply({'params': p}, src, tgt, **kw))
+
+
+def _param_count(config):
+  model = Transformer(config)
+  ones = jnp.ones((1, 4), jnp.int32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), ones, ones))
+  return count_params(shapes['params'])
+
+
+def test_parameter_counts_match_paper_sizes():
+  # Shared 37k vocabulary: base 63.08M and big 214.25M (paper Table 3: ~65M / ~213M).
+  assert abs(_param_count(TransformerConfig.base(37000)) - 63.08e6) < 0.05e6
+  assert abs(_param_count(TransformerConfig.big(37000)) - 214.25e6) < 0.1e6
+
+
+def test_unshared_embeddings_add_a_table():
+  shared = _param_count(TransformerConfig.base(1000))
+  unshared = _param_count(TransformerConfig.base(1000, share_embeddings=False,
+                                                  logits_via_embedding=False))
+  # Separate target embedding (1000 x 512) + output projection (512 x 1000 + bias).
+  assert unshared - shared == 1000 * 512 + 512 * 1000 + 1000
+
+
+def test_sinusoidal_positions_follow_the_formula():
+  table = sinusoidal_positions(50, 16)
+  for pos in (0, 1, 7, 49):
+    for i in range(8):
+      angle = pos / 10000 ** (2 * i / 16)
+      np.testing.assert_allclose(table[pos, 2 * i], np.sin(angle), atol=1e-6)
+      np.testing.assert_allclose(table[pos, 2 * i + 1], np.cos(angle), atol=1e-6)
+
+
+def test_shift_right_restarts_each_segment():
+  targets = jnp.array([[5, 6, 7, 8, 9, 0]])
+  segments = jnp.array([[1, 1, 1, 2, 2, 0]])
+  np.testing.assert_array_equal(shift_right(targets), [[0, 5, 6, 7, 8, 9]])
+  np.testing.assert_array_equal(shift_right(targets, segments), [[0, 5, 6, 0, 8, 0]])
+
+
+def test_decoder_is_causal(forward, tiny_params):
+  src, tgt = _tokens(1, (2, S)), _tokens(2, (2, T))
+  base = forward(tiny_params, src, tgt)
+  for t in (0, 3, 6):
+    changed = tgt.at[:, t + 1].set((tgt[:, t + 1] + 5) % 37 + 3)
+    out = forward(tiny_params, src, changed)
+    # Output at position p reads inputs up to p (targets up to p-1 after the shift).
+    np.testing.assert_allclose(out[:, :t + 2], base[:, :t + 2], atol=1e-5)
+    assert not np.allclose(out[:, t + 2:], base[:, t + 2:], atol=1e-3)
+
+
+def test_padding_does_not_change_real_positions(forward, tiny_params):
+  src, tgt = _tokens(3, (2, S)), _tokens(4, (2, T))
+  src = src.at[1, 7:].set(0)  # row 1 has a shorter source
+  tgt = tgt.at[1, 6:].set(0)
+  base = forward(tiny_params, src, tgt)
+  padded = forward(tiny_params, jnp.pad(src, ((0, 0), (0, 5))), jnp.pad(tgt, ((0, 0), (0, 4))))
+  np.testing.assert_allclose(padded[0, :T], base[0], atol=1e-5)
+  np.testing.assert_allclose(padded[1, :6], base[1, :6], atol=1e-5)
+  # Changing what sits under the padding must not matter either.
+  noise = src.at[1, 7:].set(5)
+  assert not np.allclose(forward(tiny_params, noise, tgt)[1], base[1], atol=1e-3)
+
+
+def test_packed_sequences_match_separate_runs(forward, tiny_params):
+  a_src, a_tgt = _tokens(5, (1, 4)), _tokens(6, (1, 5))
+  b_src, b_tgt = _tokens(7, (1, 6)), _tokens(8, (1, 4))
+  pack = lambda a, b, n: jnp.concatenate([a, b, jnp.zeros((1, n - a.shape[1] - b.shape[1]),
+                                                           a.dtype)], axis=1)
+  seg = lambda a, b, n: pack(jnp.ones_like(a), 2 * jnp.ones_like(b), n)
+  pos = lambda a, b, n: pack(jnp.arange(a.shape[1])[None], jnp.arange(b.shape[1])[None], n)
+  packed = forward(tiny_params, pack(a_src, b_src, S), pack(a_tgt, b_tgt, T),
+                   inputs_positions=pos(a_src, b_src, S),
+                   targets_positions=pos(a_tgt, b_tgt, T),
+                   inputs_segmentation=seg(a_src, b_src, S),
+                   targets_segmentation=seg(a_tgt, b_tgt, T))
+  alone_a = forward(tiny_params, jnp.pad(a_src, ((0, 0), (0, S - 4))),
+                    jnp.pad(a_tgt, ((0, 0), (0, T - 5))))
+  alone_b = forward(tiny_params, jnp.pad(b_src, ((0, 0), (0, S - 6))),
+                    jnp.pad(b_tgt, ((0, 0), (0, T - 4))))
+  np.testing.assert_allclose(packed[0, :5], alone_a[0, :5], atol=1e-5)
+  np.testing.assert_allclose(packed[0, 5:9], alone_b[0, :4], atol=1e-5)
+
+
+@pytest.mark.parametrize('pre_norm', [False, True])
+def test_cached_decoding_equals_full_forward(tiny_config, pre_norm):
+  cfg = tiny_config.replace(pre_norm=pre_norm)
+  model = Transformer(cfg)
+  src, tgt = _tokens(9, (2, S)), _tokens(10, (2, T))
+  src = src.at[0, 6:].set(0)
+  params = model.init(jax.random.key(1), src, tgt)['params']
+  full = model.apply({'params': params}, src, tgt)
+  encoded = model.apply({'params': params}, src, method=Transformer.encode)
+
+  @jax.jit
+  def step(cache, token):
+    logits, state = model.apply({'params': params, 'cache': cache}, encoded, src, token,
+                                use_cache=True, method=Transformer.decode, mutable=['cache'])
+    return logits[:, 0], state['cache']
+
+  cache = init_cache(cfg, 2, T, S)
+  previous = jnp.zeros((2, 1), jnp.int32)
+  steps = []
+  for t in range(T):
+    logits, cache = step(cache, previous)
+    steps.append(logits)
+    previous = tgt[:, t:t + 1]
+  # float32 on CPU: same arithmetic up to summation order.
+  np.testing.assert_allclose(jnp.stack(steps, 1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_compute_stays_close_to_fp32(tiny_config, tiny_params):
+  src, tgt = _tokens(11, (2, S)), _tokens(12, (2, T))
+  fp32 = Transformer(tiny_config).apply({'params': tiny_params}, src, tgt)
+  bf16 = Transformer(tiny_config.replace(dtype=jnp.bfloat16)).apply(
+      {'params': tiny_params}, src, tgt)
+  assert bf16.dtype == jnp.float32  # logits come back in float32 for the loss
+  p32, p16 = jax.nn.softmax(fp32), jax.nn.softmax(bf16)
+  assert float(jnp.abs(p32 - p16).max()) < 0.02
+  assert float(jnp.mean(jnp.argmax(fp32, -1) == jnp.argmax(bf16, -1))) > 0.9
+
+
+def test_dropout_is_active_only_when_not_deterministic(tiny_config):
+  cfg = tiny_config.replace(dropout_rate=0.3, attention_dropout_rate=0.2)
+  model = Transformer(cfg)
+  src, tgt = _tokens(13, (2, S)), _tokens(14, (2, T))
+  params = model.init(jax.random.key(0), src, tgt)['params']
+  run = lambda seed: model.apply({'params': params}, src, tgt, deterministic=False,
+                                 rngs={'dropout': jax.random.key(seed)})
+  np.testing.assert_allclose(model.apply({'params': params}, src, tgt),
+                             model.apply({'params': params}, src, tgt))
+  assert not np.allclose(run(0), run(1))
+  np.testing.assert_allclose(run(2), run(2))
+
+
+def test_attention_weights_are_sown_for_visualisation(tiny_config, tiny_params):
+  src, tgt = _tokens(15, (1, S)), _tokens(16, (1, T))
+  src = src.at[0, 8:].set(0)
+  _, state = Transformer(tiny_config).apply({'params': tiny_params}, src, tgt,
+                                            mutable=['intermediates'])
+  inter = state['intermediates']
+  enc = inter['encoder']['layer_0']['self_attention']['attention_weights'][0]
+  dec = inter['decoder']['layer_1']['self_attention']['attention_weights'][0]
+  cross = inter['decoder']['layer_0']['cross_attention']['attention_weights'][0]
+  assert enc.shape == (1, 4, S, S) and dec.shape == (1, 4, T, T) and cross.shape == (1, 4, T, S)
+  np.testing.assert_allclose(enc.sum(-1), 1.0, atol=1e-5)
+  assert float(enc[..., 8:].max()) == 0.0  # padded source keys get no weight
+  assert float(jnp.triu(dec[0, 0], k=1).max()) == 0.0  # no weight on future targets
+
+
+def test_learned_positions_and_unshared_vocab_run(tiny_config):
+  cfg = tiny_config.replace(positional='learned', share_embeddings=False,
+                            logits_via_embedding=False, target_vocab_size=30)
+  model = Transformer(cfg)
+  src, tgt = _tokens(17, (2, S)), _tokens(18, (2, T), vocab=30)
+  params = model.init(jax.random.key(0), src, tgt)['params']
+  assert 'pos_embedding' in params['source_embed'] and 'target_embed' in params
+  assert model.apply({'params': params}, src, tgt).shape == (2, T, 30)
+
+
+def test_parameters_carry_logical_axis_names(tiny_config):
+  model = Transformer(tiny_config)
+  ones = jnp.ones((1, 4), jnp.int32)
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), ones, ones))['params']
+  names = {tuple(x.names) for x in jax.tree.leaves(
+      boxed, is_leaf=lambda x: hasattr(x, 'names'))}
+  assert {('vocab', 'embed'), ('embed', 'heads', 'kv'), ('heads', 'kv', 'embed'),
+          ('embed', 'mlp'), ('mlp', 'embed'), ('embed',)} <= names
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(d_model=30, num_heads=4), 'not divisible'),
+    (dict(positional='rotary'), 'positional'),
+    (dict(remat='some'), 'remat'),
+    (dict(target_vocab_size=7), 'share_embeddings'),
+])
+def test_bad_config_errors_clearly(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    TransformerConfig(vocab_size=40, **kwargs)
+
+
+@pytest.mark.parametrize('remat', ['full', 'dots'])
+def test_remat_gives_the_same_gradients(tiny_config, tiny_params, remat):
+  src, tgt = _tokens(19, (2, S)), _tokens(20, (2, T))
+
+  def loss(cfg, p):
+    return jnp.mean(Transformer(cfg).apply({'params': p}, src, tgt) ** 2)
+
+  g_ref = jax.grad(lambda p: loss(tiny_config, p))(tiny_params)
+  g_remat = jax.grad(lambda p: loss(tiny_config.replace(remat=remat), p))(tiny_params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), g_ref, g_remat)
+
+
+def test_importing_the_model_does_not_import_tensorflow():
+  code = ('import sys, transformer_jax; '
+          'assert "tensorflow" not in sys.modules, "tensorflow imported"; print("ok")')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 0, out.stderr

@@ -1,0 +1,22 @@
+"""transformer_jax: the Transformer of "Attention Is All You Need" in JAX/Flax.
+
+Importing this package loads only the model (JAX + Flax). The training system's
+modules (`input_pipeline`, `tokenizer`, `train_lib`, `checkpoint`, ...) are imported
+explicitly, e.g. ``from transformer_jax import input_pipeline``, so library users
+never pay for TensorFlow.
+"""
+
+from transformer_jax.attention import (MultiHeadAttention, causal_mask, combine_masks,
+                                       padding_mask, segment_mask)
+from transformer_jax.model import (Decoder, DecoderLayer, Embed, Encoder, EncoderLayer,
+                                   FeedForward, Transformer, TransformerConfig, count_params,
+                                   init_cache, shift_right, sinusoidal_positions)
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'Decoder', 'DecoderLayer', 'Embed', 'Encoder', 'EncoderLayer', 'FeedForward',
+    'MultiHeadAttention', 'Transformer', 'TransformerConfig', 'causal_mask', 'combine_masks',
+    'count_params', 'init_cache', 'padding_mask', 'segment_mask', 'shift_right',
+    'sinusoidal_positions',
+]

@@ -1,0 +1,186 @@
+"""Multi-head attention (Vaswani et al. 2017, §3.2) with masks and a decoding cache.
+
+Shapes use B = batch, Q = query length, K = key length, D = model width,
+N = heads, H = per-head width (d_k for queries/keys, d_v for values).
+
+The score computation goes through `jax.nn.dot_product_attention`, so on GPU
+XLA can dispatch to cuDNN's fused attention. When attention dropout is active,
+or when the caller asks for the weights (by making the ``intermediates``
+collection mutable), an explicit softmax path is used instead and the weights
+are sown as ``intermediates/attention_weights`` with shape [B, N, Q, K].
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+
+def padding_mask(key_tokens: Array, pad_id: int = 0) -> Array:
+  """[B, K] tokens -> [B, 1, 1, K] bool mask that is False at padded keys."""
+  return (key_tokens != pad_id)[:, None, None, :]
+
+
+def causal_mask(length: int) -> Array:
+  """-> [1, 1, L, L] bool mask letting query i attend to keys j <= i."""
+  idx = jnp.arange(length)
+  return (idx[None, :] <= idx[:, None])[None, None]
+
+
+def segment_mask(query_segments: Array, key_segments: Array) -> Array:
+  """[B, Q], [B, K] packed-sequence ids -> [B, 1, Q, K] bool same-segment mask."""
+  return (query_segments[:, :, None] == key_segments[:, None, :])[:, None]
+
+
+def combine_masks(*masks: Optional[Array]) -> Optional[Array]:
+  """Logical AND of broadcastable bool masks, skipping None (None if all are)."""
+  present = [m for m in masks if m is not None]
+  if not present:
+    return None
+  out = present[0]
+  for m in present[1:]:
+    out = jnp.logical_and(out, m)
+  return out
+
+
+def _explicit_attention(query: Array, key: Array, value: Array,
+                        mask: Optional[Array], dropout_rate: float,
+                        deterministic: bool, module: nn.Module) -> tuple[Array, Array]:
+  """Softmax(QK^T/sqrt(H)) V with optional dropout on the weights.
+
+  query [B, Q, N, Hk], key [B, K, N, Hk], value [B, K, N, Hv] ->
+  ([B, Q, N, Hv], weights [B, N, Q, K] in float32).
+  """
+  scale = query.shape[-1] ** -0.5
+  logits = jnp.einsum('bqnh,bknh->bnqk', query, key).astype(jnp.float32) * scale
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1)
+  if not deterministic and dropout_rate > 0.0:
+    keep = jax.random.bernoulli(module.make_rng('dropout'), 1.0 - dropout_rate,
+                                weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+  out = jnp.einsum('bnqk,bknh->bqnh', weights.astype(value.dtype), value)
+  return out, weights
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head scaled dot-product attention.
+
+  Attributes:
+    num_heads: N.
+    qk_dim: per-head query/key width d_k.
+    v_dim: per-head value width d_v.
+    out_dim: output width (d_model).
+    dropout_rate: dropout on the attention weights (0 in the paper).
+    dtype / param_dtype: compute and parameter dtypes.
+    implementation: passed to `jax.nn.dot_product_attention` (None, 'xla', 'cudnn').
+    kernel_init: initializer for the projection kernels.
+  """
+  num_heads: int
+  qk_dim: int
+  v_dim: int
+  out_dim: int
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  implementation: Optional[str] = None
+  kernel_init: Initializer = nn.initializers.xavier_uniform()
+
+  def _project(self, x: Array, head_dim: int, name: str) -> Array:
+    """[B, L, D] -> [B, L, N, head_dim]."""
+    return nn.DenseGeneral(
+        features=(self.num_heads, head_dim), axis=-1, use_bias=True,
+        dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.with_logical_partitioning(self.kernel_init, ('embed', 'heads', 'kv')),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('heads', 'kv')),
+        name=name)(x)
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array] = None,
+               *, deterministic: bool = True, cache_index: Optional[Array] = None,
+               cache_mode: Optional[str] = None) -> Array:
+    """Attend from `inputs_q` [B, Q, D] to `inputs_kv` [B, K, D] -> [B, Q, out_dim].
+
+    `mask` is a bool array broadcastable to [B, N, Q, K]; True means "may attend".
+
+    Cached decoding (`cache_mode`):
+      'self': autoregressive self-attention. The cache holds [B, max_len, N, H]
+        keys/values; each call writes Q = 1 step at `cache_index` and attends
+        to positions <= cache_index (the given mask is then ignored).
+      'cross': encoder-decoder attention. The encoder keys/values are projected
+        once, on the call with cache_index == 0, and reused afterwards.
+    At initialisation (no cache yet) the cache is created with the call's shapes.
+    """
+    query = self._project(inputs_q, self.qk_dim, 'query')
+    if cache_mode == 'cross':
+      key, value = self._cross_cache(inputs_kv, cache_index)
+    else:
+      key = self._project(inputs_kv, self.qk_dim, 'key')
+      value = self._project(inputs_kv, self.v_dim, 'value')
+      if cache_mode == 'self':
+        key, value, mask = self._self_cache(key, value, cache_index)
+
+    key = nn.with_logical_constraint(key, ('batch', 'length', 'heads', 'kv'))
+    value = nn.with_logical_constraint(value, ('batch', 'length', 'heads', 'kv'))
+    want_weights = self.is_mutable_collection('intermediates')
+    use_dropout = not deterministic and self.dropout_rate > 0.0
+    if want_weights or use_dropout:
+      out, weights = _explicit_attention(query, key, value, mask, self.dropout_rate,
+                                         deterministic, self)
+      self.sow('intermediates', 'attention_weights', weights)
+    else:
+      out = jax.nn.dot_product_attention(query, key, value, mask=mask,
+                                         implementation=self.implementation)
+    return nn.DenseGeneral(
+        features=self.out_dim, axis=(-2, -1), use_bias=True,
+        dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.with_logical_partitioning(self.kernel_init, ('heads', 'kv', 'embed')),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+        name='out')(out)
+
+  def _self_cache(self, key: Array, value: Array,
+                  cache_index: Optional[Array]) -> tuple[Array, Array, Optional[Array]]:
+    """Write one step of key/value [B, 1, N, H] into the cache; return full cache + mask."""
+    initializing = not self.has_variable('cache', 'cached_key')
+    cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
+    cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
+    if initializing:
+      return key, value, None
+    if key.shape[1] != 1:
+      raise ValueError(f'cached self-attention decodes one step at a time, got {key.shape[1]}')
+    start = (0, cache_index, 0, 0)
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
+    max_len = cached_key.value.shape[1]
+    mask = (jnp.arange(max_len) <= cache_index)[None, None, None, :]
+    return cached_key.value, cached_value.value, mask
+
+  def _cross_cache(self, inputs_kv: Array, cache_index: Optional[Array]) -> tuple[Array, Array]:
+    """Project encoder states [B, K, D] once and keep them in the cache."""
+    initializing = not self.has_variable('cache', 'cached_key')
+    if initializing:
+      key = self._project(inputs_kv, self.qk_dim, 'key')
+      value = self._project(inputs_kv, self.v_dim, 'value')
+      self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
+      self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
+      return key, value
+
+    def compute(mdl: 'MultiHeadAttention', x: Array) -> tuple[Array, Array]:
+      return mdl._project(x, mdl.qk_dim, 'key'), mdl._project(x, mdl.v_dim, 'value')
+
+    def reuse(mdl: 'MultiHeadAttention', x: Array) -> tuple[Array, Array]:
+      del x
+      return mdl.get_variable('cache', 'cached_key'), mdl.get_variable('cache', 'cached_value')
+
+    key, value = nn.cond(cache_index == 0, compute, reuse, self, inputs_kv)
+    self.put_variable('cache', 'cached_key', key)
+    self.put_variable('cache', 'cached_value', value)
+    return key, value

@@ -1,0 +1,398 @@
+"""The Transformer of "Attention Is All You Need" (Vaswani et al. 2017) in Flax linen.
+
+Shapes: B = batch, S = source length, T = target length, D = d_model, V = vocab.
+Token id 0 is padding and also the decoder's start symbol (targets are shifted
+right by one inside the decoder). Packed batches pass `*_positions` (position of
+each token inside its own sequence) and `*_segmentation` (1, 2, ... per packed
+sequence, 0 for padding); attention never crosses segments.
+
+Every parameter carries logical axis names (`vocab`, `embed`, `mlp`, `heads`,
+`kv`) so `transformer_jax.sharding` can map them onto a device mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from transformer_jax.attention import (MultiHeadAttention, causal_mask, combine_masks,
+                                       padding_mask, segment_mask)
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Hyper-parameters of the model (defaults: the paper's base model).
+
+  `d_k`/`d_v` default to d_model / num_heads (Table 3 row A/B vary them).
+  `dropout_rate` is the residual + embedding dropout P_drop; `attention_dropout_rate`
+  drops attention weights (0 in the paper). `pre_norm=False` is the paper's post-LN
+  block LayerNorm(x + Sublayer(x)); True gives x + Sublayer(LayerNorm(x)) with a
+  final LayerNorm. `remat` is 'none', 'full' or 'dots' (activation checkpointing per layer).
+  """
+  vocab_size: int
+  target_vocab_size: Optional[int] = None  # None: shared with vocab_size.
+  d_model: int = 512
+  d_ff: int = 2048
+  num_heads: int = 8
+  d_k: Optional[int] = None
+  d_v: Optional[int] = None
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.0
+  max_len: int = 512
+  positional: str = 'sinusoidal'  # or 'learned'
+  share_embeddings: bool = True
+  logits_via_embedding: bool = True
+  pre_norm: bool = False
+  layer_norm_epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  attention_impl: Optional[str] = None  # jax.nn.dot_product_attention implementation.
+  remat: str = 'none'
+
+  def __post_init__(self):
+    if self.positional not in ('sinusoidal', 'learned'):
+      raise ValueError(f"positional must be 'sinusoidal' or 'learned', got {self.positional!r}")
+    if self.remat not in ('none', 'full', 'dots'):
+      raise ValueError(f"remat must be 'none', 'full' or 'dots', got {self.remat!r}")
+    if self.d_k is None and self.d_model % self.num_heads:
+      raise ValueError(f'd_model={self.d_model} is not divisible by num_heads={self.num_heads}; '
+                       'set d_k and d_v explicitly')
+    if self.share_embeddings and self.target_vocab_size not in (None, self.vocab_size):
+      raise ValueError('share_embeddings needs target_vocab_size == vocab_size')
+
+  @property
+  def qk_dim(self) -> int:
+    return self.d_k or self.d_model // self.num_heads
+
+  @property
+  def v_dim(self) -> int:
+    return self.d_v or self.d_model // self.num_heads
+
+  @property
+  def output_vocab_size(self) -> int:
+    return self.target_vocab_size or self.vocab_size
+
+  def replace(self, **changes: Any) -> 'TransformerConfig':
+    return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def base(cls, vocab_size: int, **overrides: Any) -> 'TransformerConfig':
+    """The paper's base model: N=6, d_model 512, d_ff 2048, h 8, P_drop 0.1."""
+    return cls(vocab_size=vocab_size, **overrides)
+
+  @classmethod
+  def big(cls, vocab_size: int, **overrides: Any) -> 'TransformerConfig':
+    """The paper's big model: d_model 1024, d_ff 4096, h 16, P_drop 0.3 (EN-DE)."""
+    values = dict(d_model=1024, d_ff=4096, num_heads=16, dropout_rate=0.3)
+    values.update(overrides)
+    return cls(vocab_size=vocab_size, **values)
+
+
+def sinusoidal_positions(max_len: int, d_model: int) -> np.ndarray:
+  """[max_len, d_model] table: PE(p, 2i) = sin(p / 10000^(2i/d)), PE(p, 2i+1) = cos(...)."""
+  pos = np.arange(max_len, dtype=np.float64)[:, None]
+  two_i = np.arange(0, d_model, 2, dtype=np.float64)[None, :]
+  angles = pos / np.power(10000.0, two_i / d_model)
+  table = np.zeros((max_len, d_model), dtype=np.float32)
+  table[:, 0::2] = np.sin(angles)
+  table[:, 1::2] = np.cos(angles[:, : d_model // 2])
+  return table
+
+
+def shift_right(targets: Array, segmentation: Optional[Array] = None) -> Array:
+  """Decoder inputs: [B, T] targets shifted one step right, 0 as start symbol.
+
+  With packing, the first token of every segment also becomes 0.
+  """
+  shifted = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
+  if segmentation is not None:
+    prev_segment = jnp.pad(segmentation, ((0, 0), (1, 0)))[:, :-1]
+    shifted = jnp.where(segmentation == prev_segment, shifted, 0)
+  return shifted
+
+
+class Embed(nn.Module):
+  """Token embedding [V, D] scaled by sqrt(D), plus positions and dropout."""
+  config: TransformerConfig
+  num_embeddings: int
+
+  def setup(self):
+    cfg = self.config
+    self.embedding = self.param(
+        'embedding',
+        nn.with_logical_partitioning(nn.initializers.normal(stddev=cfg.d_model ** -0.5),
+                                     ('vocab', 'embed')),
+        (self.num_embeddings, cfg.d_model), cfg.param_dtype)
+    if cfg.positional == 'learned':
+      self.pos_embedding = self.param(
+          'pos_embedding',
+          nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), (None, 'embed')),
+          (cfg.max_len, cfg.d_model), cfg.param_dtype)
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
+  def __call__(self, tokens: Array, positions: Optional[Array], deterministic: bool) -> Array:
+    """[B, L] ids and [B, L] (or None: 0..L-1) positions -> [B, L, D]."""
+    cfg = self.config
+    table = jnp.asarray(self.embedding, cfg.dtype)
+    x = jnp.take(table, tokens, axis=0) * jnp.asarray(cfg.d_model ** 0.5, cfg.dtype)
+    if positions is None:
+      positions = jnp.arange(tokens.shape[1])[None, :]
+    if cfg.positional == 'learned':
+      pos_table = jnp.asarray(self.pos_embedding, cfg.dtype)
+    else:
+      pos_table = jnp.asarray(sinusoidal_positions(cfg.max_len, cfg.d_model), cfg.dtype)
+    x = x + jnp.take(pos_table, positions, axis=0)
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    return self.dropout(x, deterministic=deterministic)
+
+  def attend(self, x: Array) -> Array:
+    """Output logits through the (shared) embedding: [B, L, D] -> [B, L, V]."""
+    return jnp.einsum('bld,vd->blv', x, jnp.asarray(self.embedding, self.config.dtype))
+
+
+class FeedForward(nn.Module):
+  """FFN(x) = max(0, x W1 + b1) W2 + b2: [B, L, D] -> [B, L, D]."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.config
+    init = nn.initializers.xavier_uniform()
+    h = nn.Dense(cfg.d_ff, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                 kernel_init=nn.with_logical_partitioning(init, ('embed', 'mlp')),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)),
+                 name='wi')(x)
+    h = nn.with_logical_constraint(nn.relu(h), ('batch', 'length', 'mlp'))
+    return nn.Dense(cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                    kernel_init=nn.with_logical_partitioning(init, ('mlp', 'embed')),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+                    name='wo')(h)
+
+
+def _layer_norm(cfg: TransformerConfig, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.dtype,
+                      param_dtype=cfg.param_dtype, name=name,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))
+
+
+def _attention(cfg: TransformerConfig, name: str) -> MultiHeadAttention:
+  return MultiHeadAttention(num_heads=cfg.num_heads, qk_dim=cfg.qk_dim, v_dim=cfg.v_dim,
+                            out_dim=cfg.d_model, dropout_rate=cfg.attention_dropout_rate,
+                            dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                            implementation=cfg.attention_impl, name=name)
+
+
+class Residual(nn.Module):
+  """One sub-layer with dropout, the residual connection and layer norm.
+
+  post-LN (paper): LayerNorm(x + Dropout(f(x)));  pre-LN: x + Dropout(f(LayerNorm(x))).
+  """
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: Array, sublayer: Any, deterministic: bool) -> Array:
+    cfg = self.config
+    norm = _layer_norm(cfg, 'norm')
+    y = sublayer(norm(x) if cfg.pre_norm else x)
+    y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    out = x + y if cfg.pre_norm else norm(x + y)
+    return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))
+
+
+class EncoderLayer(nn.Module):
+  """Self-attention + FFN sub-layers: [B, S, D] -> [B, S, D]."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Optional[Array], deterministic: bool) -> Array:
+    cfg = self.config
+    attn = _attention(cfg, 'self_attention')
+    x = Residual(cfg, name='attention_block')(
+        x, lambda h: attn(h, h, mask, deterministic=deterministic), deterministic)
+    return Residual(cfg, name='ffn_block')(x, FeedForward(cfg, name='ffn'), deterministic)
+
+
+class DecoderLayer(nn.Module):
+  """Masked self-attention, encoder-decoder attention, FFN: [B, T, D] -> [B, T, D]."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, y: Array, encoded: Array, self_mask: Optional[Array],
+               cross_mask: Optional[Array], deterministic: bool,
+               cache_index: Optional[Array] = None) -> Array:
+    cfg = self.config
+    cached = cache_index is not None
+    self_attn = _attention(cfg, 'self_attention')
+    cross_attn = _attention(cfg, 'cross_attention')
+    y = Residual(cfg, name='self_attention_block')(
+        y, lambda h: self_attn(h, h, self_mask, deterministic=deterministic,
+                               cache_index=cache_index,
+                               cache_mode='self' if cached else None), deterministic)
+    y = Residual(cfg, name='cross_attention_block')(
+        y, lambda h: cross_attn(h, encoded, cross_mask, deterministic=deterministic,
+                                cache_index=cache_index,
+                                cache_mode='cross' if cached else None), deterministic)
+    return Residual(cfg, name='ffn_block')(y, FeedForward(cfg, name='ffn'), deterministic)
+
+
+def _maybe_remat(layer_cls: type, cfg: TransformerConfig) -> type:
+  """Wrap a layer class in nn.remat per `cfg.remat` (deterministic is static)."""
+  if cfg.remat == 'none':
+    return layer_cls
+  policy = (jax.checkpoint_policies.checkpoint_dots if cfg.remat == 'dots' else None)
+  static = (3,) if layer_cls is EncoderLayer else (5,)
+  return nn.remat(layer_cls, policy=policy, static_argnums=static)
+
+
+class Encoder(nn.Module):
+  """Embedding + N encoder layers: [B, S] ids -> [B, S, D]."""
+  config: TransformerConfig
+  embed: Embed
+
+  @nn.compact
+  def __call__(self, inputs: Array, inputs_positions: Optional[Array] = None,
+               inputs_segmentation: Optional[Array] = None,
+               deterministic: bool = True) -> Array:
+    cfg = self.config
+    mask = padding_mask(inputs)
+    if inputs_segmentation is not None:
+      mask = combine_masks(mask, segment_mask(inputs_segmentation, inputs_segmentation))
+    x = self.embed(inputs, inputs_positions, deterministic)
+    layer_cls = _maybe_remat(EncoderLayer, cfg)
+    for i in range(cfg.num_encoder_layers):
+      x = layer_cls(cfg, name=f'layer_{i}')(x, mask, deterministic)
+    if cfg.pre_norm:
+      x = _layer_norm(cfg, 'final_norm')(x)
+    return x
+
+
+class Decoder(nn.Module):
+  """Embedding + N decoder layers + output projection: -> [B, T, V] logits (float32)."""
+  config: TransformerConfig
+  embed: Embed
+
+  @nn.compact
+  def __call__(self, encoded: Array, inputs: Array, targets: Array,
+               targets_positions: Optional[Array] = None,
+               inputs_segmentation: Optional[Array] = None,
+               targets_segmentation: Optional[Array] = None,
+               deterministic: bool = True, use_cache: bool = False) -> Array:
+    cfg = self.config
+    cross_mask = padding_mask(inputs)
+    if use_cache:
+      # One step: `targets` [B, 1] is the previous token; position = cache index.
+      is_init = not self.has_variable('cache', 'index')
+      index_var = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
+      cache_index = index_var.value
+      if not is_init:
+        index_var.value = cache_index + 1
+      y = self.embed(targets, jnp.full(targets.shape, cache_index), deterministic)
+      self_mask = None
+    else:
+      cache_index = None
+      y = self.embed(shift_right(targets, targets_segmentation), targets_positions,
+                     deterministic)
+      self_mask = combine_masks(padding_mask(targets), causal_mask(targets.shape[1]))
+      if targets_segmentation is not None:
+        self_mask = combine_masks(self_mask,
+                                  segment_mask(targets_segmentation, targets_segmentation))
+      if inputs_segmentation is not None:
+        cross_mask = combine_masks(cross_mask,
+                                   segment_mask(targets_segmentation, inputs_segmentation))
+    layer_cls = _maybe_remat(DecoderLayer, cfg)
+    for i in range(cfg.num_decoder_layers):
+      y = layer_cls(cfg, name=f'layer_{i}')(y, encoded, self_mask, cross_mask,
+                                            deterministic, cache_index)
+    if cfg.pre_norm:
+      y = _layer_norm(cfg, 'final_norm')(y)
+    if cfg.logits_via_embedding:
+      logits = self.embed.attend(y) * (cfg.d_model ** -0.5)
+    else:
+      logits = nn.Dense(cfg.output_vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                        kernel_init=nn.with_logical_partitioning(
+                            nn.initializers.xavier_uniform(), ('embed', 'vocab')),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
+                        name='logits')(y)
+    logits = nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+    return logits.astype(jnp.float32)
+
+
+class Transformer(nn.Module):
+  """Encoder-decoder Transformer.
+
+  `__call__(inputs [B, S], targets [B, T]) -> logits [B, T, V]` (teacher forcing).
+  `encode(...) -> [B, S, D]`; `decode(encoded, inputs, targets, ...) -> [B, T, V]`.
+  Cached decoding: `decode(..., use_cache=True)` with targets [B, 1] and a mutable
+  ``cache`` collection from `init_cache`.
+  """
+  config: TransformerConfig
+
+  def setup(self):
+    cfg = self.config
+    self.source_embed = Embed(cfg, cfg.vocab_size, name='source_embed')
+    if cfg.share_embeddings:
+      self.target_embed = self.source_embed
+    else:
+      self.target_embed = Embed(cfg, cfg.output_vocab_size, name='target_embed')
+    self.encoder = Encoder(cfg, self.source_embed)
+    self.decoder = Decoder(cfg, self.target_embed)
+
+  def encode(self, inputs: Array, inputs_positions: Optional[Array] = None,
+             inputs_segmentation: Optional[Array] = None,
+             deterministic: bool = True) -> Array:
+    """[B, S] source ids -> [B, S, D] encoder states."""
+    return self.encoder(inputs, inputs_positions, inputs_segmentation, deterministic)
+
+  def decode(self, encoded: Array, inputs: Array, targets: Array,
+             targets_positions: Optional[Array] = None,
+             inputs_segmentation: Optional[Array] = None,
+             targets_segmentation: Optional[Array] = None,
+             deterministic: bool = True, use_cache: bool = False) -> Array:
+    """Encoder states [B, S, D], source ids [B, S] (for the mask), targets [B, T] -> logits."""
+    return self.decoder(encoded, inputs, targets, targets_positions, inputs_segmentation,
+                        targets_segmentation, deterministic, use_cache)
+
+  def __call__(self, inputs: Array, targets: Array,
+               inputs_positions: Optional[Array] = None,
+               targets_positions: Optional[Array] = None,
+               inputs_segmentation: Optional[Array] = None,
+               targets_segmentation: Optional[Array] = None,
+               deterministic: bool = True) -> Array:
+    """Teacher-forced forward pass: [B, S] and [B, T] ids -> [B, T, V] float32 logits."""
+    encoded = self.encode(inputs, inputs_positions, inputs_segmentation, deterministic)
+    return self.decode(encoded, inputs, targets, targets_positions, inputs_segmentation,
+                       targets_segmentation, deterministic)
+
+
+def init_cache(config: TransformerConfig, batch_size: int, max_decode_len: int,
+               source_len: int) -> Any:
+  """Zero decoding cache for `batch_size` rows, up to `max_decode_len` target steps.
+
+  Self-attention caches hold [B, max_decode_len, N, d_k|d_v] keys/values; cross-attention
+  caches hold the projected encoder states [B, source_len, N, d_k|d_v].
+  """
+  model = Transformer(config)
+  encoded = jnp.zeros((batch_size, source_len, config.d_model), config.dtype)
+  inputs = jnp.ones((batch_size, source_len), jnp.int32)
+  targets = jnp.ones((batch_size, max_decode_len), jnp.int32)
+
+  def make(rng):
+    return model.init(rng, encoded, inputs, targets, use_cache=True, method=Transformer.decode)
+
+  shapes = jax.eval_shape(make, jax.random.key(0))['cache']
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def count_params(params: Any) -> int:
+  """Number of scalar parameters in a (possibly boxed) params pytree."""
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.meta.unbox(params)))
