@@ -1,0 +1,497 @@
+"""Checkpoints and fault tolerance (orbax): save, resume, preemption, averaging.
+
+A step lives in `<workdir>/checkpoints/<step>/` with three orbax items: `state`
+(the TrainState pytree, sharded arrays), `data` (each process's input-iterator
+position as JSON, `process_<i>.json`) and `metadata` (JSON: model config,
+vocabulary hash, one checksum per array). Orbax writes a step into
+`<step>.orbax-checkpoint-tmp-*` and renames it once every item is committed, so a
+step directory is complete or absent. Restoring verifies the metadata against the
+current run (config / vocabulary mismatch -> CheckpointError) and the checksums
+(a corrupt step -> warning, fall back to the previous one).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from transformer_jax.model import TransformerConfig
+
+PyTree = Any
+_ITEMS = ('state', 'data', 'metadata')
+_DTYPE_FIELDS = ('dtype', 'param_dtype')
+
+
+class CheckpointError(ValueError):
+  """A checkpoint cannot be used: incompatible with this run, or none is readable."""
+
+
+# ------------------------------------------------------------------ model config + vocab
+
+
+def model_config_to_dict(cfg: TransformerConfig) -> dict[str, Any]:
+  """TransformerConfig -> JSON-able dict (dtypes as names, e.g. 'bfloat16')."""
+  values = dataclasses.asdict(cfg)
+  for key in _DTYPE_FIELDS:
+    values[key] = jnp.dtype(values[key]).name
+  return values
+
+
+def model_config_from_dict(values: Mapping[str, Any], source: str = 'model config') -> TransformerConfig:
+  """Inverse of `model_config_to_dict`; `source` names the origin in error messages."""
+  known = {f.name for f in dataclasses.fields(TransformerConfig)}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise CheckpointError(f'{source}: unknown TransformerConfig key(s) {unknown}')
+  values = dict(values)
+  for key in _DTYPE_FIELDS:
+    if key in values:
+      try:
+        values[key] = getattr(jnp, jnp.dtype(values[key]).name)
+      except TypeError:
+        raise CheckpointError(f'{source}: {key}={values[key]!r} is not a dtype name') from None
+  try:
+    return TransformerConfig(**values)
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f'{source}: {e}') from None
+
+
+def save_model_config(workdir: str, cfg: TransformerConfig) -> str:
+  """Write `<workdir>/model_config.json` (atomically); returns its path."""
+  path = os.path.join(workdir, 'model_config.json')
+  _write_json_atomic(path, model_config_to_dict(cfg))
+  return path
+
+
+def load_model_config(workdir: str) -> TransformerConfig:
+  """Read `<workdir>/model_config.json`."""
+  path = os.path.join(workdir, 'model_config.json')
+  return model_config_from_dict(_read_json(path), source=path)
+
+
+def file_sha256(path: str) -> str:
+  """Hex SHA-256 of a file's bytes (used for the vocabulary)."""
+  digest = hashlib.sha256()
+  try:
+    with open(path, 'rb') as f:
+      for block in iter(lambda: f.read(1 << 20), b''):
+        digest.update(block)
+  except OSError as e:
+    raise CheckpointError(f'{path}: cannot read ({e.strerror})') from None
+  return digest.hexdigest()
+
+
+def training_metadata(cfg: TransformerConfig, vocab_path: str) -> dict[str, Any]:
+  """The `metadata` a training run passes to `Checkpointer`: model config + vocabulary hash."""
+  return {'model_config': model_config_to_dict(cfg), 'vocab_sha256': file_sha256(vocab_path)}
+
+
+def vocab_path_for(workdir: str) -> str:
+  """The vocabulary of a run: `vocab_path` of `<workdir>/config.json` if set, else spm.model."""
+  config_path = os.path.join(workdir, 'config.json')
+  vocab = _read_json(config_path).get('vocab_path') if os.path.exists(config_path) else None
+  return vocab or os.path.join(workdir, 'spm.model')
+
+
+# ------------------------------------------------------------------------------ checksums
+
+
+def _path_name(path: Sequence[Any]) -> str:
+  return '/'.join(str(getattr(k, 'name', getattr(k, 'key', getattr(k, 'idx', k)))) for k in path)
+
+
+@jax.jit
+def _leaf_checksums(leaves: list[jax.Array]) -> jax.Array:
+  """[num_leaves] uint32: sum_i bits_i * (2i + 1) mod 2^32 over each leaf's raw words."""
+  sums = []
+  for x in leaves:
+    x = jnp.asarray(x)
+    bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f'uint{8 * x.dtype.itemsize}'))
+    bits = bits.reshape(-1).astype(jnp.uint32)
+    weights = jnp.arange(bits.size, dtype=jnp.uint32) * 2 + 1
+    sums.append(jnp.sum(bits * weights, dtype=jnp.uint32))
+  return jnp.stack(sums) if sums else jnp.zeros((0,), jnp.uint32)
+
+
+def tree_checksums(tree: PyTree) -> dict[str, int]:
+  """{'params/encoder/.../kernel': checksum} of the exact bits of every array leaf.
+
+  Any change of one array element changes its checksum; values depend only on the
+  global array, not on how it is sharded.
+  """
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  for path, leaf in flat:
+    if jax.dtypes.issubdtype(getattr(leaf, 'dtype', None), jax.dtypes.prng_key):
+      raise CheckpointError(f'state leaf {_path_name(path)} is a typed PRNG key; store '
+                            'jax.random.key_data(key) in the train state instead')
+  sums = np.asarray(_leaf_checksums([leaf for _, leaf in flat])) if flat else []
+  return {_path_name(path): int(s) for (path, _), s in zip(flat, sums)}
+
+
+def _verify_checksums(tree: PyTree, expected: Mapping[str, int], where: str) -> None:
+  actual = tree_checksums(tree)
+  bad = [k for k, v in actual.items() if k in expected and expected[k] != v]
+  missing = [k for k in actual if k not in expected]
+  if bad or missing:
+    raise _CorruptError(f'{where}: checksum mismatch for {(bad + missing)[:3]} '
+                        f'({len(bad)} differ, {len(missing)} unknown)')
+
+
+class _CorruptError(Exception):
+  """A step whose bytes do not match what was saved."""
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _read_json(path: str) -> dict[str, Any]:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f'{path}:{e.lineno}: invalid JSON ({e.msg})') from None
+  except OSError as e:
+    raise CheckpointError(f'{path}: cannot read ({e.strerror})') from None
+
+
+def _write_json_atomic(path: str, value: Any) -> None:
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _canonical(value: Any) -> Any:
+  """JSON round trip: tuples -> lists, so values compare like their saved form."""
+  return json.loads(json.dumps(value))
+
+
+def _mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+  """'key: checkpoint X != now Y' for every key both have and disagree on (one level deep)."""
+  diffs = []
+  for key, now in _canonical(dict(current)).items():
+    if key == 'checksums' or key not in saved or saved[key] == now:
+      continue
+    if isinstance(now, dict) and isinstance(saved[key], dict):
+      diffs += [f'{key}.{k}: checkpoint {saved[key].get(k)!r} != now {now.get(k)!r}'
+                for k in sorted(set(now) | set(saved[key])) if saved[key].get(k) != now.get(k)]
+    else:
+      diffs.append(f'{key}: checkpoint {saved[key]!r} != now {now!r}')
+  return diffs
+
+
+def _encode_data_state(state: Any) -> dict[str, Any]:
+  if isinstance(state, (bytes, bytearray)):
+    return {'bytes_b64': base64.b64encode(bytes(state)).decode('ascii')}
+  return {'json': state}
+
+
+def _decode_data_state(saved: Mapping[str, Any]) -> Any:
+  if 'bytes_b64' in saved:
+    return base64.b64decode(saved['bytes_b64'])
+  return saved['json']
+
+
+def _numpy_abstract(metadata_tree: PyTree) -> PyTree:
+  """Orbax array metadata -> ShapeDtypeStructs without sharding (restored as numpy)."""
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata_tree)
+
+
+def _as_numpy_args(abstract: PyTree) -> ocp.args.PyTreeRestore:
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
+  return ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True)
+
+
+def _manager(directory: str, *, read_only: bool, **options: Any) -> ocp.CheckpointManager:
+  data_handler = ocp.JsonCheckpointHandler(
+      filename=f'process_{jax.process_index()}.json',
+      multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=None))
+  handlers = {'state': ocp.PyTreeCheckpointHandler(), 'data': data_handler,
+              'metadata': ocp.JsonCheckpointHandler()}
+  opts = ocp.CheckpointManagerOptions(read_only=read_only, create=not read_only, **options)
+  return ocp.CheckpointManager(directory, options=opts, item_handlers=handlers)
+
+
+def _read_step_metadata(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  restored = manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+  return restored.metadata
+
+
+def _restore_params(manager: ocp.CheckpointManager, step: int) -> tuple[PyTree, dict]:
+  """Params of one step as numpy arrays, checksum-verified, and the step's metadata."""
+  metadata = _read_step_metadata(manager, step)
+  saved_tree = manager.item_metadata(step)['state'].tree
+  abstract = {'params': _numpy_abstract(saved_tree['params'])}
+  restored = manager.restore(step, args=ocp.args.Composite(state=_as_numpy_args(abstract)))
+  where = f'{manager.directory}/{step}'
+  _verify_checksums(restored.state, metadata.get('checksums', {}), where)
+  return restored.state['params'], metadata
+
+
+# --------------------------------------------------------------------------- Checkpointer
+
+
+class Checkpointer:
+  """Saves the train state every `save_every_steps` steps (async), keeps the last `keep`.
+
+  `metadata` (e.g. `training_metadata(cfg, vocab_path)`) is stored with every step
+  and must match on restore. A data iterator passed to `maybe_save`/`restore`
+  needs `get_state() -> JSON-able or bytes` and `set_state(state)`.
+  """
+
+  def __init__(self, workdir: str, *, save_every_steps: int, keep: int, async_save: bool = True,
+               metadata: Optional[Mapping[str, Any]] = None):
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self._metadata = _canonical(dict(metadata or {}))
+    self._manager = _manager(
+        self.directory, read_only=False, max_to_keep=keep,
+        save_decision_policy=ocp.checkpoint_managers.AnySavePolicy([
+            ocp.checkpoint_managers.FixedIntervalPolicy(save_every_steps),
+            ocp.checkpoint_managers.PreemptionCheckpointingPolicy()]),
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=True,
+        enable_should_save_is_saving_in_progress_check=False)
+
+  @property
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def maybe_save(self, step: int, state: PyTree, data_iterator: Any = None,
+                 force: bool = False) -> bool:
+    """Start saving `state` as `step` if due (or `force`); True if a save started.
+
+    The iterator position is read now, synchronously; arrays are copied to host
+    before returning, the write finishes in the background.
+    """
+    step = int(step)
+    if step in self._manager.all_steps() or not (force or self._manager.should_save(step)):
+      return False
+    data = {'position': None if data_iterator is None
+            else _encode_data_state(data_iterator.get_state())}
+    metadata = dict(self._metadata, step=step, checksums=tree_checksums(state))
+    return self._manager.save(step, force=True, args=ocp.args.Composite(
+        state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data),
+        metadata=ocp.args.JsonSave(metadata)))
+
+  def restore(self, abstract_state: PyTree, data_iterator: Any = None) -> Optional[PyTree]:
+    """The latest readable checkpoint as a pytree shaped (and sharded) like `abstract_state`.
+
+    `abstract_state` leaves are `jax.ShapeDtypeStruct`s whose `.sharding` says where
+    restored arrays go (any mesh). Returns None if there is no checkpoint at all.
+    A corrupt step is skipped with a warning (and moved to `checkpoints_corrupt/`
+    once an older one restores); raises CheckpointError if the metadata disagrees
+    with this run's or no step can be restored.
+    """
+    self._manager.reload()
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
+      return None
+    errors = []
+    for step in steps:
+      where = f'{self.directory}/{step}'
+      try:
+        saved = _read_step_metadata(self._manager, step)
+      except Exception as e:  # noqa: BLE001 - unreadable metadata = corrupt step.
+        errors.append((step, f'{where}: unreadable metadata ({type(e).__name__}: {e})'))
+        logging.warning('checkpoint %s is unreadable, trying an older one: %s', where, e)
+        continue
+      diffs = _mismatch(saved, self._metadata)
+      if diffs:
+        raise CheckpointError(f'{where} was saved by a different run ({"; ".join(diffs[:4])}); '
+                              'use a new --workdir or restore the original config/vocabulary')
+      try:
+        state, position = self._restore_step(step, abstract_state, saved, where)
+      except Exception as e:  # noqa: BLE001 - any read/verify failure = corrupt step.
+        errors.append((step, f'{where}: {type(e).__name__}: {str(e).splitlines()[0][:300]}'))
+        logging.warning('checkpoint %s is corrupt or partial, trying an older one: %s', where,
+                        errors[-1][1])
+        continue
+      if data_iterator is not None:
+        if position is None:
+          raise CheckpointError(f'{where} has no data-iterator position (saved without '
+                                'data_iterator); resuming would replay the data from the start')
+        data_iterator.set_state(_decode_data_state(position))
+      self._quarantine([s for s, _ in errors])
+      return state
+    raise CheckpointError(f'none of the {len(steps)} checkpoints in {self.directory} could be '
+                          f'restored (newest error: {errors[0][1]})')
+
+  def _restore_step(self, step: int, abstract_state: PyTree, saved: Mapping[str, Any],
+                    where: str) -> tuple[PyTree, Any]:
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item=abstract_state,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)),
+        data=ocp.args.JsonRestore()))
+    _verify_checksums(restored.state, saved.get('checksums', {}), where)
+    return restored.state, restored.data['position']
+
+  def _quarantine(self, steps: Sequence[int]) -> None:
+    """Move corrupt steps newer than the restored one out of the way (never delete them)."""
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      target = os.path.join(os.path.dirname(self.directory), 'checkpoints_corrupt')
+      os.makedirs(target, exist_ok=True)
+      for step in steps:
+        dest = os.path.join(target, f'{step}-{int(time.time())}')
+        shutil.move(os.path.join(self.directory, str(step)), dest)
+        logging.warning('moved corrupt checkpoint step %d to %s', step, dest)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('checkpoint_quarantine')
+    self._manager.reload()
+
+  def wait(self) -> None:
+    """Block until the pending asynchronous save (if any) is committed."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Wait for pending saves and release the manager."""
+    self._manager.close()
+
+  def __enter__(self) -> 'Checkpointer':
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+
+# ---------------------------------------------------------------------------- preemption
+
+
+class PreemptionGuard:
+  """Context manager: SIGTERM (and `signals`) set `.requested` instead of killing the process.
+
+  The training loop checks `.requested` after each step, force-saves and returns.
+  Previous handlers are restored on exit.
+  """
+
+  def __init__(self, signals: Sequence[int] = (signal.SIGTERM,)):
+    self._signals = tuple(signals)
+    self._previous: dict[int, Any] = {}
+    self.requested = False
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    del frame
+    logging.warning('received %s: saving a checkpoint, then exiting',
+                    signal.Signals(signum).name)
+    self.requested = True
+
+  def __enter__(self) -> 'PreemptionGuard':
+    for sig in self._signals:
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous.clear()
+
+
+# ---------------------------------------------------------------- averaging and inference
+
+
+def average_checkpoints(workdir: str, num_last: int) -> str:
+  """Average the params of the last `num_last` checkpoints into `<workdir>/averaged`.
+
+  Means are taken in float64 and cast back to each parameter's dtype. Returns the
+  path. Inputs are checksum-verified and must share model config and vocabulary.
+  """
+  if num_last < 1:
+    raise CheckpointError(f'num_last must be >= 1, got {num_last}')
+  manager = _manager(os.path.join(os.path.abspath(workdir), 'checkpoints'), read_only=True)
+  steps = sorted(manager.all_steps())[-num_last:]
+  if not steps:
+    raise CheckpointError(f'no checkpoints to average in {manager.directory}')
+  if len(steps) < num_last:
+    logging.warning('averaging only %d checkpoints (%s), fewer than the %d asked for',
+                    len(steps), steps, num_last)
+  total, reference = None, None
+  for step in steps:
+    try:
+      params, metadata = _restore_params(manager, step)
+    except _CorruptError as e:
+      raise CheckpointError(str(e)) from None
+    if reference is None:
+      reference = metadata
+    elif diffs := _mismatch(metadata, {k: reference[k] for k in ('model_config', 'vocab_sha256')
+                                       if k in reference}):
+      raise CheckpointError(f'{manager.directory}/{step} differs from step {steps[0]}: {diffs[0]}')
+    as_float64 = jax.tree.map(lambda x: x.astype(np.float64), params)
+    total = as_float64 if total is None else jax.tree.map(np.add, total, as_float64)
+  averaged = jax.tree.map(lambda t, p: (t / len(steps)).astype(p.dtype), total, params)
+  metadata = {k: v for k, v in reference.items() if k not in ('checksums', 'step')}
+  metadata.update(averaged_steps=steps, checksums=tree_checksums({'params': averaged}))
+  path = os.path.join(os.path.abspath(workdir), 'averaged')
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    ckptr.save(path, force=True, args=ocp.args.Composite(
+        params=ocp.args.PyTreeSave(averaged), metadata=ocp.args.JsonSave(metadata)))
+  return path
+
+
+def _load_averaged(path: str) -> tuple[PyTree, dict]:
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    metadata = ckptr.restore(path, args=ocp.args.Composite(
+        metadata=ocp.args.JsonRestore())).metadata
+    abstract = _numpy_abstract(ckptr.metadata(path)['params'].tree)
+    params = ckptr.restore(path, args=ocp.args.Composite(params=_as_numpy_args(abstract))).params
+  try:
+    _verify_checksums({'params': params}, metadata.get('checksums', {}), path)
+  except _CorruptError as e:
+    raise CheckpointError(f'{e}; re-run average_checkpoints') from None
+  return params, metadata
+
+
+def load_for_inference(workdir: str) -> tuple[PyTree, TransformerConfig, str]:
+  """(params as numpy arrays, TransformerConfig, vocabulary path) of a training workdir.
+
+  Uses `<workdir>/averaged` if present, else the latest readable checkpoint. The
+  model config comes from the checkpoint; `model_config.json` and the vocabulary
+  file must agree with it.
+  """
+  workdir = os.path.abspath(workdir)
+  averaged = os.path.join(workdir, 'averaged')
+  if os.path.isdir(averaged):
+    params, metadata, where = *_load_averaged(averaged), averaged
+  else:
+    manager = _manager(os.path.join(workdir, 'checkpoints'), read_only=True)
+    params = None
+    for step in sorted(manager.all_steps(), reverse=True):
+      where = f'{manager.directory}/{step}'
+      try:
+        params, metadata = _restore_params(manager, step)
+        break
+      except Exception as e:  # noqa: BLE001 - corrupt step: try the previous one.
+        logging.warning('checkpoint %s is corrupt or partial, trying an older one: %s', where, e)
+    if params is None:
+      raise CheckpointError(f'no readable checkpoint in {manager.directory}')
+  config_path = os.path.join(workdir, 'model_config.json')
+  if 'model_config' in metadata:
+    cfg = model_config_from_dict(metadata['model_config'], source=f'{where} metadata')
+    if os.path.exists(config_path) and (diffs := _mismatch(
+        metadata, {'model_config': _read_json(config_path)})):
+      raise CheckpointError(f'{config_path} disagrees with {where}: {diffs[0]}')
+  else:
+    cfg = load_model_config(workdir)
+  vocab_path = vocab_path_for(workdir)
+  if 'vocab_sha256' in metadata and file_sha256(vocab_path) != metadata['vocab_sha256']:
+    raise CheckpointError(f'{vocab_path} is not the vocabulary {where} was trained with '
+                          '(SHA-256 differs)')
+  return params, cfg, vocab_path
