@@ -1,0 +1,184 @@
+"""Greedy, sampling and beam-search decoding against the model and against brute force."""
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from transformer_jax import Transformer, TransformerConfig
+from transformer_jax import decode
+
+EOS = decode.EOS_ID
+S = 8  # padded source length of most tests (few shapes: few compiles)
+
+
+def _adjust_output(params, config, eos_bias, scale=1.0):
+  """Sharpen the output distribution by `scale` and add about `eos_bias` to the EOS logit.
+
+  The last decoder sub-layer ends in LayerNorm (post-LN): scaling its gain and bias scales
+  the logits, and shifting its bias along the (tied) EOS embedding moves the EOS logit
+  (and the others only a little).
+  """
+  eos_row = params['source_embed']['embedding'][EOS]
+  shift = eos_bias * config.d_model ** 0.5 * eos_row / jnp.sum(eos_row ** 2)
+  norm = ('decoder', f'layer_{config.num_decoder_layers - 1}', 'ffn_block', 'norm')
+  def adjust(path, x):
+    name = tuple(k.key for k in path)
+    if name[:-1] != norm:
+      return x
+    return x * scale + shift if name[-1] == 'bias' else x * scale
+  return jax.tree_util.tree_map_with_path(adjust, params)
+
+
+@pytest.fixture(scope='module')
+def params(tiny_config, tiny_params):
+  return _adjust_output(tiny_params, tiny_config, 2.5)
+
+
+@pytest.fixture(scope='module')
+def sources():
+  """Three sentences of 8, 5 and 3 tokens, padded to S."""
+  src = np.zeros((3, S), np.int32)
+  rng = np.random.default_rng(0)
+  for row, n in enumerate((8, 5, 3)):
+    src[row, :n] = rng.integers(3, 40, n)
+  return jnp.asarray(src)
+
+
+def _check_well_formed(tokens, limits):
+  """EOS at most once, zeros only after it, length within the limit (== limit if no EOS)."""
+  for row, limit in zip(np.asarray(tokens), limits):
+    eos = np.flatnonzero(row == EOS)
+    end = eos[0] + 1 if eos.size else int(np.sum(row != 0))
+    assert np.all(row[:end] != 0) and np.all(row[end:] == 0)
+    assert end <= limit and (eos.size or end == limit)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _teacher_forced_logits(config, params, src, tokens):
+  """[B, L, V] logits of outputs [B, L] with padding banned."""
+  logits = Transformer(config).apply({'params': params}, src, tokens)
+  return logits.at[..., 0].set(-jnp.inf)
+
+
+def _teacher_forced_log_prob(config, params, src, tokens):
+  """Sum of log p(token) under the model (pad banned), per row of [B, L] outputs."""
+  log_probs = jax.nn.log_softmax(_teacher_forced_logits(config, params, src, tokens), axis=-1)
+  picked = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+  return jnp.sum(jnp.where(tokens > 0, picked, 0.0), axis=-1)
+
+
+@pytest.mark.parametrize('method', ['greedy', 'beam', 'sample'])
+def test_eos_and_max_length_are_honoured(tiny_config, params, sources, method):
+  run = {'greedy': lambda **kw: decode.greedy_decode(params, tiny_config, sources, **kw),
+         'beam': lambda **kw: decode.beam_search(params, tiny_config, sources, **kw),
+         'sample': lambda **kw: decode.sample(params, tiny_config, sources,
+                                              jax.random.key(3), **kw)}[method]
+  tokens, _ = run(max_extra_len=4)
+  _check_well_formed(tokens, [8 + 4, 5 + 4, 3 + 4])
+  assert np.any(np.asarray(tokens) == EOS)  # the EOS bias makes some sentences end early
+  # A cache shorter than the per-sentence limits caps every sentence at its length.
+  tokens, _ = run(max_extra_len=4, max_decode_len=6)
+  assert tokens.shape == (3, 6)
+  _check_well_formed(tokens, [6, 6, 6])
+  # min_len bans EOS: every sentence then runs to its limit.
+  tokens, _ = run(max_extra_len=4, min_len=S + 4)
+  assert not np.any(np.asarray(tokens) == EOS)
+  np.testing.assert_array_equal(np.sum(np.asarray(tokens) != 0, 1), [12, 9, 7])
+
+
+def test_greedy_scores_are_model_log_probs(tiny_config, params, sources):
+  tokens, scores = decode.greedy_decode(params, tiny_config, sources, max_extra_len=4)
+  expected = _teacher_forced_log_prob(tiny_config, params, sources, tokens)
+  np.testing.assert_allclose(scores, expected, atol=1e-4)
+
+
+def test_beam_size_one_equals_greedy(tiny_config, params, sources):
+  # With alpha = 0 an EOS that greedy picks also ends the single beam (early stop).
+  greedy, greedy_scores = decode.greedy_decode(params, tiny_config, sources, max_extra_len=4)
+  beam, beam_scores = decode.beam_search(params, tiny_config, sources, beam_size=1, alpha=0.0,
+                                         max_extra_len=4)
+  np.testing.assert_array_equal(beam, greedy)
+  np.testing.assert_allclose(beam_scores, greedy_scores, atol=1e-5)
+
+
+def test_sampling_with_top_k_1_equals_greedy(tiny_config, params, sources):
+  greedy, _ = decode.greedy_decode(params, tiny_config, sources, max_extra_len=4)
+  for seed in range(2):
+    sampled, _ = decode.sample(params, tiny_config, sources, jax.random.key(seed), top_k=1,
+                               temperature=1.5, max_extra_len=4)
+    np.testing.assert_array_equal(sampled, greedy)
+
+
+def test_sampling_is_random_and_stays_in_top_k(tiny_config, params, sources):
+  outputs = [decode.sample(params, tiny_config, sources, jax.random.key(seed), top_k=3,
+                           max_extra_len=4)[0] for seed in range(3)]
+  assert len({np.asarray(o).tobytes() for o in outputs}) > 1
+  for tokens in outputs:
+    logits = _teacher_forced_logits(tiny_config, params, sources, tokens)
+    rank = jnp.sum(logits > jnp.take_along_axis(logits, tokens[..., None], -1), axis=-1)
+    assert int(jnp.max(jnp.where(tokens > 0, rank, 0))) < 3
+
+
+def test_filter_logits_matches_temperature_and_top_k():
+  logits = jnp.log(jnp.array([0.5, 0.25, 0.15, 0.1]))
+  keys = jax.random.split(jax.random.key(0), 20000)
+  draw = jax.vmap(lambda key, t, k: jax.random.categorical(key, decode.filter_logits(logits, t, k)),
+                  in_axes=(0, None, None))
+  for temperature in (0.5, 2.0):
+    counts = np.bincount(draw(keys, temperature, 0), minlength=4) / len(keys)
+    np.testing.assert_allclose(counts, jax.nn.softmax(logits / temperature), atol=0.015)
+  counts = np.bincount(draw(keys, 1.0, 2), minlength=4) / len(keys)
+  np.testing.assert_allclose(counts, [2 / 3, 1 / 3, 0, 0], atol=0.015)
+
+
+def test_translation_ignores_batch_neighbours_and_padding(tiny_config, params, sources):
+  batch, batch_scores = decode.beam_search(params, tiny_config, sources, max_extra_len=4)
+  for row in range(3):
+    alone = jnp.pad(sources[row:row + 1], ((0, 0), (0, 3)))  # other batch, more padding
+    tokens, score = decode.beam_search(params, tiny_config, alone, max_extra_len=4)
+    np.testing.assert_array_equal(tokens[0, :S + 4], batch[row])
+    assert not np.any(np.asarray(tokens[0, S + 4:]))
+    np.testing.assert_allclose(score[0], batch_scores[row], atol=1e-5)
+
+
+def test_translate_batch_and_trim(tiny_config, params, sources):
+  tokens = decode.translate_batch(params, tiny_config, sources, max_extra_len=4)
+  beam, _ = decode.beam_search(params, tiny_config, sources, max_extra_len=4)
+  np.testing.assert_array_equal(tokens, beam)
+  assert decode.trim(np.array([[5, 6, EOS, 0], [7, 0, 0, 0], [3, 4, 5, 6]])) == [
+      [5, 6], [7], [3, 4, 5, 6]]
+
+
+def test_beam_search_finds_the_exhaustive_optimum():
+  """Vocabulary 6 (4 real words + pad + EOS), outputs of at most 4 tokens: a beam of 64
+  keeps every prefix, so beam search must return the best-scoring sequence overall."""
+  config = TransformerConfig(vocab_size=6, d_model=16, d_ff=32, num_heads=2,
+                             num_encoder_layers=1, num_decoder_layers=1, max_len=16,
+                             dropout_rate=0.0, logits_via_embedding=False)
+  ones = jnp.ones((1, 4), jnp.int32)
+  params = nn.meta.unbox(Transformer(config).init(jax.random.key(2), ones, ones)['params'])
+  logits_layer = params['decoder']['logits']  # sharper outputs: a less flat search space
+  params['decoder']['logits'] = {**logits_layer, 'kernel': 2.0 * logits_layer['kernel']}
+  src = jnp.array([[3, 4, 5, 0]])
+  max_len, alpha = 4, 0.6
+  candidates = [list(words) + [EOS] for n in range(max_len)
+                for words in itertools.product(range(2, 6), repeat=n)]
+  candidates += [list(words) for words in itertools.product(range(2, 6), repeat=max_len)]
+  tokens = jnp.array([c + [0] * (max_len - len(c)) for c in candidates])
+  log_probs = _teacher_forced_log_prob(config, params, jnp.repeat(src, len(candidates), 0),
+                                       tokens)
+  lengths = jnp.array([len(c) for c in candidates], jnp.float32)
+  scores = log_probs / decode.length_penalty(lengths, alpha)
+  best = int(jnp.argmax(scores))
+  greedy, _ = decode.greedy_decode(params, config, src, max_decode_len=max_len)
+  assert candidates[best][-1] == EOS and not np.array_equal(greedy[0], tokens[best])
+
+  found, found_score = decode.beam_search(params, config, src, beam_size=64, alpha=alpha,
+                                          max_decode_len=max_len)
+  np.testing.assert_array_equal(found[0], tokens[best])
+  np.testing.assert_allclose(found_score[0], scores[best], atol=1e-5)

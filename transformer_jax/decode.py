@@ -1,0 +1,262 @@
+"""Autoregressive decoding over the decoder's KV cache: greedy, sampling, beam search.
+
+Pure JAX: every decoder is one jit-compiled `lax.while_loop` over global arrays, so it
+runs unchanged on batches sharded over a device mesh. Shapes: B = batch, S = source
+length, K = beam size, L = `max_decode_len` (cache length), V = vocabulary.
+
+Conventions (as in `model.py`): token 0 is padding and the decoder's start symbol and is
+never emitted; EOS (default 1) ends a sentence. Outputs are [B, L] ids holding the
+sentence, its EOS (if it was emitted) and zeros after it. The length limit of a sentence
+is `min(source_length + max_extra_len, L)` where source_length counts its non-pad tokens,
+so a sentence's translation depends neither on its padding nor on the rest of the batch.
+A sentence that reaches its limit without EOS is returned as is, without EOS.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from transformer_jax.model import Transformer, TransformerConfig, init_cache
+
+Array = jax.Array
+Params = Any
+
+PAD_ID = 0
+EOS_ID = 1
+NEG_INF = float('-inf')
+
+# A jitted decoder step: (params, cache, encoded [N, S, D], inputs [N, S], previous token [N])
+# -> (logits [N, V], cache).
+StepFn = Callable[[Params, Any, Array, Array, Array], tuple[Array, Any]]
+
+
+def _encode(params: Params, config: TransformerConfig, inputs: Array) -> Array:
+  """[B, S] source ids -> [B, S, D] encoder states."""
+  return Transformer(config).apply({'params': params}, inputs, method=Transformer.encode)
+
+
+def _decode_step(params: Params, config: TransformerConfig, cache: Any, encoded: Array,
+                 inputs: Array, previous: Array) -> tuple[Array, Any]:
+  """One cached decoder step: previous token [N] -> next-token logits [N, V], new cache."""
+  logits, state = Transformer(config).apply(
+      {'params': params, 'cache': cache}, encoded, inputs, previous[:, None],
+      use_cache=True, method=Transformer.decode, mutable=['cache'])
+  return logits[:, 0], state['cache']
+
+
+def _log_probs(logits: Array, length: Array, min_len: Array, eos_id: int) -> Array:
+  """Log-softmax of [..., V] logits for the `length`-th output token, with padding banned
+  and EOS banned until `min_len` tokens precede it."""
+  vocab = jnp.arange(logits.shape[-1])
+  banned = (vocab == PAD_ID) | ((vocab == eos_id) & (length <= min_len))
+  return jax.nn.log_softmax(jnp.where(banned, NEG_INF, logits), axis=-1)
+
+
+def _length_limits(inputs: Array, max_extra_len: Array, max_decode_len: int) -> Array:
+  """[B] per-sentence output length limits: min(non-pad source length + extra, L), >= 1."""
+  source_len = jnp.sum(inputs != PAD_ID, axis=-1)
+  return jnp.clip(source_len + max_extra_len, 1, max_decode_len).astype(jnp.int32)
+
+
+def _resolve_max_decode_len(config: TransformerConfig, inputs: Array, max_extra_len: int,
+                            max_decode_len: Optional[int]) -> int:
+  """Static cache length: S + max_extra_len by default, never beyond the position table."""
+  length = inputs.shape[1] + max_extra_len if max_decode_len is None else max_decode_len
+  return max(1, min(length, config.max_len))
+
+
+def length_penalty(length: Array, alpha: Array) -> Array:
+  """GNMT length penalty ((5 + length) / 6) ** alpha (Wu et al. 2016)."""
+  return ((5.0 + length) / 6.0) ** alpha
+
+
+def filter_logits(logits: Array, temperature: Array, top_k: int = 0) -> Array:
+  """Sampling logits [..., V]: divided by `temperature`; only the `top_k` largest kept (0: all)."""
+  logits = logits / temperature
+  if top_k > 0:
+    kth = lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, NEG_INF, logits)
+  return logits
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'max_decode_len', 'greedy', 'top_k',
+                                             'eos_id'))
+def _sample_loop(params: Params, config: TransformerConfig, inputs: Array, rng: Array,
+                 temperature: Array, max_extra_len: Array, min_len: Array, *,
+                 max_decode_len: int, greedy: bool, top_k: int,
+                 eos_id: int) -> tuple[Array, Array]:
+  """Greedy (argmax) or ancestral sampling; -> tokens [B, L], log-probabilities [B]."""
+  batch = inputs.shape[0]
+  limits = _length_limits(inputs, max_extra_len, max_decode_len)
+  encoded = _encode(params, config, inputs)
+
+  def cond(state):
+    step, _, _, done, _, _ = state
+    return (step < max_decode_len) & ~jnp.all(done)
+
+  def body(state):
+    step, tokens, previous, done, scores, cache = state
+    logits, cache = _decode_step(params, config, cache, encoded, inputs, previous)
+    log_probs = _log_probs(logits, step + 1, min_len, eos_id)
+    if greedy:
+      token = jnp.argmax(log_probs, axis=-1)
+    else:
+      key = jax.random.fold_in(rng, step)
+      token = jax.random.categorical(key, filter_logits(log_probs, temperature, top_k))
+    token = jnp.where(done, PAD_ID, token).astype(jnp.int32)
+    token_log_prob = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
+    scores = scores + jnp.where(done, 0.0, token_log_prob)
+    tokens = lax.dynamic_update_slice(tokens, token[:, None], (0, step))
+    done = done | (token == eos_id) | (step + 1 >= limits)
+    return step + 1, tokens, token, done, scores, cache
+
+  state = (jnp.zeros((), jnp.int32), jnp.zeros((batch, max_decode_len), jnp.int32),
+           jnp.full((batch,), PAD_ID, jnp.int32), jnp.zeros((batch,), bool),
+           jnp.zeros((batch,), jnp.float32),
+           init_cache(config, batch, max_decode_len, inputs.shape[1]))
+  _, tokens, _, _, scores, _ = lax.while_loop(cond, body, state)
+  return tokens, scores
+
+
+def greedy_decode(params: Params, config: TransformerConfig, inputs: Array, *,
+                  max_extra_len: int = 50, max_decode_len: Optional[int] = None,
+                  min_len: int = 0, eos_id: int = EOS_ID) -> tuple[Array, Array]:
+  """Greedy decoding of [B, S] source ids -> (tokens [B, L], sum of log-probs [B]).
+
+  `max_decode_len` (L, static) defaults to S + max_extra_len; `min_len` bans EOS until
+  that many tokens precede it.
+  """
+  length = _resolve_max_decode_len(config, inputs, max_extra_len, max_decode_len)
+  return _sample_loop(params, config, inputs, jax.random.key(0), 1.0, max_extra_len, min_len,
+                      max_decode_len=length, greedy=True, top_k=0, eos_id=eos_id)
+
+
+def sample(params: Params, config: TransformerConfig, inputs: Array, rng: Array, *,
+           temperature: float = 1.0, top_k: int = 0, max_extra_len: int = 50,
+           max_decode_len: Optional[int] = None, min_len: int = 0,
+           eos_id: int = EOS_ID) -> tuple[Array, Array]:
+  """Ancestral sampling from softmax(logits / temperature), restricted to the `top_k` most
+  likely tokens (0: all) -> (tokens [B, L], model log-probs of the sampled tokens [B])."""
+  length = _resolve_max_decode_len(config, inputs, max_extra_len, max_decode_len)
+  return _sample_loop(params, config, inputs, rng, temperature, max_extra_len, min_len,
+                      max_decode_len=length, greedy=False, top_k=top_k, eos_id=eos_id)
+
+
+def _reorder_cache(cache: Any, rows: Array) -> Any:
+  """Gather decoder-cache rows [B*K, ...] by `rows` [B*K]; keeps the scalar index.
+
+  Cross-attention keys/values are identical for all beams of a sentence and beams are
+  only ever reordered within their sentence, so those leaves are left untouched.
+  """
+  def gather(path, leaf):
+    if leaf.ndim == 0 or any(getattr(k, 'key', None) == 'cross_attention' for k in path):
+      return leaf
+    return jnp.take(leaf, rows, axis=0)
+  return jax.tree_util.tree_map_with_path(gather, cache)
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'beam_size', 'max_decode_len', 'eos_id'))
+def _beam_search(params: Params, config: TransformerConfig, inputs: Array, alpha: Array,
+                 max_extra_len: Array, min_len: Array, *, beam_size: int,
+                 max_decode_len: int, eos_id: int) -> tuple[Array, Array]:
+  """Beam search core; -> best tokens [B, L] and their length-normalised scores [B]."""
+  batch, k, length = inputs.shape[0], beam_size, max_decode_len
+  limits = _length_limits(inputs, max_extra_len, length)
+  # Encode once; every beam of a sentence reads the same encoder states.
+  expand = lambda x: jnp.repeat(x, k, axis=0)
+  inputs_k = expand(inputs)
+  encoded_k = expand(_encode(params, config, inputs))
+  sentence_rows = jnp.arange(batch)[:, None] * k
+  best_alive_penalty = length_penalty(limits.astype(jnp.float32), alpha)
+
+  def cond(state):
+    step, done = state[0], state[5]
+    return (step < length) & ~jnp.all(done)
+
+  def body(state):
+    step, alive_seq, alive_log_probs, finished_seq, finished_scores, done, cache = state
+    previous = lax.dynamic_index_in_dim(alive_seq, jnp.maximum(step - 1, 0), axis=2,
+                                        keepdims=False)
+    previous = jnp.where(step > 0, previous, PAD_ID).reshape(batch * k)
+    logits, cache = _decode_step(params, config, cache, encoded_k, inputs_k, previous)
+    log_probs = _log_probs(logits, step + 1, min_len, eos_id).reshape(batch, k, -1)
+    vocab = log_probs.shape[-1]
+    candidates = (alive_log_probs[:, :, None] + log_probs).reshape(batch, k * vocab)
+    # 2K candidates: at most K of them end in EOS, so K can stay alive.
+    top_log_probs, top_index = lax.top_k(candidates, 2 * k)
+    origin, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
+    top_seq = jnp.take_along_axis(alive_seq, origin[:, :, None], axis=1)
+    top_seq = lax.dynamic_update_slice(top_seq, token[:, :, None], (0, 0, step))
+    is_eos = token == eos_id
+    at_limit = step + 1 >= limits
+
+    # Finished: EOS candidates, or every candidate of a sentence at its length limit.
+    new_scores = top_log_probs / length_penalty((step + 1).astype(jnp.float32), alpha)
+    ends = (is_eos | at_limit[:, None]) & ~done[:, None]
+    merged_scores = jnp.concatenate([finished_scores, jnp.where(ends, new_scores, NEG_INF)], 1)
+    merged_seq = jnp.concatenate([finished_seq, top_seq], axis=1)
+    finished_scores, keep = lax.top_k(merged_scores, k)
+    finished_seq = jnp.take_along_axis(merged_seq, keep[:, :, None], axis=1)
+
+    # Alive: the K best candidates that did not end in EOS.
+    alive_log_probs, keep = lax.top_k(jnp.where(is_eos, NEG_INF, top_log_probs), k)
+    alive_seq = jnp.take_along_axis(top_seq, keep[:, :, None], axis=1)
+    rows = sentence_rows + jnp.take_along_axis(origin, keep, axis=1)
+    cache = _reorder_cache(cache, rows.reshape(batch * k))
+
+    # Log-probs only fall, and with alpha >= 0 the penalty grows at most to the one at
+    # the limit: a sentence is done when its best alive beam cannot beat its best finished.
+    cannot_improve = alive_log_probs[:, 0] / best_alive_penalty < finished_scores[:, 0]
+    done = done | at_limit | cannot_improve
+    return step + 1, alive_seq, alive_log_probs, finished_seq, finished_scores, done, cache
+
+  first_beam_only = jnp.where(jnp.arange(k) == 0, 0.0, NEG_INF)
+  state = (jnp.zeros((), jnp.int32),
+           jnp.zeros((batch, k, length), jnp.int32),
+           jnp.broadcast_to(first_beam_only, (batch, k)),
+           jnp.zeros((batch, k, length), jnp.int32),
+           jnp.full((batch, k), NEG_INF),
+           jnp.zeros((batch,), bool),
+           init_cache(config, batch * k, length, inputs.shape[1]))
+  _, _, _, finished_seq, finished_scores, _, _ = lax.while_loop(cond, body, state)
+  return finished_seq[:, 0], finished_scores[:, 0]
+
+
+def beam_search(params: Params, config: TransformerConfig, inputs: Array, *,
+                beam_size: int = 4, alpha: float = 0.6, max_extra_len: int = 50,
+                max_decode_len: Optional[int] = None, min_len: int = 0,
+                eos_id: int = EOS_ID) -> tuple[Array, Array]:
+  """Beam search (paper §6.1: beam 4, alpha 0.6, max length = source length + 50).
+
+  [B, S] source ids -> (best tokens [B, L], their scores [B]). The score of a sequence
+  of n tokens (EOS included) is log p(y) / ((5 + n) / 6) ** alpha; alpha must be >= 0.
+  A sentence stops once no alive beam can beat its best finished one.
+  """
+  length = _resolve_max_decode_len(config, inputs, max_extra_len, max_decode_len)
+  return _beam_search(params, config, inputs, alpha, max_extra_len, min_len,
+                      beam_size=beam_size, max_decode_len=length, eos_id=eos_id)
+
+
+def translate_batch(params: Params, config: TransformerConfig, inputs: Array, *,
+                    beam_size: int = 4, alpha: float = 0.6, max_extra_len: int = 50,
+                    max_decode_len: Optional[int] = None) -> Array:
+  """Translate [B, S] source ids -> [B, L] output ids: beam search, or greedy if beam_size 1."""
+  if beam_size == 1:
+    return greedy_decode(params, config, inputs, max_extra_len=max_extra_len,
+                         max_decode_len=max_decode_len)[0]
+  return beam_search(params, config, inputs, beam_size=beam_size, alpha=alpha,
+                     max_extra_len=max_extra_len, max_decode_len=max_decode_len)[0]
+
+
+def trim(tokens: Any, eos_id: int = EOS_ID) -> list[list[int]]:
+  """[B, L] output ids -> per sentence the ids before the first EOS (or padding)."""
+  out = []
+  for row in jax.device_get(tokens).tolist():
+    end = next((i for i, t in enumerate(row) if t in (eos_id, PAD_ID)), len(row))
+    out.append(row[:end])
+  return out
