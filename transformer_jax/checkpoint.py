@@ -217,13 +217,16 @@ def _as_numpy_args(abstract: PyTree) -> ocp.args.PyTreeRestore:
   return ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True)
 
 
-def _manager(directory: str, *, read_only: bool, **options: Any) -> ocp.CheckpointManager:
+def _manager(directory: str, *, create: bool, **options: Any) -> ocp.CheckpointManager:
+  """Manager over `directory` with the three items' handlers; readers pass create=False."""
+  if not create and not os.path.isdir(directory):
+    raise CheckpointError(f'no checkpoints: {directory} does not exist')
   data_handler = ocp.JsonCheckpointHandler(
       filename=f'process_{jax.process_index()}.json',
       multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=None))
   handlers = {'state': ocp.PyTreeCheckpointHandler(), 'data': data_handler,
               'metadata': ocp.JsonCheckpointHandler()}
-  opts = ocp.CheckpointManagerOptions(read_only=read_only, create=not read_only, **options)
+  opts = ocp.CheckpointManagerOptions(create=create, **options)
   return ocp.CheckpointManager(directory, options=opts, item_handlers=handlers)
 
 
@@ -259,7 +262,7 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self._metadata = _canonical(dict(metadata or {}))
     self._manager = _manager(
-        self.directory, read_only=False, max_to_keep=keep,
+        self.directory, create=True, max_to_keep=keep,
         save_decision_policy=ocp.checkpoint_managers.AnySavePolicy([
             ocp.checkpoint_managers.FixedIntervalPolicy(save_every_steps),
             ocp.checkpoint_managers.PreemptionCheckpointingPolicy()]),
@@ -416,7 +419,7 @@ def average_checkpoints(workdir: str, num_last: int) -> str:
   """
   if num_last < 1:
     raise CheckpointError(f'num_last must be >= 1, got {num_last}')
-  manager = _manager(os.path.join(os.path.abspath(workdir), 'checkpoints'), read_only=True)
+  manager = _manager(os.path.join(os.path.abspath(workdir), 'checkpoints'), create=False)
   steps = sorted(manager.all_steps())[-num_last:]
   if not steps:
     raise CheckpointError(f'no checkpoints to average in {manager.directory}')
@@ -440,17 +443,22 @@ def average_checkpoints(workdir: str, num_last: int) -> str:
   metadata = {k: v for k, v in reference.items() if k not in ('checksums', 'step')}
   metadata.update(averaged_steps=steps, checksums=tree_checksums({'params': averaged}))
   path = os.path.join(os.path.abspath(workdir), 'averaged')
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+  with _averaged_checkpointer() as ckptr:
     ckptr.save(path, force=True, args=ocp.args.Composite(
         params=ocp.args.PyTreeSave(averaged), metadata=ocp.args.JsonSave(metadata)))
   return path
 
 
+def _averaged_checkpointer() -> ocp.Checkpointer:
+  return ocp.Checkpointer(ocp.CompositeCheckpointHandler(
+      params=ocp.PyTreeCheckpointHandler(), metadata=ocp.JsonCheckpointHandler()))
+
+
 def _load_averaged(path: str) -> tuple[PyTree, dict]:
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+  with _averaged_checkpointer() as ckptr:
     metadata = ckptr.restore(path, args=ocp.args.Composite(
         metadata=ocp.args.JsonRestore())).metadata
-    abstract = _numpy_abstract(ckptr.metadata(path)['params'].tree)
+    abstract = _numpy_abstract(ckptr.metadata(path).item_metadata['params'].tree)
     params = ckptr.restore(path, args=ocp.args.Composite(params=_as_numpy_args(abstract))).params
   try:
     _verify_checksums({'params': params}, metadata.get('checksums', {}), path)
@@ -471,7 +479,7 @@ def load_for_inference(workdir: str) -> tuple[PyTree, TransformerConfig, str]:
   if os.path.isdir(averaged):
     params, metadata, where = *_load_averaged(averaged), averaged
   else:
-    manager = _manager(os.path.join(workdir, 'checkpoints'), read_only=True)
+    manager = _manager(os.path.join(workdir, 'checkpoints'), create=False)
     params = None
     for step in sorted(manager.all_steps(), reverse=True):
       where = f'{manager.directory}/{step}'

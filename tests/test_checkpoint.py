@@ -1,0 +1,288 @@
+"""Unit tests of transformer_jax.checkpoint over a hand-made TrainState-like pytree."""
+
+import glob
+import json
+import logging
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import struct
+
+from transformer_jax import checkpoint as ckpt
+from transformer_jax import sharding
+
+
+@struct.dataclass
+class State:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+  rng: jax.Array
+
+
+class FakeIterator:
+  """Counts batches; its position is what a checkpoint must bring back."""
+
+  def __init__(self, as_bytes=False):
+    self.position, self.as_bytes = 0, as_bytes
+
+  def get_state(self):
+    return str(self.position).encode() if self.as_bytes else {'position': self.position}
+
+  def set_state(self, state):
+    self.position = int(state) if self.as_bytes else state['position']
+
+
+def make_state(params, step):
+  """A state whose every leaf depends on `step` (params, Adam moments, rng)."""
+  tx = optax.adam(1e-3)
+  params = jax.tree.map(lambda p: p + step, params)
+  opt_state = tx.init(params)
+  _, opt_state = tx.update(params, opt_state, params)
+  return State(jnp.int32(step), params, opt_state,
+               jax.random.key_data(jax.random.fold_in(jax.random.key(0), step)))
+
+
+def abstract_of(state):
+  mesh = sharding.create_mesh()
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                     sharding=sharding.replicated(mesh)), state)
+
+
+def assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert np.asarray(x).dtype == np.asarray(y).dtype
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def float64_mean(trees):
+  return jax.tree.map(
+      lambda *xs: (sum(np.asarray(x, np.float64) for x in xs) / len(xs)).astype(xs[0].dtype),
+      *trees)
+
+
+@pytest.fixture
+def metadata(tiny_config, tmp_path):
+  vocab = tmp_path / 'spm.model'
+  vocab.write_bytes(b'fake sentencepiece model')
+  return ckpt.training_metadata(tiny_config, str(vocab))
+
+
+def save_steps(workdir, params, metadata, steps, every=1, keep=10, iterator=None):
+  with ckpt.Checkpointer(workdir, save_every_steps=every, keep=keep, metadata=metadata) as c:
+    for step in steps:
+      if iterator is not None:
+        iterator.position = 100 + step
+      c.maybe_save(step, make_state(params, step), iterator)
+    return c.all_steps()
+
+
+@pytest.mark.parametrize('as_bytes', [False, True])
+def test_restore_brings_back_state_and_data_position(tmp_path, tiny_params, metadata, as_bytes):
+  save_steps(str(tmp_path), tiny_params, metadata, [1, 2, 3], iterator=FakeIterator(as_bytes))
+  iterator = FakeIterator(as_bytes)
+  expected = make_state(tiny_params, 3)
+  c = ckpt.Checkpointer(str(tmp_path), save_every_steps=1, keep=10, metadata=metadata)
+  restored = c.restore(abstract_of(expected), iterator)
+  assert_trees_equal(restored, expected)
+  assert isinstance(restored.params['decoder']['layer_0']['ffn']['wi']['kernel'], jax.Array)
+  assert iterator.position == 103
+
+
+def test_no_checkpoint_restores_none(tmp_path, tiny_params, metadata):
+  c = ckpt.Checkpointer(str(tmp_path), save_every_steps=1, keep=1, metadata=metadata)
+  assert c.restore(abstract_of(make_state(tiny_params, 0))) is None
+
+
+def test_saves_every_n_steps_keeps_last_k_and_forced_final(tmp_path, tiny_params, metadata):
+  workdir = str(tmp_path)
+  with ckpt.Checkpointer(workdir, save_every_steps=2, keep=3, metadata=metadata) as c:
+    saved = [s for s in range(1, 12) if c.maybe_save(s, make_state(tiny_params, s))]
+    assert c.maybe_save(11, make_state(tiny_params, 11), force=True)
+    assert not c.maybe_save(11, make_state(tiny_params, 11), force=True)  # already there.
+    c.wait()
+    assert saved == [2, 4, 6, 8, 10]
+    assert c.all_steps() == [8, 10, 11]
+  on_disk = sorted(int(os.path.basename(p)) for p in glob.glob(f'{workdir}/checkpoints/*')
+                   if os.path.basename(p).isdigit())
+  assert on_disk == [8, 10, 11]
+
+
+def test_leftover_partial_save_is_ignored_and_cleaned(tmp_path, tiny_params, metadata):
+  """What kill -9 during a save leaves behind: a `<step>.orbax-checkpoint-tmp-*` dir."""
+  workdir = str(tmp_path)
+  save_steps(workdir, tiny_params, metadata, [1, 2])
+  partial = f'{workdir}/checkpoints/3.orbax-checkpoint-tmp-1234'
+  os.makedirs(f'{partial}/state')
+  with ckpt.Checkpointer(workdir, save_every_steps=1, keep=10, metadata=metadata) as c:
+    assert c.all_steps() == [1, 2]
+    assert_trees_equal(c.restore(abstract_of(make_state(tiny_params, 0))),
+                       make_state(tiny_params, 2))
+    assert c.maybe_save(3, make_state(tiny_params, 3))
+    c.wait()
+    assert not os.path.exists(partial)
+    assert c.all_steps() == [1, 2, 3]
+
+
+def _largest_array_file(step_dir):
+  files = [f for f in glob.glob(f'{step_dir}/state/**/d/*', recursive=True)]
+  return max(files, key=os.path.getsize)
+
+
+def _flip_bytes(step_dir):
+  path = _largest_array_file(step_dir)
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    data = f.read(8)
+    f.seek(os.path.getsize(path) // 2)
+    f.write(bytes(b ^ 0xFF for b in data))
+
+
+def _truncate(step_dir):
+  path = _largest_array_file(step_dir)
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def _drop_metadata(step_dir):
+  os.remove(f'{step_dir}/metadata/metadata')
+
+
+@pytest.mark.parametrize('corrupt', [_flip_bytes, _truncate, _drop_metadata])
+def test_corrupt_latest_falls_back_with_warning(tmp_path, tiny_params, metadata, caplog, corrupt):
+  workdir = str(tmp_path)
+  save_steps(workdir, tiny_params, metadata, [1, 2], iterator=FakeIterator())
+  corrupt(f'{workdir}/checkpoints/2')
+  iterator = FakeIterator()
+  c = ckpt.Checkpointer(workdir, save_every_steps=1, keep=10, metadata=metadata)
+  with caplog.at_level(logging.WARNING):
+    restored = c.restore(abstract_of(make_state(tiny_params, 0)), iterator)
+  assert_trees_equal(restored, make_state(tiny_params, 1))
+  assert iterator.position == 101
+  assert any('checkpoints/2' in r.getMessage() and 'older' in r.getMessage()
+             for r in caplog.records)
+  # The corrupt step is kept aside (not deleted) and no longer blocks saving step 2 again.
+  assert c.all_steps() == [1]
+  assert len(glob.glob(f'{workdir}/checkpoints_corrupt/2-*')) == 1
+  assert c.maybe_save(2, make_state(tiny_params, 2), force=True)
+  c.close()
+
+
+def test_nothing_restorable_raises(tmp_path, tiny_params, metadata):
+  workdir = str(tmp_path)
+  save_steps(workdir, tiny_params, metadata, [1, 2])
+  for step in (1, 2):
+    _flip_bytes(f'{workdir}/checkpoints/{step}')
+  c = ckpt.Checkpointer(workdir, save_every_steps=1, keep=10, metadata=metadata)
+  with pytest.raises(ckpt.CheckpointError, match='none of the 2 checkpoints.*checksum'):
+    c.restore(abstract_of(make_state(tiny_params, 0)))
+  assert c.all_steps() == [1, 2]  # nothing moved when nothing could be verified.
+
+
+def test_different_model_config_or_vocabulary_is_refused(tmp_path, tiny_params, tiny_config,
+                                                           metadata):
+  workdir = str(tmp_path)
+  save_steps(workdir, tiny_params, metadata, [1])
+  abstract = abstract_of(make_state(tiny_params, 0))
+  other_vocab = tmp_path / 'other.model'
+  other_vocab.write_bytes(b'another vocabulary')
+  wider = ckpt.training_metadata(tiny_config.replace(d_model=64), str(tmp_path / 'spm.model'))
+  relabelled = ckpt.training_metadata(tiny_config, str(other_vocab))
+  for other, message in ((wider, r'model_config\.d_model: checkpoint 32 != now 64'),
+                         (relabelled, 'vocab_sha256')):
+    c = ckpt.Checkpointer(workdir, save_every_steps=1, keep=10, metadata=other)
+    with pytest.raises(ckpt.CheckpointError, match=message) as info:
+      c.restore(abstract)
+    assert '\n' not in str(info.value)
+
+
+def test_resume_without_saved_data_position_is_refused(tmp_path, tiny_params, metadata):
+  save_steps(str(tmp_path), tiny_params, metadata, [1])
+  c = ckpt.Checkpointer(str(tmp_path), save_every_steps=1, keep=10, metadata=metadata)
+  with pytest.raises(ckpt.CheckpointError, match='no data-iterator position'):
+    c.restore(abstract_of(make_state(tiny_params, 0)), FakeIterator())
+
+
+def test_typed_prng_key_is_refused_with_advice(tmp_path, tiny_params, metadata):
+  state = make_state(tiny_params, 1).replace(rng=jax.random.key(0))
+  with ckpt.Checkpointer(str(tmp_path), save_every_steps=1, keep=1, metadata=metadata) as c:
+    with pytest.raises(ckpt.CheckpointError, match='rng.*key_data'):
+      c.maybe_save(1, state)
+
+
+def test_average_is_mean_of_last_n_and_used_for_inference(tmp_path, tiny_params, tiny_config,
+                                                            metadata):
+  workdir = str(tmp_path)
+  ckpt.save_model_config(workdir, tiny_config)
+  save_steps(workdir, tiny_params, metadata, [1, 2, 3, 4])
+  path = ckpt.average_checkpoints(workdir, 3)
+  assert path == os.path.join(workdir, 'averaged')
+  expected = float64_mean([make_state(tiny_params, s).params for s in (2, 3, 4)])
+  params, cfg, vocab = ckpt.load_for_inference(workdir)
+  assert_trees_equal(params, expected)
+  assert cfg == tiny_config
+  assert vocab == os.path.join(workdir, 'spm.model')
+  # A different vocabulary file in the workdir is refused.
+  (tmp_path / 'spm.model').write_bytes(b'retrained vocabulary')
+  with pytest.raises(ckpt.CheckpointError, match='not the vocabulary'):
+    ckpt.load_for_inference(workdir)
+
+
+def test_inference_without_average_uses_latest(tmp_path, tiny_params, tiny_config, metadata):
+  workdir = str(tmp_path)
+  save_steps(workdir, tiny_params, metadata, [1, 2])
+  params, cfg, _ = ckpt.load_for_inference(workdir)
+  assert_trees_equal(params, make_state(tiny_params, 2).params)
+  assert cfg == tiny_config
+
+
+def test_average_cli(tmp_path, tiny_params, metadata):
+  from transformer_jax import average_cli
+  workdir = str(tmp_path)
+  save_steps(workdir, tiny_params, metadata, [1, 2])
+  average_cli.main(['--workdir', workdir, '--num_last', '2'])
+  params, _, _ = ckpt.load_for_inference(workdir)
+  assert_trees_equal(params, float64_mean([make_state(tiny_params, s).params for s in (1, 2)]))
+  with pytest.raises(SystemExit, match='no checkpoints'):
+    average_cli.main(['--workdir', str(tmp_path / 'missing'), '--num_last', '2'])
+
+
+def test_model_config_json_round_trip_and_errors(tmp_path, tiny_config):
+  cfg = tiny_config.replace(dtype=jnp.bfloat16, d_k=16)
+  ckpt.save_model_config(str(tmp_path), cfg)
+  assert json.loads((tmp_path / 'model_config.json').read_text())['dtype'] == 'bfloat16'
+  assert ckpt.load_model_config(str(tmp_path)) == cfg
+  (tmp_path / 'model_config.json').write_text('{"vocab_size": 40,\n "d_model": }')
+  with pytest.raises(ckpt.CheckpointError, match=r'model_config.json:2: invalid JSON'):
+    ckpt.load_model_config(str(tmp_path))
+  (tmp_path / 'model_config.json').write_text('{"vocab_size": 40, "d_modle": 8}')
+  with pytest.raises(ckpt.CheckpointError, match="model_config.json: unknown.*'d_modle'"):
+    ckpt.load_model_config(str(tmp_path))
+
+
+def test_checksums_see_one_flipped_bit_and_ignore_sharding(tiny_params):
+  sums = ckpt.tree_checksums(tiny_params)
+  leaf = tiny_params['decoder']['layer_0']['ffn']['wi']['kernel']
+  bits = np.asarray(leaf).view(np.uint32).copy()
+  bits.flat[7] ^= 1
+  changed = dict(tiny_params, decoder=jax.tree.map(lambda x: x, tiny_params['decoder']))
+  changed['decoder']['layer_0']['ffn']['wi']['kernel'] = jnp.asarray(bits.view(np.float32))
+  other = ckpt.tree_checksums(changed)
+  assert [k for k in sums if sums[k] != other[k]] == ['decoder/layer_0/ffn/wi/kernel']
+  on_mesh = jax.device_put(tiny_params, sharding.replicated(sharding.create_mesh()))
+  assert ckpt.tree_checksums(on_mesh) == sums
+
+
+def test_preemption_guard_turns_sigterm_into_a_request():
+  previous = signal.getsignal(signal.SIGTERM)
+  with ckpt.PreemptionGuard() as guard:
+    assert not guard.requested
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert guard.requested
+  assert signal.getsignal(signal.SIGTERM) is previous
