@@ -112,8 +112,9 @@ def test_cached_decoding_equals_full_forward(tiny_config, pre_norm):
   src, tgt = _tokens(9, (2, S)), _tokens(10, (2, T))
   src = src.at[0, 6:].set(0)
   params = model.init(jax.random.key(1), src, tgt)['params']
-  full = model.apply({'params': params}, src, tgt)
-  encoded = model.apply({'params': params}, src, method=Transformer.encode)
+  full = jax.jit(model.apply)({'params': params}, src, tgt)
+  encoded = jax.jit(model.apply, static_argnames='method')(
+      {'params': params}, src, method=Transformer.encode)
 
   @jax.jit
   def step(cache, token):
@@ -134,8 +135,8 @@ def test_cached_decoding_equals_full_forward(tiny_config, pre_norm):
 
 def test_bf16_compute_stays_close_to_fp32(tiny_config, tiny_params):
   src, tgt = _tokens(11, (2, S)), _tokens(12, (2, T))
-  fp32 = Transformer(tiny_config).apply({'params': tiny_params}, src, tgt)
-  bf16 = Transformer(tiny_config.replace(dtype=jnp.bfloat16)).apply(
+  fp32 = jax.jit(Transformer(tiny_config).apply)({'params': tiny_params}, src, tgt)
+  bf16 = jax.jit(Transformer(tiny_config.replace(dtype=jnp.bfloat16)).apply)(
       {'params': tiny_params}, src, tgt)
   assert bf16.dtype == jnp.float32  # logits come back in float32 for the loss
   p32, p16 = jax.nn.softmax(fp32), jax.nn.softmax(bf16)
@@ -148,10 +149,11 @@ def test_dropout_is_active_only_when_not_deterministic(tiny_config):
   model = Transformer(cfg)
   src, tgt = _tokens(13, (2, S)), _tokens(14, (2, T))
   params = model.init(jax.random.key(0), src, tgt)['params']
-  run = lambda seed: model.apply({'params': params}, src, tgt, deterministic=False,
-                                 rngs={'dropout': jax.random.key(seed)})
-  np.testing.assert_allclose(model.apply({'params': params}, src, tgt),
-                             model.apply({'params': params}, src, tgt))
+  apply = jax.jit(model.apply, static_argnames='deterministic')
+  run = lambda seed: apply({'params': params}, src, tgt, deterministic=False,
+                           rngs={'dropout': jax.random.key(seed)})
+  np.testing.assert_allclose(apply({'params': params}, src, tgt),
+                             apply({'params': params}, src, tgt))
   assert not np.allclose(run(0), run(1))
   np.testing.assert_allclose(run(2), run(2))
 
@@ -159,8 +161,8 @@ def test_dropout_is_active_only_when_not_deterministic(tiny_config):
 def test_attention_weights_are_sown_for_visualisation(tiny_config, tiny_params):
   src, tgt = _tokens(15, (1, S)), _tokens(16, (1, T))
   src = src.at[0, 8:].set(0)
-  _, state = Transformer(tiny_config).apply({'params': tiny_params}, src, tgt,
-                                            mutable=['intermediates'])
+  apply = jax.jit(Transformer(tiny_config).apply, static_argnames='mutable')
+  _, state = apply({'params': tiny_params}, src, tgt, mutable=('intermediates',))
   inter = state['intermediates']
   enc = inter['encoder']['layer_0']['self_attention']['attention_weights'][0]
   dec = inter['decoder']['layer_1']['self_attention']['attention_weights'][0]
@@ -209,8 +211,8 @@ def test_remat_gives_the_same_gradients(tiny_config, tiny_params, remat):
   def loss(cfg, p):
     return jnp.mean(Transformer(cfg).apply({'params': p}, src, tgt) ** 2)
 
-  g_ref = jax.grad(lambda p: loss(tiny_config, p))(tiny_params)
-  g_remat = jax.grad(lambda p: loss(tiny_config.replace(remat=remat), p))(tiny_params)
+  g_ref = jax.jit(jax.grad(lambda p: loss(tiny_config, p)))(tiny_params)
+  g_remat = jax.jit(jax.grad(lambda p: loss(tiny_config.replace(remat=remat), p)))(tiny_params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), g_ref, g_remat)
 
 
