@@ -200,6 +200,11 @@ def test_different_model_config_or_vocabulary_is_refused(tmp_path, tiny_params, 
     with pytest.raises(ckpt.CheckpointError, match=message) as info:
       c.restore(abstract)
     assert '\n' not in str(info.value)
+  # How the model runs (remat, attention kernel) may change on resume.
+  runtime = ckpt.training_metadata(tiny_config.replace(remat='full', attention_impl='xla'),
+                                   str(tmp_path / 'spm.model'))
+  c = ckpt.Checkpointer(workdir, save_every_steps=1, keep=10, metadata=runtime)
+  assert_trees_equal(c.restore(abstract), make_state(tiny_params, 1))
 
 
 def test_resume_without_saved_data_position_is_refused(tmp_path, tiny_params, metadata):

@@ -34,6 +34,8 @@ from transformer_jax.model import TransformerConfig
 PyTree = Any
 _ITEMS = ('state', 'data', 'metadata')
 _DTYPE_FIELDS = ('dtype', 'param_dtype')
+# Model-config fields that change how the model runs, not what its weights mean.
+_RUNTIME_FIELDS = frozenset({'attention_impl', 'remat'})
 
 
 class CheckpointError(ValueError):
@@ -182,14 +184,18 @@ def _canonical(value: Any) -> Any:
 
 
 def _mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-  """'key: checkpoint X != now Y' for every key both have and disagree on (one level deep)."""
+  """'key: checkpoint X != now Y' for every key both have and disagree on (one level deep).
+
+  `attention_impl` and `remat` may change between runs.
+  """
   diffs = []
   for key, now in _canonical(dict(current)).items():
     if key == 'checksums' or key not in saved or saved[key] == now:
       continue
     if isinstance(now, dict) and isinstance(saved[key], dict):
       diffs += [f'{key}.{k}: checkpoint {saved[key].get(k)!r} != now {now.get(k)!r}'
-                for k in sorted(set(now) | set(saved[key])) if saved[key].get(k) != now.get(k)]
+                for k in sorted(set(now) | set(saved[key]))
+                if k not in _RUNTIME_FIELDS and saved[key].get(k) != now.get(k)]
     else:
       diffs.append(f'{key}: checkpoint {saved[key]!r} != now {now!r}')
   return diffs
