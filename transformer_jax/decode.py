@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from transformer_jax.model import Transformer, TransformerConfig, init_cache
@@ -256,7 +257,7 @@ def translate_batch(params: Params, config: TransformerConfig, inputs: Array, *,
 def trim(tokens: Any, eos_id: int = EOS_ID) -> list[list[int]]:
   """[B, L] output ids -> per sentence the ids before the first EOS (or padding)."""
   out = []
-  for row in jax.device_get(tokens).tolist():
+  for row in np.asarray(jax.device_get(tokens)).tolist():
     end = next((i for i, t in enumerate(row) if t in (eos_id, PAD_ID)), len(row))
     out.append(row[:end])
   return out

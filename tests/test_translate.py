@@ -1,0 +1,168 @@
+"""The translate CLI: batching, order, errors, and one real end-to-end run."""
+
+import io
+import os
+import random
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import sentencepiece as spm
+from flax import linen as nn
+
+from transformer_jax import Transformer, checkpoint
+from transformer_jax import translate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LINES = ['bad face', '', 'dead bead cab fad ace abc', 'ace', '   ', 'cab cab', 'fad bad ace',
+         'bead', '']
+
+
+class CharVocab:
+  """Characters as ids 3..; EOS (1) appended; decode stops at EOS."""
+
+  def encode(self, text):
+    return [3 + ord(c) - ord(' ') for c in text] + [1]
+
+  def decode(self, ids):
+    ids = list(ids)
+    ids = ids[:ids.index(1)] if 1 in ids else ids
+    return ''.join(chr(i - 3 + ord(' ')) for i in ids if i)
+
+
+class ReverseModel:
+  """Stands in for the model: outputs each source reversed, EOS, zeros; records shapes."""
+
+  def __init__(self):
+    self.shapes = []
+
+  def __call__(self, batch):
+    self.shapes.append(batch.shape)
+    out = np.zeros((batch.shape[0], batch.shape[1] + 3), np.int32)
+    for r, row in enumerate(batch):
+      words = [t for t in row if t > 1]
+      out[r, :len(words) + 1] = words[::-1] + [1]
+    return out
+
+
+@pytest.mark.parametrize('batch_size', [1, 2, 3, 16])
+def test_order_and_one_line_per_input(batch_size):
+  model = ReverseModel()
+  out = translate.translate_lines(LINES, model, CharVocab(), batch_size=batch_size,
+                                  max_source_len=64, progress=False)
+  assert out == [line[::-1] if line.strip() else '' for line in LINES]
+  assert all(rows == batch_size and width in (16, 32, 64) for rows, width in model.shapes)
+
+
+def test_long_sources_are_cut_keeping_eos():
+  out = translate.translate_lines(['abcdefghijklmnopqrstuvwxyz'], ReverseModel(), CharVocab(),
+                                  batch_size=2, max_source_len=16, progress=False)
+  assert out == ['onmlkjihgfedcba']  # 15 characters + EOS
+
+
+def test_bucket_lengths():
+  assert [translate.bucket_length(n, 100) for n in (1, 16, 17, 33, 64, 65, 200)] == [
+      16, 16, 32, 64, 64, 100, 100]
+
+
+def test_read_lines_keeps_empty_lines(tmp_path):
+  path = tmp_path / 'in.txt'
+  path.write_bytes(b'one\r\n\ntwo\n')
+  assert translate._read_lines(str(path)) == ['one', '', 'two']
+  path.write_bytes(b'one\n\n')
+  assert translate._read_lines(str(path)) == ['one', '']
+
+
+def _cli(*args, stdin=''):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, '.jax_cache'))
+  return subprocess.run([sys.executable, '-m', 'transformer_jax.translate', *args], input=stdin,
+                        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+
+
+def test_missing_workdir_is_a_one_line_error(tmp_path):
+  result = _cli('--workdir', str(tmp_path / 'nope'), stdin='hello\n')
+  assert result.returncode == 2 and result.stdout == ''
+  assert result.stderr.strip().count('\n') == 0 and 'Traceback' not in result.stderr
+  assert 'does not exist' in result.stderr
+
+
+def test_empty_workdir_is_a_clear_error(tmp_path, capsys):
+  assert translate.main(['--workdir', str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('transformer-jax-translate: error: no checkpoints')
+  assert err.count('\n') == 1
+
+
+# ----------------------------------------------------------------------- a real workdir
+
+
+def _train_vocab(path):
+  random.seed(0)
+  words = ['abc', 'bad', 'cab', 'dead', 'face', 'bead', 'fad', 'ace']
+  sentences = [' '.join(random.choices(words, k=random.randint(2, 6))) for _ in range(300)]
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=model,
+                                 vocab_size=16, model_type='unigram', character_coverage=1.0,
+                                 pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+  path.write_bytes(model.getvalue())
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory, tiny_config):
+  """A training workdir with one checkpoint of a random 16-piece model and its vocabulary.
+
+  The EOS logit is lowered by about 3 (through the bias of the last, post-LN, LayerNorm
+  along the tied EOS embedding) so that the random model writes non-empty outputs.
+  """
+  root = tmp_path_factory.mktemp('workdir')
+  _train_vocab(root / 'spm.model')
+  config = tiny_config.replace(vocab_size=16)
+  ones = jnp.ones((1, 4), jnp.int32)
+  params = nn.meta.unbox(Transformer(config).init(jax.random.key(0), ones, ones)['params'])
+  eos = params['source_embed']['embedding'][1]
+  norm = params['decoder']['layer_1']['ffn_block']['norm']
+  norm['bias'] = norm['bias'] - 3.0 * config.d_model ** 0.5 * eos / jnp.sum(eos ** 2)
+  checkpoint.save_model_config(str(root), config)
+  metadata = checkpoint.training_metadata(config, str(root / 'spm.model'))
+  with checkpoint.Checkpointer(str(root), save_every_steps=1, keep=1, metadata=metadata) as c:
+    c.maybe_save(1, {'params': params}, force=True)
+  return root
+
+
+def test_vocabulary_must_fit_the_model(workdir, tiny_config):
+  vocab = translate.load_vocabulary(str(workdir / 'spm.model'), tiny_config.replace(vocab_size=16))
+  assert vocab.decode(vocab.encode('bad face')) == 'bad face'
+  with pytest.raises(translate.TranslateError, match='16 pieces but the model only 8'):
+    translate.load_vocabulary(str(workdir / 'spm.model'), tiny_config.replace(vocab_size=8))
+  with pytest.raises(translate.TranslateError, match='cannot load the vocabulary'):
+    translate.load_vocabulary(str(workdir / 'model_config.json'), tiny_config)
+
+
+def test_end_to_end_cli_matches_library(workdir, tmp_path):
+  source = tmp_path / 'source.txt'
+  source.write_text('\n'.join(LINES) + '\n', encoding='utf-8')
+  output = tmp_path / 'out.txt'
+  # Through `python -m`, checking that TensorFlow is never imported on the way.
+  code = ('import runpy, sys; sys.argv = ["translate"] + sys.argv[1:]\n'
+          'try:\n  runpy.run_module("transformer_jax.translate", run_name="__main__")\n'
+          'except SystemExit as e:\n  code = e.code\n'
+          'assert "tensorflow" not in sys.modules, "tensorflow imported"\nsys.exit(code)')
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, '.jax_cache'))
+  result = subprocess.run(
+      [sys.executable, '-c', code, '--workdir', str(workdir), '--input', str(source),
+       '--output', str(output), '--batch_size', '3', '--max_extra_len', '5'],
+      capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+  assert result.returncode == 0, result.stderr
+  lines = output.read_text(encoding='utf-8').split('\n')
+  assert lines[-1] == '' and len(lines[:-1]) == len(LINES)
+  assert [bool(x) for x in lines[:-1]] == [bool(x.strip()) for x in LINES]
+
+  model = translate.load_model(str(workdir))
+  fn = translate.make_translate_fn(model, max_extra_len=5)
+  assert translate.translate_lines(LINES, fn, model.vocab, batch_size=4,
+                                   max_source_len=model.config.max_len,
+                                   progress=False) == lines[:-1]

@@ -1,0 +1,197 @@
+"""Translate text with a trained checkpoint: `transformer-jax-translate --workdir DIR`.
+
+Reads stdin (or `--input`), writes exactly one line per input line, in order (an empty
+line gives an empty line) to stdout (or `--output`). Sentences are sorted by length and
+decoded in batches of fixed shapes (`--batch_size` rows, source length rounded up to a
+power of two) so that few programs are compiled. Uses `<workdir>/averaged` when present.
+A missing or incompatible checkpoint or vocabulary ends with a one-line error, exit 2.
+No TensorFlow: tokenisation uses the `sentencepiece` package directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import numpy as np
+import sentencepiece as spm
+from tqdm import tqdm
+
+from transformer_jax import checkpoint, decode
+from transformer_jax.model import TransformerConfig
+
+MIN_BUCKET = 16
+
+# Source ids [B, S] (int32, 0-padded) -> output ids [B, L].
+TranslateFn = Callable[[np.ndarray], np.ndarray]
+
+
+class TranslateError(Exception):
+  """A problem the user can fix (paths, vocabulary); reported as one line, exit code 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+  """SentencePiece ids with the model's conventions (pad 0, EOS 1, EOS appended)."""
+  processor: spm.SentencePieceProcessor
+
+  def encode(self, text: str) -> list[int]:
+    return self.processor.encode(text) + [decode.EOS_ID]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of `ids` up to the first EOS (or padding)."""
+    return self.processor.decode(decode.trim([list(ids)])[0])
+
+  def pieces(self, ids: Sequence[int]) -> list[str]:
+    return [self.processor.id_to_piece(int(i)) for i in ids]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+  """What a training workdir provides for inference."""
+  params: Any
+  config: TransformerConfig
+  vocab: Vocabulary
+
+
+def load_vocabulary(path: str, config: TransformerConfig) -> Vocabulary:
+  """The SentencePiece model at `path`, checked against the model's ids and vocabulary size."""
+  try:
+    processor = spm.SentencePieceProcessor(model_file=path)
+  except (OSError, RuntimeError) as e:
+    raise TranslateError(f'cannot load the vocabulary {path}: {str(e).splitlines()[0]}') from None
+  if (processor.pad_id(), processor.eos_id()) != (decode.PAD_ID, decode.EOS_ID):
+    raise TranslateError(f'{path}: expected pad id {decode.PAD_ID} and EOS id {decode.EOS_ID}, '
+                         f'got {processor.pad_id()} and {processor.eos_id()}')
+  if processor.get_piece_size() > min(config.vocab_size, config.output_vocab_size):
+    raise TranslateError(f'{path} has {processor.get_piece_size()} pieces but the model only '
+                         f'{config.vocab_size}')
+  return Vocabulary(processor)
+
+
+def load_model(workdir: str) -> LoadedModel:
+  """Params (on device), config and vocabulary of a training workdir (averaged if present)."""
+  if not os.path.isdir(workdir):
+    raise TranslateError(f'workdir {workdir} does not exist')
+  params, config, vocab_path = checkpoint.load_for_inference(workdir)
+  return LoadedModel(jax.device_put(params), config, load_vocabulary(vocab_path, config))
+
+
+def make_translate_fn(model: LoadedModel, *, beam_size: int = 4, alpha: float = 0.6,
+                      max_extra_len: int = 50) -> TranslateFn:
+  """A function translating a [B, S] numpy batch with `decode.translate_batch`."""
+  def translate_fn(inputs: np.ndarray) -> np.ndarray:
+    return np.asarray(decode.translate_batch(model.params, model.config, inputs,
+                                             beam_size=beam_size, alpha=alpha,
+                                             max_extra_len=max_extra_len))
+  return translate_fn
+
+
+def bucket_length(length: int, max_len: int) -> int:
+  """Padded source length: the next power of two >= `length` (at least 16), <= max_len."""
+  return min(max(MIN_BUCKET, 1 << (length - 1).bit_length()), max_len)
+
+
+def translate_lines(lines: Sequence[str], translate_fn: TranslateFn, vocab: Any, *,
+                    batch_size: int, max_source_len: int, progress: bool = True) -> list[str]:
+  """Translate `lines` (one sentence each) -> one output per line, in the input order.
+
+  `vocab` has `encode(str) -> ids` (EOS appended) and `decode(ids) -> str`. Blank lines
+  give empty outputs without touching the model; longer sources are cut to
+  `max_source_len` tokens (EOS kept). Batches always have `batch_size` rows.
+  """
+  outputs = [''] * len(lines)
+  encoded = {}
+  for i, line in enumerate(lines):
+    if line.strip():
+      ids = vocab.encode(line)
+      encoded[i] = ids if len(ids) <= max_source_len else ids[:max_source_len - 1] + ids[-1:]
+  order = sorted(encoded, key=lambda i: len(encoded[i]))
+  with tqdm(total=len(order), file=sys.stderr, unit='sent', disable=not progress) as bar:
+    for start in range(0, len(order), batch_size):
+      rows = order[start:start + batch_size]
+      width = bucket_length(max(len(encoded[i]) for i in rows), max_source_len)
+      batch = np.zeros((batch_size, width), np.int32)
+      for r, i in enumerate(rows):
+        batch[r, :len(encoded[i])] = encoded[i]
+      for i, ids in zip(rows, translate_fn(batch)):
+        outputs[i] = vocab.decode(ids)
+      bar.update(len(rows))
+  return outputs
+
+
+def _read_lines(path: Optional[str]) -> list[str]:
+  """Lines of `path` (or stdin) without their line ends; a final newline adds no line."""
+  try:
+    if path is None:
+      data = sys.stdin.buffer.read()
+    else:
+      with open(path, 'rb') as f:
+        data = f.read()
+  except OSError as e:
+    raise TranslateError(f'cannot read {path}: {e.strerror}') from None
+  lines = data.decode('utf-8', errors='replace').split('\n')
+  if lines[-1] == '':
+    lines.pop()
+  return [line.rstrip('\r') for line in lines]
+
+
+def _write_lines(path: Optional[str], lines: Sequence[str]) -> None:
+  text = ''.join(line + '\n' for line in lines)
+  if path is None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return
+  try:
+    with open(path, 'w', encoding='utf-8', newline='\n') as f:
+      f.write(text)
+  except OSError as e:
+    raise TranslateError(f'cannot write {path}: {e.strerror}') from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog='transformer-jax-translate', description=__doc__.split('\n')[0])
+  parser.add_argument('--workdir', required=True, help='training directory with checkpoints')
+  parser.add_argument('--input', help='file with one sentence per line (default: stdin)')
+  parser.add_argument('--output', help='file for the translations (default: stdout)')
+  parser.add_argument('--beam_size', type=int, default=4, help='1 means greedy decoding')
+  parser.add_argument('--alpha', type=float, default=0.6, help='length penalty exponent')
+  parser.add_argument('--max_extra_len', type=int, default=50,
+                      help='output length limit = source length + this')
+  parser.add_argument('--batch_size', type=int, default=32, help='sentences per batch')
+  parser.add_argument('--no_progress', action='store_true', help='no progress bar on stderr')
+  return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Run the CLI; returns the exit code (2 with a one-line message for user errors)."""
+  args = build_parser().parse_args(argv)
+  try:
+    if args.beam_size < 1 or args.batch_size < 1 or args.max_extra_len < 0:
+      raise TranslateError('--beam_size and --batch_size must be >= 1, --max_extra_len >= 0')
+    model = load_model(args.workdir)
+    lines = _read_lines(args.input)
+    translate_fn = make_translate_fn(model, beam_size=args.beam_size, alpha=args.alpha,
+                                     max_extra_len=args.max_extra_len)
+    outputs = translate_lines(lines, translate_fn, model.vocab, batch_size=args.batch_size,
+                              max_source_len=model.config.max_len,
+                              progress=not args.no_progress)
+    _write_lines(args.output, outputs)
+  except (TranslateError, checkpoint.CheckpointError) as e:
+    print(f'transformer-jax-translate: error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+def run() -> None:
+  """Console-script entry point."""
+  sys.exit(main())
+
+
+if __name__ == '__main__':
+  run()
