@@ -1,0 +1,164 @@
+"""The training system: loss, schedule, accumulation, determinism, NaN stop, the loop."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from transformer_jax import Transformer, sharding, train_lib
+
+EPS_LS = 0.1
+
+
+@pytest.fixture(scope='module')
+def mesh():
+  return sharding.create_mesh((-1, 1, 1))
+
+
+def _recipe(**changes):
+  config = train_lib.default_config()
+  config.warmup_steps = 10
+  config.update(changes)
+  return config
+
+
+def _batch(seed, rows, length, vocab=40):
+  """Random ids >= 3 with each row padded after a random length (EOS-free; fine here)."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for key in ('inputs', 'targets'):
+    tokens = rng.integers(3, vocab, (rows, length), dtype=np.int32)
+    lengths = rng.integers(2, length + 1, (rows, 1))
+    out[key] = np.where(np.arange(length) < lengths, tokens, 0).astype(np.int32)
+  return out
+
+
+def _state_and_step(model_cfg, config, mesh, optimizer=None, seed=0):
+  schedule = train_lib.learning_rate_schedule(model_cfg.d_model, config.warmup_steps)
+  if optimizer is None:
+    optimizer, schedule = train_lib.create_optimizer(config, model_cfg.d_model)
+  state = train_lib.create_train_state(model_cfg, optimizer, mesh, seed)
+  return state, train_lib.make_train_step(model_cfg, config, mesh, optimizer, schedule)
+
+
+def _hand_loss(logits, targets, vocab):
+  """Label-smoothed cross-entropy per real token, written out: q = (1-ε)·1[y] + ε/V."""
+  logp = jax.nn.log_softmax(logits)
+  real = targets > 0
+  picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  per_token = -(1 - EPS_LS) * picked - EPS_LS / vocab * jnp.sum(logp, axis=-1)
+  return jnp.sum(jnp.where(real, per_token, 0.0)) / jnp.sum(real)
+
+
+def test_one_step_loss_and_gradients_match_hand_computation(tiny_config, mesh):
+  config = _recipe()
+  state, step = _state_and_step(tiny_config, config, mesh)
+  params = jax.device_get(state.params)
+  batch = _batch(0, 4, 9)
+  model = Transformer(tiny_config)
+
+  def hand(p):
+    logits = model.apply({'params': p}, batch['inputs'], batch['targets'])
+    return _hand_loss(logits, jnp.asarray(batch['targets']), tiny_config.vocab_size)
+
+  loss, grads = jax.value_and_grad(hand)(params)
+  new_state, metrics = step(state, sharding.shard_batch(batch, mesh))
+  metrics = jax.device_get(metrics)
+  assert metrics['tokens'] == np.sum(batch['targets'] > 0)
+  np.testing.assert_allclose(metrics['loss'] / metrics['tokens'], loss, rtol=1e-5)
+  np.testing.assert_allclose(metrics['grad_norm'], optax.tree.norm(grads), rtol=1e-4)
+  # Adam's first update is -lr(1)·g/(|g| + eps): compare where g is not ~0.
+  lr = train_lib.learning_rate_schedule(tiny_config.d_model, config.warmup_steps)(1)
+  np.testing.assert_allclose(metrics['learning_rate'], lr, rtol=1e-6)
+  for g, old, new in zip(jax.tree.leaves(grads), jax.tree.leaves(params),
+                         jax.tree.leaves(jax.device_get(new_state.params))):
+    big = np.abs(g) > 1e-5
+    expected = old - lr * g / (np.abs(g) + 1e-9)
+    np.testing.assert_allclose(new[big], expected[big], rtol=1e-5, atol=1e-7)
+
+
+def test_schedule_matches_paper_formula():
+  schedule = train_lib.learning_rate_schedule(512, 4000, multiplier=2.0)
+  for s in (1, 10, 3999, 4000, 4001, 100_000):
+    expected = 2.0 * 512 ** -0.5 * min(s ** -0.5, s * 4000 ** -1.5)
+    np.testing.assert_allclose(schedule(s), expected, rtol=1e-6)
+  # Linear warm-up, peak at `warmup`, then inverse square root decay.
+  assert schedule(2000) < schedule(4000) > schedule(16000)
+  np.testing.assert_allclose(schedule(16000), schedule(4000) / 2, rtol=1e-6)
+
+
+def test_gradient_accumulation_equals_one_larger_batch(tiny_config, mesh):
+  sgd = optax.sgd(1.0)
+  b1, b2 = _batch(1, 4, 7), _batch(2, 4, 11)  # different lengths and token counts
+  assert np.sum(b1['targets'] > 0) != np.sum(b2['targets'] > 0)
+  state_k, step_k = _state_and_step(tiny_config, _recipe(grad_accum_steps=2), mesh, sgd)
+  state_1, step_1 = _state_and_step(tiny_config, _recipe(grad_accum_steps=1), mesh, sgd)
+  stacked = train_lib.stack_micro_batches([b1, b2])
+  big = {k: np.concatenate([np.pad(b1[k], ((0, 0), (0, 4))), b2[k]]) for k in b1}
+  state_k, metrics_k = step_k(state_k, sharding.shard_batch(stacked, mesh))
+  state_1, metrics_1 = step_1(state_1, sharding.shard_batch(big, mesh))
+  for key in ('loss', 'tokens', 'grad_norm'):
+    np.testing.assert_allclose(metrics_k[key], metrics_1[key], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               jax.device_get(state_k.params), jax.device_get(state_1.params))
+
+
+def test_same_seed_same_losses(tiny_config, mesh):
+  model_cfg = tiny_config.replace(dropout_rate=0.3)  # dropout draws from the state's rng
+  batches = [sharding.shard_batch(_batch(i, 4, 9), mesh) for i in range(3)]
+
+  def losses(seed):
+    state, step = _state_and_step(model_cfg, _recipe(), mesh, seed=seed)
+    out = []
+    for batch in batches:
+      state, metrics = step(state, batch)
+      out.append(float(metrics['loss']))
+    return out
+
+  first = losses(0)
+  assert losses(0) == first
+  assert losses(1) != first
+
+
+def test_check_finite_names_the_step():
+  train_lib.check_finite(3, {'loss': 1.0, 'grad_norm': 2.0})
+  with pytest.raises(FloatingPointError, match=r'at step 17 \(loss=nan\)'):
+    train_lib.check_finite(17, {'loss': float('nan'), 'grad_norm': 2.0})
+
+
+def _tiny_training_config(**changes):
+  config = train_lib.load_config(os.path.join(os.path.dirname(__file__), '..', 'configs',
+                                              'tiny.py'))
+  config.update(changes)
+  return config
+
+
+def test_training_loop_logs_checkpoints_and_resumes(tmp_path):
+  workdir = str(tmp_path)
+  state = train_lib.train_and_evaluate(_tiny_training_config(), workdir)
+  assert int(state.step) == 6
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  train = [r for r in records if 'train/loss' in r]
+  assert [r['step'] for r in train] == [2, 3, 4, 6]  # every 2 steps, and before evals
+  assert all(r['perf/target_tokens_per_s'] > 0 and r['train/learning_rate'] > 0 for r in train)
+  assert {r['step'] for r in records if 'eval/loss' in r} == {3, 6}
+  assert any('eval_averaged/loss' in r for r in records)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
+  assert os.path.isdir(os.path.join(workdir, 'tensorboard'))
+  # Resuming continues from step 6 rather than starting over.
+  state = train_lib.train_and_evaluate(_tiny_training_config(num_train_steps=8), workdir)
+  assert int(state.step) == 8
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    steps = [json.loads(line)['step'] for line in f]
+  assert steps[len(records):][0] == 8
+
+
+def test_nan_loss_stops_training_with_the_step(tmp_path):
+  config = _tiny_training_config(learning_rate_multiplier=1e30, average_last=0)
+  with pytest.raises(FloatingPointError, match=r'non-finite training metrics at step \d+'):
+    train_lib.train_and_evaluate(config, str(tmp_path))

@@ -1,0 +1,143 @@
+"""Training metrics: the label-smoothed loss, model FLOPs / MFU, and the metric writers.
+
+Loss (paper §5.4): cross-entropy against the smoothed target distribution
+q = (1 - ε)·onehot(y) + ε/V, summed over real (non-padding, id != 0) target
+tokens and divided by their number. `nll` is the plain cross-entropy (perplexity
+= exp(nll / tokens)).
+
+Model FLOPs of one training step (the formula behind `mfu`), with N_enc / N_dec
+the encoder / decoder parameters without embeddings, S / T the real source /
+target tokens of the batch, L_s / L_t the padded row lengths, h·d_k and h·d_v the
+attention widths and V the output vocabulary:
+
+  forward  = 2·N_enc·S + 2·N_dec·T + 2·d_model·V·T                      (matmuls)
+           + 2·(h·d_k + h·d_v)·(n_enc·S·L_s + n_dec·T·(L_t + L_s))        (attention)
+  training = 3 · forward                                (backward = 2 · forward)
+
+i.e. the usual 6·N·tokens plus the attention term, where every query attends to
+its whole padded row (what a dense kernel computes). MFU = training FLOPs / step
+time / device peak FLOP/s (`PEAK_TFLOPS` by device kind, or the config's value).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from transformer_jax.model import TransformerConfig
+
+Array = jax.Array
+
+# Dense peak TFLOP/s per device (bf16 on accelerators), by `jax.Device.device_kind` prefix.
+PEAK_TFLOPS = {
+    'TPU v4': 275.0, 'TPU v5 lite': 197.0, 'TPU v5e': 197.0, 'TPU v5p': 459.0,
+    'TPU v6 lite': 918.0, 'NVIDIA H100': 989.0, 'NVIDIA H200': 989.0,
+    'NVIDIA A100': 312.0, 'NVIDIA L4': 121.0,
+}
+
+
+def loss_terms(logits: Array, targets: Array, label_smoothing: float) -> dict[str, Array]:
+  """Summed metrics over real target tokens of logits [..., T, V] and targets [..., T].
+
+  Returns scalars: `loss` (label-smoothed cross-entropy, sum), `nll` (plain
+  cross-entropy, sum), `correct` (argmax hits) and `tokens` (number of real tokens).
+  """
+  weights = (targets > 0).astype(jnp.float32)
+  onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype)
+  smoothed = optax.smooth_labels(onehot, label_smoothing) if label_smoothing else onehot
+  loss = optax.softmax_cross_entropy(logits, smoothed)
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  return {'loss': jnp.sum(loss * weights), 'nll': jnp.sum(nll * weights),
+          'correct': jnp.sum(correct * weights), 'tokens': jnp.sum(weights)}
+
+
+def summarize(sums: Mapping[str, Any]) -> dict[str, float]:
+  """Per-token means from summed terms: loss, nll, accuracy, perplexity."""
+  tokens = max(float(sums['tokens']), 1.0)
+  nll = float(sums['nll']) / tokens
+  return {'loss': float(sums['loss']) / tokens, 'nll': nll,
+          'accuracy': float(sums['correct']) / tokens,
+          'perplexity': float(np.exp(min(nll, 50.0)))}
+
+
+def param_split(params: Any) -> dict[str, int]:
+  """Parameter counts of a params tree: total, embeddings, encoder/decoder non-embedding."""
+  counts = {'total': 0, 'embedding': 0, 'encoder': 0, 'decoder': 0}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    keys = [str(getattr(k, 'key', k)) for k in path]
+    size = int(np.prod(leaf.shape))
+    counts['total'] += size
+    if any(k.endswith('_embed') or k == 'logits' for k in keys):
+      counts['embedding'] += size
+    elif 'encoder' in keys:
+      counts['encoder'] += size
+    else:
+      counts['decoder'] += size
+  return counts
+
+
+def training_flops(config: TransformerConfig, counts: Mapping[str, int],
+                   source_tokens: float, target_tokens: float,
+                   source_len: int, target_len: int) -> float:
+  """Model FLOPs of one training step (formula in the module docstring)."""
+  width = config.num_heads * (config.qk_dim + config.v_dim)
+  forward = (2 * counts['encoder'] * source_tokens + 2 * counts['decoder'] * target_tokens
+             + 2 * config.d_model * config.output_vocab_size * target_tokens
+             + 2 * width * (config.num_encoder_layers * source_tokens * source_len
+                            + config.num_decoder_layers * target_tokens
+                            * (target_len + source_len)))
+  return 3.0 * forward
+
+
+def peak_flops(device: jax.Device, override_tflops: Optional[float] = None) -> Optional[float]:
+  """Peak FLOP/s of `device`: the override if given, else `PEAK_TFLOPS`, else None."""
+  if override_tflops:
+    return override_tflops * 1e12
+  for prefix, tflops in PEAK_TFLOPS.items():
+    if device.device_kind.startswith(prefix):
+      return tflops * 1e12
+  return None
+
+
+class MetricWriter:
+  """Scalars to `<workdir>/metrics.jsonl` and TensorBoard; a no-op unless `enabled`.
+
+  Each `write(step, scalars)` appends one JSON line {"step", "time", **scalars}
+  and one TensorBoard event per scalar under `<workdir>/tensorboard/`.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    if not enabled:
+      return
+    # tensorboard's own event writer: no TensorFlow needed.
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+    self._events = EventFileWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    now = time.time()
+    values = {k: float(v) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({'step': int(step), 'time': round(now, 3), **values}) + '\n')
+    self._jsonl.flush()
+    summary = summary_pb2.Summary(
+        value=[summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
+    self._events.add_event(event_pb2.Event(wall_time=now, step=int(step), summary=summary))
+    self._events.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._events.close()

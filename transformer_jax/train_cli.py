@@ -1,0 +1,47 @@
+"""Command line: `transformer-jax-train --config=configs/base.py --workdir=DIR [--config.key=v]`.
+
+Bad input (unknown config key, unreadable config, incompatible checkpoint,
+non-finite loss) ends with one clear line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Training config file, e.g. configs/demo.py or configs/table3.py:A1.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and vocabulary.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  from transformer_jax import train_lib  # after flag parsing: JAX starts here.
+  try:
+    train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FloatingPointError, FileNotFoundError) as e:
+    logging.error('%s', e)
+    sys.exit(f'error: {e}')
+
+
+def run() -> None:
+  """Console-script entry point; unknown `--config.*` keys fail before training starts."""
+  try:
+    app.run(main)
+  except (KeyError, AttributeError, ValueError, OSError) as e:
+    sys.exit(f'error: bad --config flag: {_one_line(e)}')
+
+
+def _one_line(error: BaseException) -> str:
+  """The innermost message of ml_collections' nested (Attribute(Key)) errors, on one line."""
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+  if isinstance(error, KeyError):
+    message = f'unknown config key {message}'
+  return ' '.join(message.split())
