@@ -1,0 +1,100 @@
+"""Joint SentencePiece vocabulary: training (cached, atomic) and tokenisation.
+
+Ids follow the flax examples/wmt convention: pad=0, eos=1, unk=2 and no bos (the
+model uses 0 both as padding and as the decoder's start token).
+
+  * `load_or_train(path, sentences, ...)`: the model bytes at `path`, training
+    them first if absent. Training writes a temporary file and renames it with
+    `overwrite=False`, so concurrent hosts never see a partial file and all end
+    up using the first model written.
+  * `Tokenizer`: Python-side encode (str → ids, EOS appended) / decode.
+  * `Tokenizer.tf_tokenizer()`: the same model as a tensorflow-text
+    `SentencepieceTokenizer`, for tokenising inside a tf.data pipeline.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import uuid
+from typing import Iterable, Sequence
+
+import sentencepiece as spm
+import tensorflow as tf
+import tensorflow_text as tftxt
+
+PAD_ID = 0
+EOS_ID = 1
+UNK_ID = 2
+
+
+class Tokenizer:
+  """A SentencePiece model with EOS-terminated encoding and pad/EOS-aware decoding."""
+
+  def __init__(self, model_proto: bytes):
+    self.model_proto = model_proto
+    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+
+  @property
+  def vocab_size(self) -> int:
+    """Number of ids (including pad, eos and unk)."""
+    return self._sp.get_piece_size()
+
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text` followed by EOS."""
+    return self._sp.encode(text) + [EOS_ID]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of `ids` up to the first EOS; pad ids are ignored."""
+    ids = [int(i) for i in ids]
+    if EOS_ID in ids:
+      ids = ids[:ids.index(EOS_ID)]
+    return self._sp.decode([i for i in ids if i != PAD_ID])
+
+  def tf_tokenizer(self) -> tftxt.SentencepieceTokenizer:
+    """In-graph tokenizer from the same model (no EOS: add it in the pipeline)."""
+    return tftxt.SentencepieceTokenizer(model=self.model_proto, add_eos=False)
+
+
+def train_model(sentences: Iterable[str], vocab_size: int, model_type: str = 'unigram',
+                max_sentences: int = 1_000_000, seed: int = 0) -> bytes:
+  """Train a SentencePiece model on `sentences` and return its serialised bytes.
+
+  At most `max_sentences` sentences (a seeded random sample) are used.
+  """
+  spm.set_random_generator_seed(seed)
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
+      model_type=model_type, character_coverage=1.0, input_sentence_size=max_sentences,
+      shuffle_input_sentence=True, pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+      minloglevel=2)
+  return model.getvalue()
+
+
+def write_atomic(path: str, data: bytes) -> None:
+  """Write `data` to `path` unless it exists: temp file, then rename (first writer wins)."""
+  tf.io.gfile.makedirs(os.path.dirname(path) or '.')
+  tmp = f'{path}.tmp-{uuid.uuid4().hex}'
+  with tf.io.gfile.GFile(tmp, 'wb') as f:
+    f.write(data)
+  try:
+    tf.io.gfile.rename(tmp, path, overwrite=False)
+  except tf.errors.OpError:  # another process wrote it first: keep theirs
+    tf.io.gfile.remove(tmp)
+    if not tf.io.gfile.exists(path):
+      raise
+
+
+def load_or_train(path: str, sentences: Iterable[str], vocab_size: int,
+                  model_type: str = 'unigram', max_sentences: int = 1_000_000,
+                  seed: int = 0) -> Tokenizer:
+  """The tokenizer cached at `path`; trains and caches it from `sentences` first if absent."""
+  if not tf.io.gfile.exists(path):
+    logging.info('Training a %d-piece %s SentencePiece model for %s', vocab_size, model_type, path)
+    write_atomic(path, train_model(sentences, vocab_size, model_type, max_sentences, seed))
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    tokenizer = Tokenizer(f.read())
+  logging.info('Loaded SentencePiece model %s (%d pieces)', path, tokenizer.vocab_size)
+  return tokenizer
