@@ -34,7 +34,7 @@ Multi-host
 Config keys (`ml_collections.ConfigDict`)
   dataset            'bible' (embedded English↔Spanish corpus) | 'tfds' | 'text'.
   tfds_name          e.g. 'wmt14_translate/de-en', 'wmt14_translate/fr-en'.
-  tfds_data_dir      tfds data_dir (None: tfds default); must already be prepared.
+  tfds_data_dir      tfds data_dir ('' or None: tfds default); must be prepared.
   train_split, eval_split, test_split
                      split names for 'tfds' (e.g. 'train', 'validation', 'test';
                      slicing like 'train[:1%]' works) and 'bible' ('train',
@@ -46,7 +46,7 @@ Config keys (`ml_collections.ConfigDict`)
                      'text' paths, one sentence a line (`.gz` is decompressed).
                      For a TSV file (source<TAB>target) give its path as
                      `*_source` and leave `*_target` empty (None or '').
-  vocab_path         SentencePiece model (None: '<workdir>/spm.model'); trained on
+  vocab_path         SentencePiece model ('' or None: '<workdir>/spm.model'); trained on
                      the train split (both sides) when absent.
   vocab_size, vocab_model_type ('unigram' | 'bpe'), vocab_max_sentences
                      SentencePiece training: pieces, algorithm, sentences sampled.
@@ -57,7 +57,7 @@ Config keys (`ml_collections.ConfigDict`)
   batching           'pack' | 'tokens'.
   batch_size         global sequences per batch (packed rows; eval/test batches).
   tokens_per_batch   global tokens per side per batch ('tokens' batching).
-  bucket_boundaries  padded lengths of the token-batching buckets (None: a
+  bucket_boundaries  padded lengths of the token-batching buckets (empty/None: a
                      geometric ladder from 8; max_len is always added).
   shuffle_buffer     pairs in the shuffle buffer.
   seed               shuffle seed (and SentencePiece sampling seed).
@@ -77,7 +77,7 @@ import os
 import re
 import tarfile
 import tempfile
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import jax
 import ml_collections
@@ -220,7 +220,8 @@ def raw_dataset(config: ml_collections.ConfigDict, split: str, process_index: in
     raise DataError(f'unknown split role {split!r}; expected one of {SPLITS}')
   if config.dataset == 'tfds':
     ds = tfds_dataset(config.tfds_name, config[f'{split}_split'], config.source_lang,
-                      config.target_lang, config.tfds_data_dir, process_index, process_count)
+                      config.target_lang, config.tfds_data_dir or None, process_index,
+                      process_count)
   elif config.dataset in ('text', 'bible'):
     source, target = _text_paths(config, split)
     if not source:
@@ -352,12 +353,12 @@ def pack(ds: tf.data.Dataset, length: int) -> tf.data.Dataset:
 # ------------------------------------------------------------ token batching
 
 
-def bucket_lengths(max_len: int, boundaries: Optional[list[int]] = None) -> list[int]:
+def bucket_lengths(max_len: int, boundaries: Optional[Sequence[int]] = None) -> list[int]:
   """Sorted padded bucket lengths ≤ max_len, always ending with max_len.
 
   Default ladder: 8, 12, 16, 24, 32, 48, ... (powers of two and 1.5×).
   """
-  if boundaries is None:
+  if not boundaries:
     ladder = (base * m for base in (2 ** k for k in range(3, 16)) for m in (1, 1.5))
     boundaries = [int(x) for x in ladder]
   return sorted({b for b in boundaries if b < max_len} | {max_len})
