@@ -53,7 +53,8 @@ def model_config_to_dict(cfg: TransformerConfig) -> dict[str, Any]:
   return values
 
 
-def model_config_from_dict(values: Mapping[str, Any], source: str = 'model config') -> TransformerConfig:
+def model_config_from_dict(values: Mapping[str, Any],
+                           source: str = 'model config') -> TransformerConfig:
   """Inverse of `model_config_to_dict`; `source` names the origin in error messages."""
   known = {f.name for f in dataclasses.fields(TransformerConfig)}
   unknown = sorted(set(values) - known)
@@ -230,7 +231,8 @@ def _manager(directory: str, *, create: bool, **options: Any) -> ocp.CheckpointM
   data_handler = ocp.JsonCheckpointHandler(
       filename=f'process_{jax.process_index()}.json',
       multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=None))
-  handlers = {'state': ocp.PyTreeCheckpointHandler(), 'data': data_handler,
+  # Uncompressed: zstd saves ~8% of the bytes of float weights but costs ~5x the CPU time.
+  handlers = {'state': ocp.PyTreeCheckpointHandler(use_compression=False), 'data': data_handler,
               'metadata': ocp.JsonCheckpointHandler()}
   opts = ocp.CheckpointManagerOptions(create=create, **options)
   return ocp.CheckpointManager(directory, options=opts, item_handlers=handlers)
@@ -367,6 +369,10 @@ class Checkpointer:
       multihost_utils.sync_global_devices('checkpoint_quarantine')
     self._manager.reload()
 
+  def is_saving(self) -> bool:
+    """True while an asynchronous save is still being written."""
+    return self._manager.is_saving_in_progress()
+
   def wait(self) -> None:
     """Block until the pending asynchronous save (if any) is committed."""
     self._manager.wait_until_finished()
@@ -457,7 +463,8 @@ def average_checkpoints(workdir: str, num_last: int) -> str:
 
 def _averaged_checkpointer() -> ocp.Checkpointer:
   return ocp.Checkpointer(ocp.CompositeCheckpointHandler(
-      params=ocp.PyTreeCheckpointHandler(), metadata=ocp.JsonCheckpointHandler()))
+      params=ocp.PyTreeCheckpointHandler(use_compression=False),
+      metadata=ocp.JsonCheckpointHandler()))
 
 
 def _load_averaged(path: str) -> tuple[PyTree, dict]:
