@@ -235,10 +235,17 @@ def raw_dataset(config: ml_collections.ConfigDict, split: str, process_index: in
   return ds.filter(non_empty)
 
 
+def iterate_pairs(pairs: tf.data.Dataset, chunk: int = 1024) -> Iterator[tuple[str, str]]:
+  """Python (source, target) strings of a pair dataset (fetched in chunks: eager per-element
+  iteration is ~100x slower)."""
+  for sources, targets in pairs.batch(chunk).as_numpy_iterator():
+    for source, target in zip(sources, targets):
+      yield source.decode('utf-8'), target.decode('utf-8')
+
+
 def load_raw(config: ml_collections.ConfigDict, split: str) -> list[tuple[str, str]]:
   """All (source, target) sentence pairs of a split ('train'|'eval'|'test'), in order."""
-  return [(s.decode('utf-8'), t.decode('utf-8'))
-          for s, t in raw_dataset(config, split).as_numpy_iterator()]
+  return list(iterate_pairs(raw_dataset(config, split)))
 
 
 # ---------------------------------------------------------------- vocabulary
@@ -249,9 +256,8 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> tokenizer_
   path = config.vocab_path or os.path.join(workdir, 'spm.model')
 
   def sentences() -> Iterator[str]:
-    for source, target in raw_dataset(config, 'train').as_numpy_iterator():
-      yield source.decode('utf-8')
-      yield target.decode('utf-8')
+    for pair in iterate_pairs(raw_dataset(config, 'train')):
+      yield from pair
 
   return tokenizer_lib.load_or_train(path, sentences(), config.vocab_size,
                                      config.vocab_model_type, config.vocab_max_sentences,

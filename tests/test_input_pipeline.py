@@ -1,0 +1,369 @@
+"""tf.data input pipeline: sources, bad input, packing, token batching, sharding, resuming."""
+
+import collections
+import gzip
+import logging
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from transformer_jax import input_pipeline as ip
+from transformer_jax import tokenizer as tokenizer_lib
+
+pytestmark = pytest.mark.xdist_group('data')
+
+VOCAB_SIZE = 400
+N_TRAIN, N_EVAL = 300, 45
+
+
+def _bible_lines(split, lang, n=None):
+  with gzip.open(os.path.join(ip.BIBLE_DIR, f'{split}.{lang}.gz'), 'rt', encoding='utf-8') as f:
+    return f.read().splitlines()[:n]
+
+
+def _write(path, lines):
+  path.write_text(''.join(line + '\n' for line in lines), encoding='utf-8')
+  return str(path)
+
+
+class TinyTranslate(tfds.core.GeneratorBasedBuilder):
+  """A small WMT-like tfds dataset (de/en Translation feature) built locally."""
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.Translation(languages=('de', 'en')),
+        supervised_keys=('de', 'en'))
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples(40), 'validation': self._generate_examples(7)}
+
+  def _generate_examples(self, n):
+    for i in range(n):
+      yield i, {'de': f'Satz Nummer {i}.', 'en': f'Sentence number {i}.'}
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+  """Small English→Spanish text files (a slice of the Bible corpus) and a trained vocab."""
+  root = tmp_path_factory.mktemp('text')
+  paths = {
+      'train_source': _write(root / 'train.en', _bible_lines('train', 'en', N_TRAIN)),
+      'train_target': _write(root / 'train.es', _bible_lines('train', 'es', N_TRAIN)),
+      'eval_source': _write(root / 'dev.en', _bible_lines('dev', 'en', N_EVAL)),
+      'eval_target': _write(root / 'dev.es', _bible_lines('dev', 'es', N_EVAL)),
+  }
+  paths['test_source'], paths['test_target'] = paths['eval_source'], paths['eval_target']
+  paths['vocab_path'] = str(root / 'spm.model')
+  tokenizer_lib.load_or_train(paths['vocab_path'],
+                              _bible_lines('train', 'en', 2000) + _bible_lines('train', 'es', 2000),
+                              vocab_size=VOCAB_SIZE)
+  return paths
+
+
+def make_config(files, **overrides):
+  config = ml_collections.ConfigDict(dict(
+      dataset='text', tfds_name='', tfds_data_dir='', train_split='train',
+      eval_split='validation', test_split='test', source_lang='en', target_lang='es',
+      vocab_size=VOCAB_SIZE, vocab_model_type='unigram', vocab_max_sentences=10_000,
+      max_len=48, max_eval_len=256, batching='pack', batch_size=8, tokens_per_batch=512,
+      bucket_boundaries=(), shuffle_buffer=64, seed=0, **files))
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture(scope='module')
+def tokenizer(files):
+  return ip.get_tokenizer(make_config(files), workdir='unused')
+
+
+@pytest.fixture(scope='module')
+def examples(files, tokenizer):
+  """Tokenised training pairs (≤ 48 tokens a side), in file order."""
+  pairs = ip.raw_dataset(make_config(files), 'train')
+  return list(ip.filter_length(ip.tokenize(pairs, tokenizer), 48).as_numpy_iterator())
+
+
+def _take(train_iter, n):
+  return [next(train_iter) for _ in range(n)]
+
+
+def _assert_same_batches(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+
+
+# ------------------------------------------------------------------ packing
+
+
+def test_packing_keeps_every_token_and_never_mixes_segments(examples):
+  length = 48
+  rows = list(ip.pack(tf.data.Dataset.from_generator(
+      lambda: iter(examples),
+      output_signature={k: tf.TensorSpec([None], tf.int32) for k in ip.SIDES}),
+      length).as_numpy_iterator())
+  assert len(rows) < len(examples)  # several examples share a row
+  unpacked = []
+  for row in rows:
+    assert set(row) == set(ip.PACKED_KEYS)
+    assert all(v.shape == (length,) and v.dtype == np.int32 for v in row.values())
+    segments = row['inputs_segmentation']
+    n = segments.max()
+    assert n >= 1 and row['targets_segmentation'].max() == n
+    for side in ip.SIDES:
+      seg, pos, tok = (row[f'{side}_segmentation'], row[f'{side}_position'], row[side])
+      assert np.all(np.diff(seg[seg > 0]) >= 0) and set(seg[seg > 0]) == set(range(1, n + 1))
+      assert np.all(tok[seg == 0] == 0) and np.all(pos[seg == 0] == 0) and np.all(tok[seg > 0] > 0)
+    for s in range(1, n + 1):
+      example = {}
+      for side in ip.SIDES:
+        mask = row[f'{side}_segmentation'] == s
+        np.testing.assert_array_equal(row[f'{side}_position'][mask], np.arange(mask.sum()))
+        example[side] = row[side][mask]
+      unpacked.append(example)
+  assert len(unpacked) == len(examples)
+  for got, want in zip(unpacked, examples):
+    for side in ip.SIDES:
+      np.testing.assert_array_equal(got[side], want[side])
+
+
+# ----------------------------------------------------------- token batching
+
+
+def test_bucket_lengths_default_ladder_and_custom():
+  assert ip.bucket_lengths(64) == [8, 12, 16, 24, 32, 48, 64]
+  assert ip.bucket_lengths(64, ()) == ip.bucket_lengths(64)
+  assert ip.bucket_lengths(50, [40, 10, 100]) == [10, 40, 50]
+
+
+def test_token_batches_respect_the_budget_and_bucket_shapes(examples):
+  budget, lengths = 256, ip.bucket_lengths(48)
+  ds = tf.data.Dataset.from_generator(
+      lambda: iter(examples * 3),
+      output_signature={k: tf.TensorSpec([None], tf.int32) for k in ip.SIDES})
+  batches = list(ip.batch_by_tokens(ds, budget, lengths).as_numpy_iterator())
+  shapes = {b['inputs'].shape for b in batches}
+  assert shapes <= {(budget // n, n) for n in lengths} and len(shapes) > 1
+  total = 0
+  for batch in batches:
+    assert set(batch) == {'inputs', 'targets'}
+    assert batch['inputs'].shape == batch['targets'].shape
+    assert batch['inputs'].size <= budget
+    real = np.count_nonzero(batch['inputs'], axis=1)
+    assert np.all(real > 0)
+    total += len(real)
+  assert total > 0.8 * len(examples) * 3  # only incomplete last batches are dropped
+
+
+def test_token_batching_rejects_a_budget_below_one_sequence(examples):
+  ds = tf.data.Dataset.from_tensors({k: tf.constant([5, 1]) for k in ip.SIDES})
+  with pytest.raises(ip.DataError, match='tokens_per_batch=32 is smaller than one sequence'):
+    ip.batch_by_tokens(ds, 32, [16, 48])
+
+
+# ------------------------------------------------ determinism and resuming
+
+
+@pytest.mark.parametrize('batching', ['pack', 'tokens'])
+def test_same_seed_same_batches_and_other_seed_differs(files, tokenizer, batching):
+  def batches(seed):
+    config = make_config(files, batching=batching, seed=seed)
+    pairs = ip.raw_dataset(config, 'train')
+    return _take(ip.TrainIterator(ip.train_dataset(pairs, tokenizer, config)), 4)
+
+  first = batches(0)
+  _assert_same_batches(first, batches(0))
+  assert not all(np.array_equal(a['inputs'], b['inputs']) for a, b in zip(first, batches(1)))
+
+
+def test_train_batches_have_the_documented_shapes(files):
+  _, train_iter, _, _ = ip.get_datasets(make_config(files), 'unused', 0, 1)
+  batch = next(train_iter)
+  assert set(batch) == set(ip.PACKED_KEYS)
+  assert all(v.shape == (8, 48) and v.dtype == np.int32 for v in batch.values())
+  assert np.all(batch['inputs_segmentation'][:, 0] == 1)
+
+
+@pytest.mark.parametrize('batching', ['pack', 'tokens'])
+def test_restored_iterator_continues_exactly(files, tmp_path, batching):
+  config = make_config(files, batching=batching)
+  _, train_iter, _, _ = ip.get_datasets(config, 'unused', 0, 1)
+  _take(train_iter, 45)  # past one epoch: the shuffle buffer and repeat state matter
+  state = train_iter.get_state()
+  prefix = train_iter.save(str(tmp_path / 'it'))
+  expected = _take(train_iter, 5)
+
+  for restore in (lambda it: it.set_state(state), lambda it: it.restore(prefix)):
+    _, resumed, _, _ = ip.get_datasets(config, 'unused', 0, 1)
+    restore(resumed)
+    _assert_same_batches(_take(resumed, 5), expected)
+
+
+# ----------------------------------------------------------------- sharding
+
+
+def test_process_shards_are_disjoint_and_cover_the_data(files):
+  config = make_config(files)
+  every = collections.Counter(ip.load_raw(config, 'train'))
+  shards = [collections.Counter(ip.raw_dataset(config, 'train', i, 2).as_numpy_iterator())
+            for i in range(2)]
+  assert abs(sum(shards[0].values()) - sum(shards[1].values())) <= 1
+  decoded = collections.Counter({(s.decode(), t.decode()): n
+                                 for shard in shards for (s, t), n in shard.items()})
+  assert sum(shards, collections.Counter()).total() == every.total() == N_TRAIN
+  assert decoded == every
+
+
+def test_eval_batches_cover_each_example_once_across_processes(files, tokenizer):
+  config = make_config(files)
+  pairs = ip.raw_dataset(config, 'eval')
+  per_process = [list(ip.eval_dataset(pairs, tokenizer, 256, 8, i, 2).as_numpy_iterator())
+                 for i in range(2)]
+  assert len(per_process[0]) == len(per_process[1]) > 0  # same number of steps everywhere
+  rows = []
+  for batches in per_process:
+    for batch in batches:
+      assert batch['inputs'].shape == batch['targets'].shape == (4, 256)
+      rows += [tuple(r[r > 0]) for r in batch['inputs'] if r.any()]
+  want = [tuple(ex['inputs']) for ex in ip.tokenize(pairs, tokenizer).as_numpy_iterator()]
+  assert sorted(rows) == sorted(want) and len(want) == N_EVAL
+
+
+def test_eval_order_is_the_file_order(files, tokenizer):
+  _, _, eval_ds, test_ds = ip.get_datasets(make_config(files), 'unused', 0, 1)
+  batches = list(eval_ds.as_numpy_iterator())
+  assert len(batches) == -(-N_EVAL // 8) and batches[-1]['inputs'][N_EVAL % 8:].max() == 0
+  first = tokenizer.decode(batches[0]['inputs'][0])
+  assert first == _bible_lines('dev', 'en', 1)[0]
+  assert len(list(test_ds.as_numpy_iterator())) == len(batches)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_mismatched_line_counts_name_both_files(files, tmp_path):
+  short = _write(tmp_path / 'short.es', _bible_lines('train', 'es', 10))
+  config = make_config(files, train_target=short)
+  with pytest.raises(ip.DataError, match=rf'line counts differ: .*train.en has {N_TRAIN} lines, '
+                                         rf'.*short.es has 10'):
+    ip.raw_dataset(config, 'train')
+
+
+def test_non_utf8_bytes_give_file_and_line(files, tmp_path):
+  bad = tmp_path / 'bad.en'
+  bad.write_bytes(b'fine\nalso fine\nna\xefve\n')
+  with pytest.raises(ip.DataError, match=r'bad.en:3: not UTF-8'):
+    ip.check_parallel_text(str(bad), files['train_target'])
+
+
+def test_gzip_input_and_bad_bytes_inside_it(tmp_path):
+  good, bad = tmp_path / 'a.tsv.gz', tmp_path / 'b.tsv.gz'
+  good.write_bytes(gzip.compress('one\tuno\n\t\ntwo\tdos\n'.encode()))
+  bad.write_bytes(gzip.compress(b'one\tuno\n\xff\tdos\n'))
+  assert list(ip.text_dataset(str(good), '').as_numpy_iterator())[2] == (b'two', b'dos')
+  assert ip.check_parallel_text(str(good), '') == 2
+  with pytest.raises(ip.DataError, match=r'b.tsv.gz:2: not UTF-8'):
+    ip.check_parallel_text(str(bad), '')
+
+
+def test_missing_file(files):
+  config = make_config(files, eval_source='/nonexistent/dev.en')
+  with pytest.raises(ip.DataError, match='/nonexistent/dev.en: file not found'):
+    ip.load_raw(config, 'eval')
+
+
+def test_tsv_line_without_tab(tmp_path):
+  tsv = _write(tmp_path / 'pairs.tsv', ['a\tb', 'no tab here'])
+  with pytest.raises(ip.DataError, match=r'pairs.tsv:2: no TAB'):
+    ip.check_parallel_text(tsv, None)
+
+
+def test_empty_lines_are_skipped_and_counted(files, tmp_path, caplog):
+  src = _write(tmp_path / 's.txt', ['one', '', 'three', ' '])
+  tgt = _write(tmp_path / 't.txt', ['uno', 'dos', '', 'cuatro'])
+  config = make_config(files, train_source=src, train_target=tgt)
+  with caplog.at_level(logging.WARNING):
+    assert ip.load_raw(config, 'train') == [('one', 'uno')]
+  assert 'skipping 3 of 4 pairs with an empty side' in caplog.text
+
+
+def test_long_pairs_are_filtered_and_counted(files, tokenizer, caplog):
+  with caplog.at_level(logging.WARNING):
+    batches = list(ip.eval_dataset(ip.raw_dataset(make_config(files), 'eval'), tokenizer, 40, 8)
+                   .as_numpy_iterator())
+  kept = sum(int(b['inputs'][:, 0].astype(bool).sum()) for b in batches)
+  assert 0 < kept < N_EVAL
+  assert f'eval: dropping {N_EVAL - kept} of {N_EVAL} pairs longer than 40 tokens' in caplog.text
+
+
+def test_bad_config_values(files):
+  with pytest.raises(ip.DataError, match="unknown dataset 'wmt'"):
+    ip.raw_dataset(make_config(files, dataset='wmt'), 'train')
+  with pytest.raises(ip.DataError, match='batch_size=9 is not divisible by process_count=2'):
+    ip.get_datasets(make_config(files, batch_size=9), 'unused', 0, 2)
+  with pytest.raises(ip.DataError, match="bible: unknown language 'de'; available: en, es"):
+    ip.raw_dataset(make_config(files, dataset='bible', target_lang='de'), 'train')
+
+
+# --------------------------------------------------------------------- tfds
+
+
+@pytest.fixture(scope='module')
+def tfds_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  TinyTranslate(data_dir=data_dir).download_and_prepare()
+  return data_dir
+
+
+def test_tfds_source_on_a_locally_built_dataset(files, tfds_dir):
+  config = make_config(files, dataset='tfds', tfds_name='tiny_translate', tfds_data_dir=tfds_dir,
+                       source_lang='en', target_lang='de')
+  pairs = ip.load_raw(config, 'eval')
+  assert sorted(pairs) == sorted((f'Sentence number {i}.', f'Satz Nummer {i}.') for i in range(7))
+  shards = [set(ip.raw_dataset(config, 'train', i, 3).as_numpy_iterator()) for i in range(3)]
+  assert sum(map(len, shards)) == len(set.union(*shards)) == 40
+
+
+def test_tfds_unknown_name_split_and_language(files, tfds_dir):
+  config = make_config(files, dataset='tfds', tfds_name='tiny_translate', tfds_data_dir=tfds_dir,
+                       source_lang='en', target_lang='de', test_split='test')
+  with pytest.raises(ip.DataError, match="unknown split 'test'; available: train, validation"):
+    ip.raw_dataset(config, 'test')
+  with pytest.raises(ip.DataError, match="no language 'fr'; available: de, en"):
+    ip.raw_dataset(make_config(files, dataset='tfds', tfds_name='tiny_translate',
+                               tfds_data_dir=tfds_dir, target_lang='fr'), 'train')
+  with pytest.raises(ip.DataError, match="unknown tfds dataset 'no_such_dataset_xyz'"):
+    ip.raw_dataset(make_config(files, dataset='tfds', tfds_name='no_such_dataset_xyz'), 'train')
+
+
+def test_tfds_dataset_not_prepared(files, tmp_path):
+  config = make_config(files, dataset='tfds', tfds_name='tiny_translate',
+                       tfds_data_dir=str(tmp_path))
+  with pytest.raises(ip.DataError, match="'tiny_translate' is not prepared"):
+    ip.raw_dataset(config, 'train')
+
+
+# ------------------------------------------------------------- Bible corpus
+
+
+BIBLE_COUNTS = {'train': 28943, 'dev': 1088, 'test': 1046}  # as in data/bible/PROVENANCE.md
+
+
+def test_embedded_corpus_has_the_documented_counts_and_held_out_books(files):
+  config = make_config(files, dataset='bible', eval_split='validation', test_split='test')
+  for role, split in (('train', 'train'), ('eval', 'dev'), ('test', 'test')):
+    assert len(ip.load_raw(config, role)) == BIBLE_COUNTS[split]
+  books = {split: {ref.split()[0] for ref in _bible_lines(split, 'ref')} for split in BIBLE_COUNTS}
+  assert books['dev'] == {'Ruth', 'Acts'} and books['test'] == {'Esth', 'John'}
+  assert not books['train'] & (books['dev'] | books['test'])
+  reverse = make_config(files, dataset='bible', source_lang='es', target_lang='en')
+  assert ip.load_raw(reverse, 'test')[0] == tuple(_bible_lines('test', lang, 1)[0]
+                                                  for lang in ('es', 'en'))
