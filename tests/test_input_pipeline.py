@@ -172,16 +172,17 @@ def test_token_batching_rejects_a_budget_below_one_sequence(examples):
 # ------------------------------------------------ determinism and resuming
 
 
+def _train_iter(files, tokenizer, **overrides):
+  config = make_config(files, **overrides)
+  return ip.TrainIterator(ip.train_dataset(ip.raw_dataset(config, 'train'), tokenizer, config))
+
+
 @pytest.mark.parametrize('batching', ['pack', 'tokens'])
 def test_same_seed_same_batches_and_other_seed_differs(files, tokenizer, batching):
-  def batches(seed):
-    config = make_config(files, batching=batching, seed=seed)
-    pairs = ip.raw_dataset(config, 'train')
-    return _take(ip.TrainIterator(ip.train_dataset(pairs, tokenizer, config)), 4)
-
-  first = batches(0)
-  _assert_same_batches(first, batches(0))
-  assert not all(np.array_equal(a['inputs'], b['inputs']) for a, b in zip(first, batches(1)))
+  first = _take(_train_iter(files, tokenizer, batching=batching, seed=0), 4)
+  _assert_same_batches(first, _take(_train_iter(files, tokenizer, batching=batching, seed=0), 4))
+  other = _take(_train_iter(files, tokenizer, batching=batching, seed=1), 4)
+  assert not all(np.array_equal(a['inputs'], b['inputs']) for a, b in zip(first, other))
 
 
 def test_train_batches_have_the_documented_shapes(files):
@@ -193,16 +194,15 @@ def test_train_batches_have_the_documented_shapes(files):
 
 
 @pytest.mark.parametrize('batching', ['pack', 'tokens'])
-def test_restored_iterator_continues_exactly(files, tmp_path, batching):
-  config = make_config(files, batching=batching)
-  _, train_iter, _, _ = ip.get_datasets(config, 'unused', 0, 1)
-  _take(train_iter, 45)  # past one epoch: the shuffle buffer and repeat state matter
+def test_restored_iterator_continues_exactly(files, tokenizer, tmp_path, batching):
+  train_iter = _train_iter(files, tokenizer, batching=batching)
+  _take(train_iter, 20)  # past the first epoch (~15 batches): shuffle and repeat state matter
   state = train_iter.get_state()
   prefix = train_iter.save(str(tmp_path / 'it'))
   expected = _take(train_iter, 5)
 
   for restore in (lambda it: it.set_state(state), lambda it: it.restore(prefix)):
-    _, resumed, _, _ = ip.get_datasets(config, 'unused', 0, 1)
+    resumed = _train_iter(files, tokenizer, batching=batching)
     restore(resumed)
     _assert_same_batches(_take(resumed, 5), expected)
 

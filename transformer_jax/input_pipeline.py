@@ -122,8 +122,9 @@ def check_parallel_text(source: str, target: Optional[str]) -> int:
   """Validate a source/target file pair (or a TSV when `target` is empty).
 
   Returns the number of usable pairs; logs how many have an empty side (those
-  are skipped by the pipeline). Cached: each file pair is read once per process. Raises DataError on a missing file, non-UTF-8
-  bytes, different line counts or a TSV line without a TAB.
+  are skipped by the pipeline). Raises DataError on a missing file, non-UTF-8
+  bytes, different line counts or a TSV line without a TAB. Cached: each file
+  pair is read once per process.
   """
   if target:
     pairs = itertools.zip_longest(_read_lines(source), _read_lines(target))
