@@ -288,6 +288,7 @@ def test_preemption_guard_turns_sigterm_into_a_request():
   previous = signal.getsignal(signal.SIGTERM)
   with ckpt.PreemptionGuard() as guard:
     assert not guard.requested
+    assert not guard.should_stop(3)
     os.kill(os.getpid(), signal.SIGTERM)
-    assert guard.requested
+    assert guard.requested and guard.should_stop(4)
   assert signal.getsignal(signal.SIGTERM) is previous

@@ -392,10 +392,14 @@ class Checkpointer:
 
 
 class PreemptionGuard:
-  """Context manager: SIGTERM (and `signals`) set `.requested` instead of killing the process.
+  """Context manager: a preemption notice becomes a request to save and stop.
 
-  The training loop checks `.requested` after each step, force-saves and returns.
-  Previous handlers are restored on exit.
+  One process: SIGTERM (and `signals`) set `.requested` instead of killing the
+  process; previous handlers come back on exit. Several processes
+  (`jax.distributed`): JAX's preemption service receives the notice and
+  `should_stop(step)` turns True on every process at the same step, so all of
+  them save that step together. The loop calls `should_stop(step)` after each
+  step, then force-saves and returns.
   """
 
   def __init__(self, signals: Sequence[int] = (signal.SIGTERM,)):
@@ -409,9 +413,19 @@ class PreemptionGuard:
                     signal.Signals(signum).name)
     self.requested = True
 
+  def should_stop(self, step: int) -> bool:
+    """True once a preemption was noticed (on all processes at the same `step`)."""
+    if not self.requested and jax.process_count() > 1:
+      try:
+        self.requested = multihost_utils.reached_preemption_sync_point(int(step))
+      except RuntimeError:  # the preemption service is disabled.
+        pass
+    return self.requested
+
   def __enter__(self) -> 'PreemptionGuard':
-    for sig in self._signals:
-      self._previous[sig] = signal.signal(sig, self._handle)
+    if jax.process_count() == 1:
+      for sig in self._signals:
+        self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
   def __exit__(self, *exc: Any) -> None:
