@@ -130,13 +130,16 @@ def test_leftover_partial_save_is_ignored_and_cleaned(tmp_path, tiny_params, met
     assert c.all_steps() == [1, 2, 3]
 
 
-def _largest_array_file(step_dir):
-  files = [f for f in glob.glob(f'{step_dir}/state/**/d/*', recursive=True)]
-  return max(files, key=os.path.getsize)
+def _largest_array_file(item_dir):
+  return max(glob.glob(f'{item_dir}/**/d/*', recursive=True), key=os.path.getsize)
 
 
 def _flip_bytes(step_dir):
-  path = _largest_array_file(step_dir)
+  _flip_bytes_in(f'{step_dir}/state')
+
+
+def _flip_bytes_in(item_dir):
+  path = _largest_array_file(item_dir)
   with open(path, 'r+b') as f:
     f.seek(os.path.getsize(path) // 2)
     data = f.read(8)
@@ -145,7 +148,7 @@ def _flip_bytes(step_dir):
 
 
 def _truncate(step_dir):
-  path = _largest_array_file(step_dir)
+  path = _largest_array_file(f'{step_dir}/state')
   with open(path, 'r+b') as f:
     f.truncate(os.path.getsize(path) // 2)
 
@@ -222,7 +225,7 @@ def test_typed_prng_key_is_refused_with_advice(tmp_path, tiny_params, metadata):
 
 
 def test_average_is_mean_of_last_n_and_used_for_inference(tmp_path, tiny_params, tiny_config,
-                                                            metadata):
+                                                            metadata, caplog):
   workdir = str(tmp_path)
   ckpt.save_model_config(workdir, tiny_config)
   save_steps(workdir, tiny_params, metadata, [1, 2, 3, 4])
@@ -233,9 +236,18 @@ def test_average_is_mean_of_last_n_and_used_for_inference(tmp_path, tiny_params,
   assert_trees_equal(params, expected)
   assert cfg == tiny_config
   assert vocab == os.path.join(workdir, 'spm.model')
+  # Training went on after averaging: still the average, with a warning.
+  save_steps(workdir, tiny_params, metadata, [5])
+  with caplog.at_level(logging.WARNING):
+    assert_trees_equal(ckpt.load_for_inference(workdir)[0], expected)
+  assert any('step 5 exists' in r.getMessage() for r in caplog.records)
   # A different vocabulary file in the workdir is refused.
   (tmp_path / 'spm.model').write_bytes(b'retrained vocabulary')
   with pytest.raises(ckpt.CheckpointError, match='not the vocabulary'):
+    ckpt.load_for_inference(workdir)
+  # A damaged average is an error that says what to do, not a silent fallback.
+  _flip_bytes_in(f'{workdir}/averaged/params')
+  with pytest.raises(ckpt.CheckpointError, match='averaged is unreadable.*re-run average'):
     ckpt.load_for_inference(workdir)
 
 

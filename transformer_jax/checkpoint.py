@@ -32,7 +32,6 @@ from jax.experimental import multihost_utils
 from transformer_jax.model import TransformerConfig
 
 PyTree = Any
-_ITEMS = ('state', 'data', 'metadata')
 _DTYPE_FIELDS = ('dtype', 'param_dtype')
 # Model-config fields that change how the model runs, not what its weights mean.
 _RUNTIME_FIELDS = frozenset({'attention_impl', 'remat'})
@@ -482,41 +481,58 @@ def _averaged_checkpointer() -> ocp.Checkpointer:
 
 
 def _load_averaged(path: str) -> tuple[PyTree, dict]:
-  with _averaged_checkpointer() as ckptr:
-    metadata = ckptr.restore(path, args=ocp.args.Composite(
-        metadata=ocp.args.JsonRestore())).metadata
-    abstract = _numpy_abstract(ckptr.metadata(path).item_metadata['params'].tree)
-    params = ckptr.restore(path, args=ocp.args.Composite(params=_as_numpy_args(abstract))).params
+  """Params (numpy) and metadata of an `average_checkpoints` output, checksum-verified."""
   try:
+    with _averaged_checkpointer() as ckptr:
+      metadata = ckptr.restore(path, args=ocp.args.Composite(
+          metadata=ocp.args.JsonRestore())).metadata
+      abstract = _numpy_abstract(ckptr.metadata(path).item_metadata['params'].tree)
+      params = ckptr.restore(path, args=ocp.args.Composite(
+          params=_as_numpy_args(abstract))).params
     _verify_checksums({'params': params}, metadata.get('checksums', {}), path)
-  except _CorruptError as e:
-    raise CheckpointError(f'{e}; re-run average_checkpoints') from None
+  except Exception as e:  # noqa: BLE001 - unreadable or corrupt: say how to fix it.
+    message = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    raise CheckpointError(f'{path} is unreadable ({message}); re-run average_checkpoints') from None
   return params, metadata
+
+
+def _step_dirs(directory: str) -> list[int]:
+  """Steps with a finalized directory under `directory` (none if it does not exist)."""
+  return [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+
+
+def _load_latest(directory: str) -> tuple[PyTree, dict, str]:
+  """Params, metadata and path of the newest readable step (older ones on corruption)."""
+  manager = _manager(directory, create=False)
+  for step in sorted(manager.all_steps(), reverse=True):
+    where = f'{manager.directory}/{step}'
+    try:
+      return (*_restore_params(manager, step), where)
+    except Exception as e:  # noqa: BLE001 - corrupt step: try the previous one.
+      logging.warning('checkpoint %s is corrupt or partial, trying an older one: %s', where, e)
+  raise CheckpointError(f'no readable checkpoint in {manager.directory}')
 
 
 def load_for_inference(workdir: str) -> tuple[PyTree, TransformerConfig, str]:
   """(params as numpy arrays, TransformerConfig, vocabulary path) of a training workdir.
 
-  Uses `<workdir>/averaged` if present, else the latest readable checkpoint. The
-  model config comes from the checkpoint; `model_config.json` and the vocabulary
-  file must agree with it.
+  Uses `<workdir>/averaged` if present (warning if newer checkpoints exist), else
+  the latest readable checkpoint. The model config comes from the checkpoint;
+  `model_config.json` and the vocabulary file must agree with it.
   """
   workdir = os.path.abspath(workdir)
-  averaged = os.path.join(workdir, 'averaged')
+  averaged, checkpoints = os.path.join(workdir, 'averaged'), os.path.join(workdir, 'checkpoints')
   if os.path.isdir(averaged):
-    params, metadata, where = *_load_averaged(averaged), averaged
+    params, metadata = _load_averaged(averaged)
+    where, steps = averaged, metadata.get('averaged_steps', [])
+    newest = max(_step_dirs(checkpoints), default=None)
+    logging.info('using the average of steps %s from %s', steps, averaged)
+    if newest is not None and steps and newest > max(steps):
+      logging.warning('%s averages steps %s but step %d exists; re-run average_checkpoints '
+                      'to use the newer ones', averaged, steps, newest)
   else:
-    manager = _manager(os.path.join(workdir, 'checkpoints'), create=False)
-    params = None
-    for step in sorted(manager.all_steps(), reverse=True):
-      where = f'{manager.directory}/{step}'
-      try:
-        params, metadata = _restore_params(manager, step)
-        break
-      except Exception as e:  # noqa: BLE001 - corrupt step: try the previous one.
-        logging.warning('checkpoint %s is corrupt or partial, trying an older one: %s', where, e)
-    if params is None:
-      raise CheckpointError(f'no readable checkpoint in {manager.directory}')
+    params, metadata, where = _load_latest(checkpoints)
+    logging.info('no averaged checkpoint; using %s', where)
   config_path = os.path.join(workdir, 'model_config.json')
   if 'model_config' in metadata:
     cfg = model_config_from_dict(metadata['model_config'], source=f'{where} metadata')
