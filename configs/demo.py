@@ -32,5 +32,6 @@ def get_config():
   config.max_decode_len = 256
   config.save_every_steps = 200
   config.keep_checkpoints = 5
+  config.async_checkpointing = False  # CPU: a background writer would slow the steps.
   config.average_last = 5
   return config

@@ -22,11 +22,19 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   from transformer_jax import train_lib  # after flag parsing: JAX starts here.
+  quiet_orbax_info()
   try:
     train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FloatingPointError, FileNotFoundError) as e:
     logging.error('%s', e)
     sys.exit(f'error: {e}')
+
+
+def quiet_orbax_info() -> None:
+  """Drop orbax's INFO chatter (several lines per save) from the absl log; keep warnings."""
+  import logging as std_logging
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= std_logging.WARNING or '/orbax/' not in r.pathname)
 
 
 def run() -> None:

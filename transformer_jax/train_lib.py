@@ -97,10 +97,12 @@ def default_config():
   c.log_every_steps = 100
   c.eval_every_steps = 1000
   c.num_eval_batches = -1  # -1: the whole eval split.
-  c.num_bleu_sentences = 500  # dev sentences decoded for BLEU at each evaluation; 0: none.
+  c.num_bleu_sentences = 500  # sentences decoded for BLEU at each evaluation; 0: none, -1: all.
+  c.bleu_split = 'eval'  # 'eval' | 'test': the split those sentences come from.
   c.max_decode_len = 256
   c.save_every_steps = 1000
   c.keep_checkpoints = 5
+  c.async_checkpointing = True  # False on CPU-only hosts: the writer competes for the cores.
   c.average_last = 5  # checkpoints averaged at the end (paper: last 5); 0: none.
   c.mesh_shape = (-1, 1, 1)
   c.peak_tflops = 0.0  # device peak for MFU; 0: from metrics.PEAK_TFLOPS.
@@ -419,6 +421,20 @@ def evaluate(eval_step: Callable, params: Any, batches: Any, mesh: Mesh,
   return metrics_lib.summarize(jax.device_get(sums))
 
 
+def translate_and_score(params: Any, model_cfg: TransformerConfig, tokenizer: Any,
+                        pairs: Sequence[tuple[str, str]], batch_size: int,
+                        max_source_len: int) -> tuple[float, list[str]]:
+  """Greedy-translate the sources of (source, reference) `pairs`: (sacreBLEU, hypotheses)."""
+  from transformer_jax import bleu, translate  # sentencepiece / sacrebleu, no TF.
+  translate_fn = translate.make_translate_fn(
+      translate.LoadedModel(params, model_cfg, tokenizer), beam_size=1)
+  hypotheses = translate.translate_lines([s for s, _ in pairs], translate_fn, tokenizer,
+                                         batch_size=batch_size, max_source_len=max_source_len,
+                                         progress=False)
+  score, _ = bleu.sacrebleu_score(hypotheses, [t for _, t in pairs])
+  return score, hypotheses
+
+
 def _datasets(config: Any, workdir: str, mesh: Mesh) -> tuple[Any, Any, Any, Any]:
   """(tokenizer, train iterator, eval batches, test batches) for `config.dataset`.
 
@@ -495,6 +511,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
   optimizer, schedule = create_optimizer(config, model_cfg.d_model)
   ckpt = checkpoint.Checkpointer(
       workdir, save_every_steps=config.save_every_steps, keep=config.keep_checkpoints,
+      async_save=config.async_checkpointing,
       metadata=({'model_config': checkpoint.model_config_to_dict(model_cfg)} if tokenizer is None
                 else checkpoint.training_metadata(model_cfg, checkpoint.vocab_path_for(workdir))))
   data_iter = None if tokenizer is None else train_iter
@@ -510,18 +527,35 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
   logging.info('%s parameters (%s non-embedding); starting at step %d',
                f"{counts['total']:,}", f"{counts['total'] - counts['embedding']:,}", step)
 
+  bleu_pairs = []
+  if tokenizer is not None and config.num_bleu_sentences:
+    from transformer_jax import input_pipeline
+    bleu_pairs = input_pipeline.load_raw(config, config.bleu_split)
+    if config.num_bleu_sentences > 0:
+      bleu_pairs = bleu_pairs[:config.num_bleu_sentences]
+
   def run_eval(label: str, params: Any) -> None:
+    start = time.perf_counter()
     scalars = evaluate(eval_step, params, eval_ds, mesh, config.num_eval_batches)
-    writer.write(step, {f'{label}/{k}': v for k, v in scalars.items()})
-    logging.info('step %d %s: %s', step, label,
-                 ', '.join(f'{k} {v:.4f}' for k, v in scalars.items()))
+    if bleu_pairs:
+      scalars['bleu'], _ = translate_and_score(params, model_cfg, tokenizer, bleu_pairs,
+                                               config.batch_size, config.max_eval_len)
+    scalars['seconds'] = time.perf_counter() - start
+    writer.write(step, {**{f'{label}/{k}': v for k, v in scalars.items()},
+                        'train/minutes': train_seconds / 60})
+    line = f'step {step} ({train_seconds / 60:.1f} train min) {label}: ' + ', '.join(
+        f'{k} {v:.3f}' for k, v in scalars.items())
+    logging.info('%s', line)
+    if not bar.disable:
+      bar.write(line)
 
   bar = _progress_bar(config, step, is_main and config.progress_bar and sys.stderr.isatty())
   interval, train_seconds, pending = _Interval(), 0.0, None
   budget = config.train_minutes * 60 or float('inf')
   with checkpoint.PreemptionGuard() as guard:
     last = time.perf_counter()
-    while step < config.num_train_steps and train_seconds < budget and not guard.requested:
+    while (step < config.num_train_steps and train_seconds + interval.seconds < budget
+           and not guard.should_stop(step)):
       batch = stack_micro_batches([next(train_iter) for _ in range(config.grad_accum_steps)])
       source_tokens = float(np.sum(batch['inputs'] > 0))
       flops = metrics_lib.training_flops(model_cfg, counts, source_tokens,
