@@ -50,7 +50,8 @@ Config keys (`ml_collections.ConfigDict`)
                      the train split (both sides) when absent.
   vocab_size, vocab_model_type ('unigram' | 'bpe'), vocab_max_sentences
                      SentencePiece training: pieces, algorithm, sentences sampled.
-  max_len            train: max tokens per side incl. EOS (longer pairs dropped);
+  max_len            train: max tokens per side incl. EOS (longer pairs dropped and
+                     counted in the log, over the first TRAIN_LENGTH_SAMPLE pairs);
                      also the packed row length.
   max_eval_len       eval/test: max tokens per side (longer pairs dropped, counted
                      in the log) and the padded length.
@@ -95,6 +96,8 @@ SPLITS = ('train', 'eval', 'test')
 PACKED_KEYS = ('inputs', 'targets', 'inputs_position', 'targets_position',
                'inputs_segmentation', 'targets_segmentation')
 SIDES = ('inputs', 'targets')
+# Training pairs counted at start-up to log how many exceed max_len (exact below this).
+TRAIN_LENGTH_SAMPLE = 200_000
 
 
 class DataError(ValueError):
@@ -299,11 +302,16 @@ def count_too_long(ds: tf.data.Dataset, max_len: int) -> tuple[int, int]:
   return int(total), int(too_long)
 
 
-def _log_too_long(ds: tf.data.Dataset, max_len: int, what: str) -> int:
-  """Log how many examples of `ds` exceed `max_len`; returns how many remain."""
-  total, too_long = count_too_long(ds, max_len)
+def _log_too_long(ds: tf.data.Dataset, max_len: int, what: str,
+                  limit: Optional[int] = None) -> int:
+  """Log how many examples of `ds` (its first `limit`, if given) exceed `max_len`.
+
+  Returns how many of the counted examples remain.
+  """
+  total, too_long = count_too_long(ds if limit is None else ds.take(limit), max_len)
   if too_long:
-    logging.warning('%s: dropping %d of %d pairs longer than %d tokens', what, too_long, total,
+    counted = f'the first {total}' if total == limit else str(total)
+    logging.warning('%s: dropping %d of %s pairs longer than %d tokens', what, too_long, counted,
                     max_len)
   return total - too_long
 
@@ -488,7 +496,8 @@ def get_datasets(config: ml_collections.ConfigDict, workdir: str,
   count = jax.process_count() if process_count is None else process_count
   tokenizer = get_tokenizer(config, workdir)
   train_pairs = raw_dataset(config, 'train', index, count)
-  _log_too_long(tokenize(train_pairs, tokenizer), config.max_len, f'train (process {index})')
+  _log_too_long(tokenize(train_pairs, tokenizer), config.max_len, f'train (process {index})',
+                limit=TRAIN_LENGTH_SAMPLE)
   train_iter = TrainIterator(train_dataset(train_pairs, tokenizer, config, count))
   eval_ds, test_ds = (
       eval_dataset(raw_dataset(config, split), tokenizer, config.max_eval_len,
