@@ -240,8 +240,8 @@ def raw_dataset(config: ml_collections.ConfigDict, split: str, process_index: in
 
 
 def iterate_pairs(pairs: tf.data.Dataset, chunk: int = 1024) -> Iterator[tuple[str, str]]:
-  """Python (source, target) strings of a pair dataset (fetched in chunks: eager per-element
-  iteration is ~100x slower)."""
+  """Python (source, target) strings of a pair dataset, fetched in chunks (much faster
+  than eager per-element iteration)."""
   for sources, targets in pairs.batch(chunk).as_numpy_iterator():
     for source, target in zip(sources, targets):
       yield source.decode('utf-8'), target.decode('utf-8')
@@ -256,7 +256,7 @@ def load_raw(config: ml_collections.ConfigDict, split: str) -> list[tuple[str, s
 
 
 def get_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> tokenizer_lib.Tokenizer:
-  """The SentencePiece tokenizer at config.vocab_path (default <workdir>/spm.model), trained if absent."""
+  """The tokenizer at config.vocab_path (default <workdir>/spm.model); trained if absent."""
   path = config.vocab_path or os.path.join(workdir, 'spm.model')
 
   def sentences() -> Iterator[str]:
