@@ -2,9 +2,11 @@
 
 Usage: sharding_equivalence.py CACHE_DIR MESH... (each MESH as data,fsdp,tensor).
 
-Trains the same tiny model for a few steps on 1 device and on each mesh, and prints one JSON line per mesh:
+Trains the same tiny model for a few steps on 1 device and on each mesh, restores
+the 1-device run's checkpoint onto each mesh, and prints one JSON line per mesh:
 losses, the largest parameter difference to the 1-device run, the parameter
-shardings of a few leaves and the sharding an activation constraint produced.
+shardings of a few leaves, the restored checkpoint's difference and sharding, and
+the sharding an activation constraint produced.
 """
 
 import os
@@ -14,13 +16,15 @@ os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
 os.environ['JAX_PLATFORMS'] = 'cpu'
 
 import json  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import linen as nn  # noqa: E402
 
-from transformer_jax import TransformerConfig, sharding, train_lib  # noqa: E402
+from transformer_jax import TransformerConfig, checkpoint, sharding, train_lib  # noqa: E402
 
 jax.config.update('jax_compilation_cache_dir', sys.argv[1])
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
@@ -71,7 +75,12 @@ def run(mesh):
   for batch in batches(STEPS):
     state, metrics = step(state, sharding.shard_batch(batch, mesh))
     losses.append(float(metrics['loss'] / metrics['tokens']))
-  return losses, jax.device_get(state.params), specs
+  return losses, state, specs
+
+
+def max_diff(a, b):
+  return max(jax.tree.leaves(jax.tree.map(
+      lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)))
 
 
 def constraint_spec(mesh):
@@ -82,19 +91,29 @@ def constraint_spec(mesh):
 
 
 def main():
-  ref_losses, ref_params, _ = run(sharding.create_mesh((1, 1, 1), devices=jax.devices()[:1]))
+  ref_losses, ref_state, _ = run(sharding.create_mesh((1, 1, 1), devices=jax.devices()[:1]))
   print(json.dumps({'mesh': [1, 1, 1], 'losses': ref_losses}), flush=True)
+  workdir = tempfile.mkdtemp()
+  ckpt = checkpoint.Checkpointer(workdir, save_every_steps=1000, keep=1, async_save=False,
+                                 metadata={'model_config': checkpoint.model_config_to_dict(MODEL)})
+  ckpt.maybe_save(STEPS, ref_state, force=True)
+  optimizer, _ = train_lib.create_optimizer(train_config(), MODEL.d_model)
   for arg in sys.argv[2:]:
     shape = tuple(int(d) for d in arg.split(','))
     mesh = sharding.create_mesh(shape)
-    losses, params, specs = run(mesh)
-    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
-                                         params, ref_params))
+    losses, state, specs = run(mesh)
+    restored = ckpt.restore(train_lib.abstract_train_state(MODEL, optimizer, mesh))
     odd_vocab = nn.Partitioned(jax.ShapeDtypeStruct((37, 32), jnp.float32), ('vocab', 'embed'))
-    print(json.dumps({'mesh': list(shape), 'losses': losses, 'max_param_diff': max(diffs),
-                      'specs': specs, 'constraint': constraint_spec(mesh),
-                      'odd_vocab': list(sharding.tree_shardings(odd_vocab, mesh).spec)}),
-          flush=True)
+    print(json.dumps({
+        'mesh': list(shape), 'losses': losses,
+        'max_param_diff': max_diff(state.params, ref_state.params),
+        'restore_diff': max_diff(restored, ref_state), 'specs': specs,
+        'restored_spec': list(leaf(restored.params, next(iter(PROBES))).sharding.spec),
+        'restored_mesh': list(leaf(restored.params, next(iter(PROBES))).sharding.mesh.shape.values()),
+        'constraint': constraint_spec(mesh),
+        'odd_vocab': list(sharding.tree_shardings(odd_vocab, mesh).spec)}), flush=True)
+  ckpt.close()
+  shutil.rmtree(workdir)
 
 
 if __name__ == '__main__':

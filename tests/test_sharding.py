@@ -57,7 +57,8 @@ def test_rules_cover_every_model_axis(tiny_config):
 
 
 def test_meshes_match_one_device():
-  """(8,1,1), (1,8,1), (2,2,2), (1,1,8): same losses and params as 1 device, sharded per rules.
+  """(8,1,1), (1,8,1), (2,2,2), (1,1,8): same losses and params as 1 device, sharded per
+  the rules; the 1-device run's checkpoint restores onto each of these meshes.
 
   Tolerance: losses rtol 1e-5 and parameters atol 1e-5 after 3 Adam steps in float32
   (observed ~2e-7: only the reduction order differs).
@@ -76,6 +77,9 @@ def test_meshes_match_one_device():
   for mesh, r in results.items():
     np.testing.assert_allclose(r['losses'], reference['losses'], rtol=1e-5, err_msg=str(mesh))
     assert r['max_param_diff'] < 1e-5, (mesh, r['max_param_diff'])
+    # The 1-device checkpoint restores exactly onto this mesh, sharded by the rules.
+    assert r['restore_diff'] == 0.0, mesh
+    assert r['restored_spec'] == ['tensor', 'fsdp'] and r['restored_mesh'] == list(mesh)
     assert r['specs'] == {
         'source_embed/embedding': ['tensor', 'fsdp'],
         'opt_mu/source_embed/embedding': ['tensor', 'fsdp'],
