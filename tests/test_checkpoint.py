@@ -203,6 +203,12 @@ def test_different_model_config_or_vocabulary_is_refused(tmp_path, tiny_params, 
     with pytest.raises(ckpt.CheckpointError, match=message) as info:
       c.restore(abstract)
     assert '\n' not in str(info.value)
+  # Another optimizer (gradient clipping adds a state) is refused before reading arrays.
+  clipped = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
+  other_state = make_state(tiny_params, 0).replace(opt_state=clipped.init(tiny_params))
+  c = ckpt.Checkpointer(workdir, save_every_steps=1, keep=10, metadata=metadata)
+  with pytest.raises(ckpt.CheckpointError, match='state arrays only in the checkpoint'):
+    c.restore(abstract_of(other_state))
   # How the model runs (remat, attention kernel) may change on resume.
   runtime = ckpt.training_metadata(tiny_config.replace(remat='full', attention_impl='xla'),
                                    str(tmp_path / 'spm.model'))

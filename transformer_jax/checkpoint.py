@@ -201,6 +201,16 @@ def _mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]
   return diffs
 
 
+def _structure_mismatch(saved: Mapping[str, Any], abstract_state: PyTree) -> list[str]:
+  """Arrays the checkpoint has and the state lacks or vice versa (e.g. another optimizer)."""
+  if 'checksums' not in saved:
+    return []
+  paths = {_path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+  missing, extra = sorted(set(saved['checksums']) - paths), sorted(paths - set(saved['checksums']))
+  return ([f'state arrays only in the checkpoint: {missing[:3]}'] if missing else []) + (
+      [f'state arrays not in the checkpoint: {extra[:3]}'] if extra else [])
+
+
 def _encode_data_state(state: Any) -> dict[str, Any]:
   if isinstance(state, (bytes, bytearray)):
     return {'bytes_b64': base64.b64encode(bytes(state)).decode('ascii')}
@@ -322,7 +332,7 @@ class Checkpointer:
         errors.append((step, f'{where}: unreadable metadata ({type(e).__name__}: {e})'))
         logging.warning('checkpoint %s is unreadable, trying an older one: %s', where, e)
         continue
-      diffs = _mismatch(saved, self._metadata)
+      diffs = _mismatch(saved, self._metadata) + _structure_mismatch(saved, abstract_state)
       if diffs:
         raise CheckpointError(f'{where} was saved by a different run ({"; ".join(diffs[:4])}); '
                               'use a new --workdir or restore the original config/vocabulary')
