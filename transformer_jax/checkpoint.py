@@ -116,17 +116,24 @@ def _path_name(path: Sequence[Any]) -> str:
   return '/'.join(str(getattr(k, 'name', getattr(k, 'key', getattr(k, 'idx', k)))) for k in path)
 
 
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+  """uint32 sum over elements of bits_i * (2i + 1) mod 2^32, i = row-major index.
+
+  The index comes from per-axis iotas (no reshape), so a sharded array is summed
+  where it lies and only the partial sums are communicated.
+  """
+  bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f'uint{8 * x.dtype.itemsize}'))
+  index, stride = jnp.zeros(x.shape, jnp.uint32), 1
+  for axis in reversed(range(x.ndim)):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis) * np.uint32(stride % 2**32)
+    stride *= x.shape[axis]
+  return jnp.sum(bits.astype(jnp.uint32) * (index * 2 + 1), dtype=jnp.uint32)
+
+
 @jax.jit
 def _leaf_checksums(leaves: list[jax.Array]) -> jax.Array:
-  """[num_leaves] uint32: sum_i bits_i * (2i + 1) mod 2^32 over each leaf's raw words."""
-  sums = []
-  for x in leaves:
-    x = jnp.asarray(x)
-    bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f'uint{8 * x.dtype.itemsize}'))
-    bits = bits.reshape(-1).astype(jnp.uint32)
-    weights = jnp.arange(bits.size, dtype=jnp.uint32) * 2 + 1
-    sums.append(jnp.sum(bits * weights, dtype=jnp.uint32))
-  return jnp.stack(sums) if sums else jnp.zeros((0,), jnp.uint32)
+  """[num_leaves] uint32 checksums (`_leaf_checksum`) of the raw bits of each leaf."""
+  return jnp.stack([_leaf_checksum(jnp.asarray(x)) for x in leaves])
 
 
 def tree_checksums(tree: PyTree) -> dict[str, int]:
