@@ -21,9 +21,10 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from transformer_jax import train_lib  # after flag parsing: JAX starts here.
+  from transformer_jax import distributed, train_lib  # after flag parsing: JAX starts here.
   quiet_orbax_info()
   try:
+    distributed.initialize()  # multi-host: from JAX_* env or the cluster (docs/scaling.md)
     train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FloatingPointError, FileNotFoundError) as e:
     logging.error('%s', e)

@@ -104,7 +104,8 @@ def default_config():
   c.keep_checkpoints = 5
   c.async_checkpointing = True  # False on CPU-only hosts: the writer competes for the cores.
   c.average_last = 5  # checkpoints averaged at the end (paper: last 5); 0: none.
-  c.mesh_shape = (-1, 1, 1)
+  c.mesh_shape = (-1, 1, 1)  # (data, fsdp, tensor); per slice with dcn_mesh_shape.
+  c.dcn_mesh_shape = ()  # multi-slice TPU: mesh across slices, e.g. (2, 1, 1); (): one slice.
   c.peak_tflops = 0.0  # device peak for MFU; 0: from metrics.PEAK_TFLOPS.
   c.progress_bar = True
   return c
@@ -499,7 +500,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
   from transformer_jax import checkpoint  # orbax: imported only when training.
   validate_config(config)
   is_main = jax.process_index() == 0
-  mesh = sharding.create_mesh(config.mesh_shape)
+  mesh = sharding.create_mesh(config.mesh_shape, config.dcn_mesh_shape or None)
   tokenizer, train_iter, eval_ds, _ = _datasets(config, workdir, mesh)
   model_cfg = model_config(config, config.vocab_size if tokenizer is None
                            else tokenizer.vocab_size)
