@@ -24,20 +24,21 @@ TIMEOUT = 240
 
 
 def start(workdir):
+  """`train.py` on configs/tiny.py in the background; output goes to `<workdir>.log`."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
              JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, '.jax_cache'),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5')
-  log = open(os.path.join(os.path.dirname(workdir), f'{os.path.basename(workdir)}.log'), 'a')
-  return subprocess.Popen([sys.executable, 'train.py', '--config=configs/tiny.py',
-                           f'--workdir={workdir}', *FLAGS], cwd=ROOT, env=env,
-                          stdout=log, stderr=subprocess.STDOUT)
+  with open(f'{workdir}.log', 'a') as log:
+    return subprocess.Popen([sys.executable, 'train.py', '--config=configs/tiny.py',
+                             f'--workdir={workdir}', *FLAGS], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
 
 
 def finish(proc, workdir):
+  """(exit status, the log so far) once `proc` ends."""
   rc = proc.wait(timeout=TIMEOUT)
-  with open(os.path.join(os.path.dirname(workdir), f'{os.path.basename(workdir)}.log')) as f:
-    log = f.read()
-  return rc, log
+  with open(f'{workdir}.log') as f:
+    return rc, f.read()
 
 
 def steps_in(workdir):
