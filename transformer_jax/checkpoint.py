@@ -167,6 +167,12 @@ class _CorruptError(Exception):
 # ------------------------------------------------------------------------------- helpers
 
 
+def _describe(error: BaseException) -> str:
+  """'TypeName: first line of the message' (at most 300 characters), for one-line errors."""
+  lines = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {lines[0][:300]}' if lines else type(error).__name__
+
+
 def _read_json(path: str) -> dict[str, Any]:
   try:
     with open(path) as f:
@@ -336,8 +342,9 @@ class Checkpointer:
       try:
         saved = _read_step_metadata(self._manager, step)
       except Exception as e:  # noqa: BLE001 - unreadable metadata = corrupt step.
-        errors.append((step, f'{where}: unreadable metadata ({type(e).__name__}: {e})'))
-        logging.warning('checkpoint %s is unreadable, trying an older one: %s', where, e)
+        errors.append((step, f'{where}: unreadable metadata ({_describe(e)})'))
+        logging.warning('checkpoint %s is unreadable, trying an older one: %s', where,
+                        _describe(e))
         continue
       diffs = _mismatch(saved, self._metadata) + _structure_mismatch(saved, abstract_state)
       if diffs:
@@ -346,7 +353,7 @@ class Checkpointer:
       try:
         state, position = self._restore_step(step, abstract_state, saved, where)
       except Exception as e:  # noqa: BLE001 - any read/verify failure = corrupt step.
-        errors.append((step, f'{where}: {type(e).__name__}: {str(e).splitlines()[0][:300]}'))
+        errors.append((step, f'{where}: {_describe(e)}'))
         logging.warning('checkpoint %s is corrupt or partial, trying an older one: %s', where,
                         errors[-1][1])
         continue
@@ -508,8 +515,8 @@ def _load_averaged(path: str) -> tuple[PyTree, dict]:
           params=_as_numpy_args(abstract))).params
     _verify_checksums({'params': params}, metadata.get('checksums', {}), path)
   except Exception as e:  # noqa: BLE001 - unreadable or corrupt: say how to fix it.
-    message = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-    raise CheckpointError(f'{path} is unreadable ({message}); re-run average_checkpoints') from None
+    raise CheckpointError(f'{path} is unreadable ({_describe(e)}); re-run average_checkpoints'
+                          ) from None
   return params, metadata
 
 
@@ -526,7 +533,8 @@ def _load_latest(directory: str) -> tuple[PyTree, dict, str]:
     try:
       return (*_restore_params(manager, step), where)
     except Exception as e:  # noqa: BLE001 - corrupt step: try the previous one.
-      logging.warning('checkpoint %s is corrupt or partial, trying an older one: %s', where, e)
+      logging.warning('checkpoint %s is corrupt or partial, trying an older one: %s', where,
+                      _describe(e))
   raise CheckpointError(f'no readable checkpoint in {manager.directory}')
 
 
