@@ -15,6 +15,7 @@ effect while tracing inside `use_mesh(mesh)`: flax reads the mesh from
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
@@ -88,7 +89,14 @@ def create_mesh(mesh_shape: Sequence[int] = (-1, 1, 1),
 @contextlib.contextmanager
 def use_mesh(mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES) -> Iterator[Mesh]:
   """Make `mesh` the current mesh and activate `rules`, so the model's logical
-  activation constraints apply while tracing. Wrap every jit/trace of the model in it."""
+  activation constraints apply while tracing (jit's in/out shardings alone leave the
+  activations' layout to XLA's propagation).
+
+  Known limitation (flax 0.12): `nn.DenseGeneral` with several feature axes re-runs its
+  boxed kernel init on every apply and constrains the flattened kernel with the names
+  of the unflattened one, which fails under a mesh; until the attention projections
+  avoid that (e.g. `nn.Einsum`), the model is traced under `axis_rules()` only.
+  """
   with _set_mesh(mesh), nn.logical_axis_rules(rules):
     yield mesh
 
@@ -151,6 +159,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+@functools.lru_cache(maxsize=None)
 def batch_split(mesh: Mesh) -> tuple[int, int]:
   """(index, count): which of `count` equal row blocks of the global batch this process feeds.
 
