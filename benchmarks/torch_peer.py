@@ -87,7 +87,7 @@ def train_step(model: nn.Module, opt, sched, src: torch.Tensor, tgt: torch.Tenso
   loss.backward()
   opt.step()
   sched.step()
-  return float(loss)
+  return loss.item()
 
 
 @torch.no_grad()

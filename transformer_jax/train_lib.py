@@ -96,6 +96,7 @@ def default_config():
   # Evaluation, logging, checkpoints.
   c.log_every_steps = 100
   c.eval_every_steps = 1000
+  c.eval_every_minutes = 0.0  # also evaluate every so many training minutes; 0: off.
   c.num_eval_batches = -1  # -1: the whole eval split.
   c.num_bleu_sentences = 500  # sentences decoded for BLEU at each evaluation; 0: none, -1: all.
   c.bleu_split = 'eval'  # 'eval' | 'test': the split those sentences come from.
@@ -495,7 +496,8 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
 
   Stops at `num_train_steps`, after `train_minutes` of training (evaluation time
   excluded) or on SIGTERM (after a checkpoint), evaluating every
-  `eval_every_steps` and at the end, then averages the last checkpoints.
+  `eval_every_steps` (or `eval_every_minutes`) and at the end, then averages the
+  last checkpoints and evaluates the average.
   """
   from transformer_jax import checkpoint  # orbax: imported only when training.
   validate_config(config)
@@ -551,8 +553,9 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
       bar.write(line)
 
   bar = _progress_bar(config, step, is_main and config.progress_bar and sys.stderr.isatty())
-  interval, train_seconds, pending = _Interval(), 0.0, None
+  interval, train_seconds, pending, eval_steps = _Interval(), 0.0, None, []
   budget = config.train_minutes * 60 or float('inf')
+  next_eval_seconds = config.eval_every_minutes * 60 or float('inf')
   with checkpoint.PreemptionGuard() as guard:
     last = time.perf_counter()
     while (step < config.num_train_steps and train_seconds + interval.seconds < budget
@@ -570,7 +573,9 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
         last = time.perf_counter()
       pending = (step, step_metrics, source_tokens, flops)
       ckpt.maybe_save(step, state, data_iter)
-      if step % config.log_every_steps == 0 or step % config.eval_every_steps == 0:
+      eval_due = (step % config.eval_every_steps == 0
+                  or train_seconds + interval.seconds >= next_eval_seconds)
+      if step % config.log_every_steps == 0 or eval_due:
         interval.add(*_finish(pending, last))
         pending, last = None, time.perf_counter()
         train_seconds += interval.seconds
@@ -578,8 +583,11 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
         bar.set_postfix(loss=f"{interval.sums['loss'] / interval.sums['tokens']:.3f}")
         writer.write(step, {**interval.scalars(peak), 'train/minutes': train_seconds / 60})
         interval = _Interval()
-        if step % config.eval_every_steps == 0:
+        if eval_due:
+          while next_eval_seconds <= train_seconds:
+            next_eval_seconds += 60 * config.eval_every_minutes
           run_eval('eval', state.params)
+          eval_steps.append(step)
           last = time.perf_counter()
     if pending is not None:
       interval.add(*_finish(pending, last))
@@ -592,7 +600,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
   if guard.requested:
     logging.warning('preempted: saved step %d, exiting', step)
   else:
-    if step % config.eval_every_steps:
+    if step not in eval_steps:
       run_eval('eval', state.params)
     if config.average_last:
       checkpoint.average_checkpoints(workdir, config.average_last)
