@@ -5,8 +5,8 @@ Usage: sharding_equivalence.py CACHE_DIR MESH... (each MESH as data,fsdp,tensor)
 Trains the same tiny model for a few steps on 1 device and on each mesh, restores
 the 1-device run's checkpoint onto each mesh, and prints one JSON line per mesh:
 losses, the largest parameter difference to the 1-device run, the parameter
-shardings of a few leaves, the restored checkpoint's difference and sharding, and
-the sharding an activation constraint produced.
+shardings of a few leaves, the restored checkpoint's difference and sharding, the
+sharding an activation constraint produced and a 5-row batch as `shard_batch` pads it.
 """
 
 import os
@@ -111,7 +111,9 @@ def main():
         'restored_spec': list(leaf(restored.params, next(iter(PROBES))).sharding.spec),
         'restored_mesh': list(leaf(restored.params, next(iter(PROBES))).sharding.mesh.shape.values()),
         'constraint': constraint_spec(mesh),
-        'odd_vocab': list(sharding.tree_shardings(odd_vocab, mesh).spec)}), flush=True)
+        'odd_vocab': list(sharding.tree_shardings(odd_vocab, mesh).spec),
+        'padded_batch': np.asarray(sharding.shard_batch(
+            {'inputs': np.ones((5, 4), np.int32)}, mesh)['inputs']).tolist()}), flush=True)
   ckpt.close()
   shutil.rmtree(workdir)
 

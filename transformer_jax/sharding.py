@@ -180,6 +180,9 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
 
   Each process passes its local [B / count, ...] rows, `count` from `batch_split`;
   the result is a global [B, ...] jax.Array per key, sharded over (data, fsdp).
+  Local rows that do not split evenly over this process's batch shards (e.g. a
+  token-bucketed batch of 625 rows on 8 GPUs) are completed with all-zero rows:
+  token 0 is padding, masked out of attention and the loss.
   """
   sharding = batch_sharding(mesh)
   _, count = batch_split(mesh)
@@ -187,10 +190,11 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
   out = {}
   for key, value in batch.items():
     value = np.asarray(value)
-    if value.ndim == 0 or value.shape[0] % local_shards:
-      raise ValueError(f'batch[{key!r}] has shape {value.shape}: its rows must divide evenly '
-                       f'over the {local_shards} batch shard(s) of this process '
-                       f'(mesh {dict(mesh.shape)})')
+    if value.ndim == 0:
+      raise ValueError(f'batch[{key!r}] is a scalar; batch entries are [rows, ...] arrays')
+    if value.shape[0] % local_shards:
+      extra = local_shards - value.shape[0] % local_shards
+      value = np.pad(value, [(0, extra)] + [(0, 0)] * (value.ndim - 1))
     global_shape = (value.shape[0] * count,) + value.shape[1:]
     out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
   return out
