@@ -49,8 +49,8 @@ def _result(proc, timeout=240):
 @pytest.fixture
 def no_cluster_env(monkeypatch):
   """No distributed configuration in the environment, not on a TPU VM."""
-  for name in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID', 'SLURM_NTASKS',
-               *distributed._CLUSTER_MARKERS):
+  for name in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID',
+               'SLURM_STEP_NODELIST', *distributed._CLUSTER_MARKERS):
     monkeypatch.delenv(name, raising=False)
   monkeypatch.setattr(distributed, '_on_cloud_tpu_vm', lambda: False)
   return monkeypatch
@@ -111,3 +111,19 @@ def test_initialize_rejects_incomplete_configuration(no_cluster_env, env, messag
     no_cluster_env.setenv(name, value)
   with pytest.raises(ValueError, match=message):
     distributed.initialize()
+
+
+@pytest.mark.parametrize('env,expected', [
+    ({'JAX_COORDINATOR_ADDRESS': 'h0:1234', 'JAX_NUM_PROCESSES': '4', 'JAX_PROCESS_ID': '3'},
+     ('h0:1234', 4, 3)),
+    ({'TPU_WORKER_HOSTNAMES': 'w0,w1'}, ()),  # Cloud TPU: jax finds the peers itself.
+    ({'SLURM_STEP_NODELIST': 'n[0-1]', 'SLURM_NTASKS': '2'}, ())])
+def test_initialize_from_environment(no_cluster_env, env, expected):
+  calls = []
+  no_cluster_env.setattr(jax.distributed, 'initialize',
+                         lambda *args, **kwargs: calls.append((args, kwargs)))
+  for name, value in env.items():
+    no_cluster_env.setenv(name, value)
+  assert distributed.initialize(heartbeat_timeout_s=30) is True
+  assert calls == [(expected, {'heartbeat_timeout_seconds': 30,
+                               'initialization_timeout': 300})]

@@ -51,8 +51,8 @@ def _on_cloud_tpu_vm() -> bool:
 def _managed_cluster() -> bool:
   if any(os.environ.get(k) for k in _CLUSTER_MARKERS):
     return True
-  if int(os.environ.get('SLURM_NTASKS', '1') or 1) > 1:
-    return True
+  if 'SLURM_STEP_NODELIST' in os.environ and _env_int('SLURM_NTASKS') not in (None, 1):
+    return True  # inside `srun` with several tasks (not a bare `salloc` shell)
   return _on_cloud_tpu_vm()
 
 
