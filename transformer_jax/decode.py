@@ -157,7 +157,7 @@ def _reorder_cache(cache: Any, rows: Array) -> Any:
   def gather(path, leaf):
     if leaf.ndim == 0 or any(getattr(k, 'key', None) == 'cross_attention' for k in path):
       return leaf
-    return jnp.take(leaf, rows, axis=0)
+    return jnp.take(leaf, rows, axis=0, mode='clip')
   return jax.tree_util.tree_map_with_path(gather, cache)
 
 
