@@ -39,9 +39,6 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ('length', None),
 )
 
-# jax.set_mesh is the JAX >= 0.7 spelling; jax.sharding.use_mesh the older one.
-_set_mesh = getattr(jax, 'set_mesh', None) or jax.sharding.use_mesh
-
 
 def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
   """Replace a single -1 in `mesh_shape` (data, fsdp, tensor) by what is left of `num_devices`."""
@@ -97,7 +94,7 @@ def use_mesh(mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES) 
   of the unflattened one, which fails under a mesh; until the attention projections
   avoid that (e.g. `nn.Einsum`), the model is traced under `axis_rules()` only.
   """
-  with _set_mesh(mesh), nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     yield mesh
 
 
