@@ -140,12 +140,6 @@ def tree_shardings(boxed_tree: Any, mesh: Mesh,
   return jax.tree_util.tree_map_with_path(fit, shardings, shapes)
 
 
-def with_shardings(abstract_tree: Any, shardings: Any) -> Any:
-  """ShapeDtypeStructs carrying `shardings` (what orbax restores into, on any mesh)."""
-  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                      abstract_tree, shardings)
-
-
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """[B, ...] batches: split B over (data, fsdp), replicate over tensor."""
   return NamedSharding(mesh, P(BATCH_AXES))
