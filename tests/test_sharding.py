@@ -53,6 +53,7 @@ def test_rules_cover_every_model_axis(tiny_config):
   names = {n for spec in jax.tree.leaves(nn.get_partition_spec(boxed)) for n in spec if n}
   rules = [name for name, _ in sharding.LOGICAL_AXIS_RULES]
   assert len(rules) == len(set(rules))
+  assert {'vocab', 'embed', 'mlp', 'heads', 'kv'} <= names
   assert names <= set(rules), names - set(rules)
 
 
