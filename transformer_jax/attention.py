@@ -12,7 +12,7 @@ are sown as ``intermediates/attention_weights`` with shape [B, N, Q, K].
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,6 @@ from flax import linen as nn
 
 Array = jax.Array
 Dtype = Any
-Initializer = Callable[..., Array]
 
 
 def padding_mask(key_tokens: Array, pad_id: int = 0) -> Array:
@@ -82,7 +81,6 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: dropout on the attention weights (0 in the paper).
     dtype / param_dtype: compute and parameter dtypes.
     implementation: passed to `jax.nn.dot_product_attention` (None, 'xla', 'cudnn').
-    kernel_init: initializer for the projection kernels.
   """
   num_heads: int
   qk_dim: int
@@ -92,14 +90,14 @@ class MultiHeadAttention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   implementation: Optional[str] = None
-  kernel_init: Initializer = nn.initializers.xavier_uniform()
 
   def _project(self, x: Array, head_dim: int, name: str) -> Array:
     """[B, L, D] -> [B, L, N, head_dim]."""
-    return nn.DenseGeneral(
-        features=(self.num_heads, head_dim), axis=-1, use_bias=True,
+    init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
+    return nn.Einsum(
+        (x.shape[-1], self.num_heads, head_dim), 'bld,dnh->blnh', use_bias=True,
         dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.with_logical_partitioning(self.kernel_init, ('embed', 'heads', 'kv')),
+        kernel_init=nn.with_logical_partitioning(init, ('embed', 'heads', 'kv')),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('heads', 'kv')),
         name=name)(x)
 
@@ -139,10 +137,11 @@ class MultiHeadAttention(nn.Module):
     else:
       out = jax.nn.dot_product_attention(query, key, value, mask=mask,
                                          implementation=self.implementation)
-    return nn.DenseGeneral(
-        features=self.out_dim, axis=(-2, -1), use_bias=True,
+    init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
+    return nn.Einsum(
+        (self.num_heads, out.shape[-1], self.out_dim), 'blnh,nhd->bld', use_bias=True,
         dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.with_logical_partitioning(self.kernel_init, ('heads', 'kv', 'embed')),
+        kernel_init=nn.with_logical_partitioning(init, ('heads', 'kv', 'embed')),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
         name='out')(out)
 
