@@ -2,6 +2,9 @@
 
 import functools
 import itertools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -182,3 +185,32 @@ def test_beam_search_finds_the_exhaustive_optimum():
                                           max_decode_len=max_len)
   np.testing.assert_array_equal(found[0], tokens[best])
   np.testing.assert_allclose(found_score[0], scores[best], atol=1e-5)
+
+
+SHARDED = '''
+import jax, jax.numpy as jnp, numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from transformer_jax import Transformer, TransformerConfig, decode
+config = TransformerConfig(vocab_size=40, d_model=32, d_ff=64, num_heads=4, num_encoder_layers=2,
+                           num_decoder_layers=2, max_len=64, dropout_rate=0.0)
+ones = jnp.ones((1, 8), jnp.int32)
+params = nn.meta.unbox(Transformer(config).init(jax.random.key(0), ones, ones)['params'])
+src = jax.random.randint(jax.random.key(1), (4, 8), 3, 40).at[1, 5:].set(0)
+mesh = Mesh(np.array(jax.devices()), ('data',))
+sharded = jax.device_put(src, NamedSharding(mesh, P('data')))
+assert len(sharded.sharding.device_set) == 2
+for fn in (decode.greedy_decode, decode.beam_search):
+  expected, _ = fn(params, config, src, max_extra_len=4)
+  got, _ = fn(params, config, sharded, max_extra_len=4)
+  np.testing.assert_array_equal(got, expected)
+print('ok')
+'''
+
+
+@pytest.mark.slow
+def test_decoding_a_batch_sharded_over_two_devices():
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  out = subprocess.run([sys.executable, '-c', SHARDED], capture_output=True, text=True,
+                       timeout=300, env=env)
+  assert out.returncode == 0 and out.stdout.strip() == 'ok', out.stderr[-2000:]
