@@ -76,14 +76,17 @@ def test_read_lines_keeps_empty_lines(tmp_path):
   assert translate._read_lines(str(path)) == ['one', '']
 
 
-def _cli(*args, stdin=''):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, '.jax_cache'))
-  return subprocess.run([sys.executable, '-m', 'transformer_jax.translate', *args], input=stdin,
-                        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+def _run(*command, stdin=''):
+  """Run a Python subprocess on CPU, sharing the tests' compilation cache."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, '.jax_cache'))
+  return subprocess.run([sys.executable, *command], input=stdin, capture_output=True,
+                        text=True, timeout=300, env=env, cwd=ROOT)
 
 
 def test_missing_workdir_is_a_one_line_error(tmp_path):
-  result = _cli('--workdir', str(tmp_path / 'nope'), stdin='hello\n')
+  result = _run('-m', 'transformer_jax.translate', '--workdir', str(tmp_path / 'nope'),
+                stdin='hello\n')
   assert result.returncode == 2 and result.stdout == ''
   assert result.stderr.strip().count('\n') == 0 and 'Traceback' not in result.stderr
   assert 'does not exist' in result.stderr
@@ -150,12 +153,8 @@ def test_end_to_end_cli_matches_library(workdir, tmp_path):
           'try:\n  runpy.run_module("transformer_jax.translate", run_name="__main__")\n'
           'except SystemExit as e:\n  code = e.code\n'
           'assert "tensorflow" not in sys.modules, "tensorflow imported"\nsys.exit(code)')
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, '.jax_cache'))
-  result = subprocess.run(
-      [sys.executable, '-c', code, '--workdir', str(workdir), '--input', str(source),
-       '--output', str(output), '--batch_size', '3', '--max_extra_len', '5'],
-      capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+  result = _run('-c', code, '--workdir', str(workdir), '--input', str(source),
+                '--output', str(output), '--batch_size', '3', '--max_extra_len', '5')
   assert result.returncode == 0, result.stderr
   lines = output.read_text(encoding='utf-8').split('\n')
   assert lines[-1] == '' and len(lines[:-1]) == len(LINES)

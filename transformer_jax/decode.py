@@ -15,7 +15,7 @@ A sentence that reaches its limit without EOS is returned as is, without EOS.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,10 +30,6 @@ Params = Any
 PAD_ID = 0
 EOS_ID = 1
 NEG_INF = float('-inf')
-
-# A jitted decoder step: (params, cache, encoded [N, S, D], inputs [N, S], previous token [N])
-# -> (logits [N, V], cache).
-StepFn = Callable[[Params, Any, Array, Array, Array], tuple[Array, Any]]
 
 
 def _encode(params: Params, config: TransformerConfig, inputs: Array) -> Array:
