@@ -163,6 +163,7 @@ def main() -> None:
   parser.add_argument('--pre_norm', type=int, default=1)
   parser.add_argument('--warmup', type=int, default=800)
   parser.add_argument('--threads', type=int, default=2)
+  parser.add_argument('--num_test', type=int, default=-1, help='first N test verses; -1: all')
   parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results',
                                                     'torch_bleu.jsonl'))
   args = parser.parse_args()
@@ -173,6 +174,8 @@ def main() -> None:
   pairs = [(sp.encode(s)[:127] + [EOS], sp.encode(t)[:127] + [EOS])
            for s, t in zip(_read('train', 'en'), _read('train', 'es'))]
   test_src, test_ref = _read('test', 'en'), _read('test', 'es')
+  if args.num_test > 0:
+    test_src, test_ref = test_src[:args.num_test], test_ref[:args.num_test]
   model = TorchTransformer(sp.get_piece_size(), 256, 4, 3, 1024, 0.1, bool(args.pre_norm))
   opt, sched = make_optimizer(model, 256, args.warmup, 2.0)
   marks = [float(m) for m in args.eval_at.split(',')]
@@ -188,7 +191,7 @@ def main() -> None:
       if trained >= marks[0] * 60:
         score = _bleu(model, sp, test_src, test_ref)
         record = {'system': 'torch', 'minutes': marks.pop(0), 'step': step, 'loss': loss,
-                  'test_bleu': score, 'pre_norm': bool(args.pre_norm), 'warmup': args.warmup}
+                  'test_bleu': score, 'test_verses': len(test_src), 'pre_norm': bool(args.pre_norm), 'warmup': args.warmup}
         print(json.dumps(record), flush=True)
         with open(args.out, 'a', encoding='utf-8') as f:
           f.write(json.dumps(record) + '\n')

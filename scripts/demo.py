@@ -26,9 +26,12 @@ def main() -> None:
   parser.add_argument('--examples', type=int, default=5, help='translations to print')
   args = parser.parse_args()
 
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   from absl import logging
-  from transformer_jax import checkpoint, input_pipeline, train_lib
+  from transformer_jax import checkpoint, input_pipeline, train_cli, train_lib
   logging.set_verbosity(logging.INFO)
+  logging.use_absl_handler()
+  train_cli.quiet_orbax_info()
   config = train_lib.load_config(os.path.join(ROOT, 'configs', 'demo.py'))
   if args.minutes is not None:
     config.train_minutes = args.minutes
