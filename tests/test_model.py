@@ -222,3 +222,11 @@ def test_importing_the_model_does_not_import_tensorflow():
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                        timeout=120)
   assert out.returncode == 0, out.stderr
+
+
+def test_sequences_longer_than_the_position_table_are_refused(tiny_config, tiny_params):
+  too_long = jnp.ones((1, tiny_config.max_len + 1), jnp.int32)
+  with pytest.raises(ValueError, match='exceeds max_len'):
+    Transformer(tiny_config).apply({'params': tiny_params}, too_long, too_long[:, :4])
+  with pytest.raises(ValueError, match='exceed max_len'):
+    init_cache(tiny_config, 1, tiny_config.max_len + 1, 4)

@@ -51,14 +51,17 @@ def combine_masks(*masks: Optional[Array]) -> Optional[Array]:
 
 def _explicit_attention(query: Array, key: Array, value: Array,
                         mask: Optional[Array], dropout_rate: float,
-                        deterministic: bool, module: nn.Module) -> tuple[Array, Array]:
+                        deterministic: bool, module: nn.Module,
+                        key_layout: str = 'bknh',
+                        value_layout: str = 'bknh') -> tuple[Array, Array]:
   """Softmax(QK^T/sqrt(H)) V with optional dropout on the weights.
 
-  query [B, Q, N, Hk], key [B, K, N, Hk], value [B, K, N, Hv] ->
+  query [B, Q, N, Hk]; key and value in the einsum layouts given (default
+  [B, K, N, H]; the decoding cache uses keys 'bnhk' and values 'bnkh') ->
   ([B, Q, N, Hv], weights [B, N, Q, K] in float32).
   """
   scale = query.shape[-1] ** -0.5
-  logits = jnp.einsum('bqnh,bknh->bnqk', query, key).astype(jnp.float32) * scale
+  logits = jnp.einsum(f'bqnh,{key_layout}->bnqk', query, key).astype(jnp.float32) * scale
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1)
@@ -66,8 +69,17 @@ def _explicit_attention(query: Array, key: Array, value: Array,
     keep = jax.random.bernoulli(module.make_rng('dropout'), 1.0 - dropout_rate,
                                 weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-  out = jnp.einsum('bnqk,bknh->bqnh', weights.astype(value.dtype), value)
+  out = jnp.einsum(f'bnqk,{value_layout}->bqnh', weights.astype(value.dtype), value)
   return out, weights
+
+
+def _cache_layout(key: Array, value: Array) -> tuple[Array, Array]:
+  """[B, L, N, H] keys/values -> keys [B, N, H, L] and values [B, N, L, H].
+
+  The layouts the attention dots read directly, so a decoding step does not
+  re-lay-out the whole cache.
+  """
+  return key.transpose(0, 2, 3, 1), value.transpose(0, 2, 1, 3)
 
 
 class MultiHeadAttention(nn.Module):
@@ -110,33 +122,37 @@ class MultiHeadAttention(nn.Module):
     `mask` is a bool array broadcastable to [B, N, Q, K]; True means "may attend".
 
     Cached decoding (`cache_mode`):
-      'self': autoregressive self-attention. The cache holds [B, max_len, N, H]
-        keys/values; each call writes Q = 1 step at `cache_index` and attends
-        to positions <= cache_index (the given mask is then ignored).
+      'self': autoregressive self-attention. The cache holds keys [B, N, H, max_len]
+        and values [B, N, max_len, H]; each call writes Q = 1 step at `cache_index`
+        and attends to positions <= cache_index (the given mask is then ignored).
       'cross': encoder-decoder attention. The encoder keys/values are projected
         once, on the call with cache_index == 0, and reused afterwards.
     At initialisation (no cache yet) the cache is created with the call's shapes.
     """
     query = self._project(inputs_q, self.qk_dim, 'query')
-    if cache_mode == 'cross':
-      key, value = self._cross_cache(inputs_kv, cache_index)
-    else:
-      key = self._project(inputs_kv, self.qk_dim, 'key')
-      value = self._project(inputs_kv, self.v_dim, 'value')
-      if cache_mode == 'self':
-        key, value, mask = self._self_cache(key, value, cache_index)
-
-    key = nn.with_logical_constraint(key, ('batch', 'length', 'heads', 'kv'))
-    value = nn.with_logical_constraint(value, ('batch', 'length', 'heads', 'kv'))
     want_weights = self.is_mutable_collection('intermediates')
-    use_dropout = not deterministic and self.dropout_rate > 0.0
-    if want_weights or use_dropout:
-      out, weights = _explicit_attention(query, key, value, mask, self.dropout_rate,
-                                         deterministic, self)
-      self.sow('intermediates', 'attention_weights', weights)
+    if cache_mode is not None:
+      if cache_mode == 'cross':
+        key, value = self._cross_cache(inputs_kv, cache_index)
+      else:
+        key, value, mask = self._self_cache(self._project(inputs_kv, self.qk_dim, 'key'),
+                                            self._project(inputs_kv, self.v_dim, 'value'),
+                                            cache_index)
+      out, weights = _explicit_attention(query, key, value, mask, 0.0, True, self,
+                                         key_layout='bnhk', value_layout='bnkh')
     else:
-      out = jax.nn.dot_product_attention(query, key, value, mask=mask,
-                                         implementation=self.implementation)
+      key = nn.with_logical_constraint(self._project(inputs_kv, self.qk_dim, 'key'),
+                                       ('batch', 'length', 'heads', 'kv'))
+      value = nn.with_logical_constraint(self._project(inputs_kv, self.v_dim, 'value'),
+                                         ('batch', 'length', 'heads', 'kv'))
+      if want_weights or (not deterministic and self.dropout_rate > 0.0):
+        out, weights = _explicit_attention(query, key, value, mask, self.dropout_rate,
+                                           deterministic, self)
+      else:
+        out, weights = jax.nn.dot_product_attention(
+            query, key, value, mask=mask, implementation=self.implementation), None
+    if want_weights and weights is not None:
+      self.sow('intermediates', 'attention_weights', weights)
     init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
     return nn.Einsum(
         (self.num_heads, out.shape[-1], self.out_dim), 'blnh,nhd->bld', use_bias=True,
@@ -149,31 +165,33 @@ class MultiHeadAttention(nn.Module):
                   cache_index: Optional[Array]) -> tuple[Array, Array, Optional[Array]]:
     """Write one step of key/value [B, 1, N, H] into the cache; return full cache + mask."""
     initializing = not self.has_variable('cache', 'cached_key')
+    key, value = _cache_layout(key, value)
     cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
     cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
     if initializing:
       return key, value, None
-    if key.shape[1] != 1:
-      raise ValueError(f'cached self-attention decodes one step at a time, got {key.shape[1]}')
-    start = (0, cache_index, 0, 0)
-    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
-    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
-    max_len = cached_key.value.shape[1]
+    if key.shape[-1] != 1:
+      raise ValueError(f'cached self-attention decodes one step at a time, got {key.shape[-1]}')
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key,
+                                                    (0, 0, 0, cache_index))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value,
+                                                      (0, 0, cache_index, 0))
+    max_len = cached_key.value.shape[-1]
     mask = (jnp.arange(max_len) <= cache_index)[None, None, None, :]
     return cached_key.value, cached_value.value, mask
 
   def _cross_cache(self, inputs_kv: Array, cache_index: Optional[Array]) -> tuple[Array, Array]:
-    """Project encoder states [B, K, D] once and keep them in the cache."""
+    """Project encoder states [B, K, D] once and keep them in the cache (cache layout)."""
     initializing = not self.has_variable('cache', 'cached_key')
     if initializing:
-      key = self._project(inputs_kv, self.qk_dim, 'key')
-      value = self._project(inputs_kv, self.v_dim, 'value')
+      key, value = _cache_layout(self._project(inputs_kv, self.qk_dim, 'key'),
+                                 self._project(inputs_kv, self.v_dim, 'value'))
       self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
       self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
       return key, value
 
     def compute(mdl: 'MultiHeadAttention', x: Array) -> tuple[Array, Array]:
-      return mdl._project(x, mdl.qk_dim, 'key'), mdl._project(x, mdl.v_dim, 'value')
+      return _cache_layout(mdl._project(x, mdl.qk_dim, 'key'), mdl._project(x, mdl.v_dim, 'value'))
 
     def reuse(mdl: 'MultiHeadAttention', x: Array) -> tuple[Array, Array]:
       del x

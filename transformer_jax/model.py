@@ -145,6 +145,9 @@ class Embed(nn.Module):
     table = jnp.asarray(self.embedding, cfg.dtype)
     x = jnp.take(table, tokens, axis=0) * jnp.asarray(cfg.d_model ** 0.5, cfg.dtype)
     if positions is None:
+      if tokens.shape[1] > cfg.max_len:
+        raise ValueError(f'sequence length {tokens.shape[1]} exceeds max_len={cfg.max_len} '
+                         '(positions beyond the table would be clamped silently)')
       positions = jnp.arange(tokens.shape[1])[None, :]
     if cfg.positional == 'learned':
       pos_table = jnp.asarray(self.pos_embedding, cfg.dtype)
@@ -378,9 +381,13 @@ def init_cache(config: TransformerConfig, batch_size: int, max_decode_len: int,
                source_len: int) -> Any:
   """Zero decoding cache for `batch_size` rows, up to `max_decode_len` target steps.
 
-  Self-attention caches hold [B, max_decode_len, N, d_k|d_v] keys/values; cross-attention
-  caches hold the projected encoder states [B, source_len, N, d_k|d_v].
+  Self-attention caches hold keys [B, N, d_k, max_decode_len] and values
+  [B, N, max_decode_len, d_v]; cross-attention caches hold the projected encoder states
+  in the same layouts with source_len. Every leaf but the scalar `index` has batch first.
   """
+  if max(max_decode_len, source_len) > config.max_len:
+    raise ValueError(f'max_decode_len={max_decode_len} / source_len={source_len} exceed '
+                     f'max_len={config.max_len}')
   model = Transformer(config)
   encoded = jnp.zeros((batch_size, source_len, config.d_model), config.dtype)
   inputs = jnp.ones((batch_size, source_len), jnp.int32)
