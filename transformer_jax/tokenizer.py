@@ -10,6 +10,9 @@ model uses 0 both as padding and as the decoder's start token).
   * `Tokenizer`: Python-side encode (str → ids, EOS appended) / decode.
   * `Tokenizer.tf_tokenizer()`: the same model as a tensorflow-text
     `SentencepieceTokenizer`, for tokenising inside a tf.data pipeline.
+
+TensorFlow (tf.io.gfile for gs:// paths, tensorflow-text) is imported only by the
+functions that need it, so decoding and the translate CLI run without it.
 """
 
 from __future__ import annotations
@@ -21,8 +24,6 @@ import uuid
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
-import tensorflow as tf
-import tensorflow_text as tftxt
 
 PAD_ID = 0
 EOS_ID = 1
@@ -35,6 +36,9 @@ class Tokenizer:
   def __init__(self, model_proto: bytes):
     self.model_proto = model_proto
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    if (self._sp.pad_id(), self._sp.eos_id()) != (PAD_ID, EOS_ID):
+      raise ValueError(f'expected pad id {PAD_ID} and EOS id {EOS_ID}, got '
+                       f'{self._sp.pad_id()} and {self._sp.eos_id()}')
 
   @property
   def vocab_size(self) -> int:
@@ -52,8 +56,13 @@ class Tokenizer:
       ids = ids[:ids.index(EOS_ID)]
     return self._sp.decode([i for i in ids if i != PAD_ID])
 
-  def tf_tokenizer(self) -> tftxt.SentencepieceTokenizer:
+  def pieces(self, ids: Sequence[int]) -> list[str]:
+    """The subword string of each id (for labelling plots)."""
+    return [self._sp.id_to_piece(int(i)) for i in ids]
+
+  def tf_tokenizer(self) -> 'tftxt.SentencepieceTokenizer':
     """In-graph tokenizer from the same model (no EOS: add it in the pipeline)."""
+    import tensorflow_text as tftxt  # pylint: disable=g-import-not-at-top
     return tftxt.SentencepieceTokenizer(model=self.model_proto, add_eos=False)
 
 
@@ -75,6 +84,7 @@ def train_model(sentences: Iterable[str], vocab_size: int, model_type: str = 'un
 
 def write_atomic(path: str, data: bytes) -> None:
   """Write `data` to `path` unless it exists: temp file, then rename (first writer wins)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.io.gfile.makedirs(os.path.dirname(path) or '.')
   tmp = f'{path}.tmp-{uuid.uuid4().hex}'
   with tf.io.gfile.GFile(tmp, 'wb') as f:
@@ -91,6 +101,7 @@ def load_or_train(path: str, sentences: Iterable[str], vocab_size: int,
                   model_type: str = 'unigram', max_sentences: int = 1_000_000,
                   seed: int = 0) -> Tokenizer:
   """The tokenizer cached at `path`; trains and caches it from `sentences` first if absent."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if not tf.io.gfile.exists(path):
     logging.info('Training a %d-piece %s SentencePiece model for %s', vocab_size, model_type, path)
     write_atomic(path, train_model(sentences, vocab_size, model_type, max_sentences, seed))

@@ -5,7 +5,7 @@ line gives an empty line) to stdout (or `--output`). Sentences are sorted by len
 decoded in batches of fixed shapes (`--batch_size` rows, source length rounded up to a
 power of two) so that few programs are compiled. Uses `<workdir>/averaged` when present.
 A missing or incompatible checkpoint or vocabulary ends with a one-line error, exit 2.
-No TensorFlow: tokenisation uses the `sentencepiece` package directly.
+No TensorFlow: `transformer_jax.tokenizer.Tokenizer` runs on the `sentencepiece` package.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
-import sentencepiece as spm
 from tqdm import tqdm
 
 from transformer_jax import checkpoint, decode
 from transformer_jax.model import TransformerConfig
+from transformer_jax.tokenizer import Tokenizer
 
 MIN_BUCKET = 16
 
@@ -35,42 +35,24 @@ class TranslateError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
-class Vocabulary:
-  """SentencePiece ids with the model's conventions (pad 0, EOS 1, EOS appended)."""
-  processor: spm.SentencePieceProcessor
-
-  def encode(self, text: str) -> list[int]:
-    return self.processor.encode(text) + [decode.EOS_ID]
-
-  def decode(self, ids: Sequence[int]) -> str:
-    """Text of `ids` up to the first EOS (or padding)."""
-    return self.processor.decode(decode.trim([list(ids)])[0])
-
-  def pieces(self, ids: Sequence[int]) -> list[str]:
-    return [self.processor.id_to_piece(int(i)) for i in ids]
-
-
-@dataclasses.dataclass(frozen=True)
 class LoadedModel:
   """What a training workdir provides for inference."""
   params: Any
   config: TransformerConfig
-  vocab: Vocabulary
+  vocab: Tokenizer
 
 
-def load_vocabulary(path: str, config: TransformerConfig) -> Vocabulary:
+def load_vocabulary(path: str, config: TransformerConfig) -> Tokenizer:
   """The SentencePiece model at `path`, checked against the model's ids and vocabulary size."""
   try:
-    processor = spm.SentencePieceProcessor(model_file=path)
-  except (OSError, RuntimeError) as e:
+    with open(path, 'rb') as f:
+      vocab = Tokenizer(f.read())
+  except (OSError, RuntimeError, ValueError) as e:
     raise TranslateError(f'cannot load the vocabulary {path}: {str(e).splitlines()[0]}') from None
-  if (processor.pad_id(), processor.eos_id()) != (decode.PAD_ID, decode.EOS_ID):
-    raise TranslateError(f'{path}: expected pad id {decode.PAD_ID} and EOS id {decode.EOS_ID}, '
-                         f'got {processor.pad_id()} and {processor.eos_id()}')
-  if processor.get_piece_size() > min(config.vocab_size, config.output_vocab_size):
-    raise TranslateError(f'{path} has {processor.get_piece_size()} pieces but the model only '
+  if vocab.vocab_size > min(config.vocab_size, config.output_vocab_size):
+    raise TranslateError(f'{path} has {vocab.vocab_size} pieces but the model only '
                          f'{config.vocab_size}')
-  return Vocabulary(processor)
+  return vocab
 
 
 def load_model(workdir: str) -> LoadedModel:
