@@ -28,7 +28,7 @@ def get_config():
   config.train_minutes = 20.0
   config.log_every_steps = 50
   config.eval_every_steps = 1_000_000
-  config.eval_every_minutes = 5.0
+  config.eval_every_minutes = 10.0
   config.num_bleu_sentences = 200
   config.max_decode_len = 256
   config.save_every_steps = 200

@@ -150,12 +150,15 @@ def test_training_loop_logs_checkpoints_and_resumes(tmp_path):
   assert any('eval_averaged/loss' in r for r in records)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
   assert os.path.isdir(os.path.join(workdir, 'tensorboard'))
-  # Resuming continues from step 6 rather than starting over.
-  state = train_lib.train_and_evaluate(_tiny_training_config(num_train_steps=8), workdir)
+  # Resuming continues from step 6 rather than starting over; a tiny time interval
+  # (eval_every_minutes) evaluates after every step.
+  state = train_lib.train_and_evaluate(
+      _tiny_training_config(num_train_steps=8, eval_every_minutes=1e-9), workdir)
   assert int(state.step) == 8
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    steps = [json.loads(line)['step'] for line in f]
-  assert steps[len(records):][0] == 8
+    resumed = [json.loads(line) for line in f][len(records):]
+  assert min(r['step'] for r in resumed) == 7
+  assert sorted(r['step'] for r in resumed if 'eval/loss' in r) == [7, 8]
 
 
 def test_nan_loss_stops_training_with_the_step(tmp_path):

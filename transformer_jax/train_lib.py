@@ -558,8 +558,11 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
   next_eval_seconds = config.eval_every_minutes * 60 or float('inf')
   with checkpoint.PreemptionGuard() as guard:
     last = time.perf_counter()
-    while (step < config.num_train_steps and train_seconds + interval.seconds < budget
-           and not guard.should_stop(step)):
+
+    def trained() -> float:  # seconds of training so far, the steps in flight included
+      return train_seconds + interval.seconds + time.perf_counter() - last
+
+    while step < config.num_train_steps and trained() < budget and not guard.should_stop(step):
       batch = stack_micro_batches([next(train_iter) for _ in range(config.grad_accum_steps)])
       source_tokens = float(np.sum(batch['inputs'] > 0))
       flops = metrics_lib.training_flops(model_cfg, counts, source_tokens,
@@ -573,8 +576,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
         last = time.perf_counter()
       pending = (step, step_metrics, source_tokens, flops)
       ckpt.maybe_save(step, state, data_iter)
-      eval_due = (step % config.eval_every_steps == 0
-                  or train_seconds + interval.seconds >= next_eval_seconds)
+      eval_due = step % config.eval_every_steps == 0 or trained() >= next_eval_seconds
       if step % config.log_every_steps == 0 or eval_due:
         interval.add(*_finish(pending, last))
         pending, last = None, time.perf_counter()
