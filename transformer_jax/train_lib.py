@@ -378,17 +378,39 @@ def make_eval_step(model_cfg: TransformerConfig, config: Any, mesh: Mesh,
   return _traced_in(mesh, step)
 
 
-def synthetic_batches(batch_size: int, length: int, vocab_size: int,
-                      seed: int = 0) -> Iterable[dict[str, np.ndarray]]:
-  """Endless random [B, L] batches (ids >= 3, a random tail padded): no TF, for benchmarks."""
-  rng = np.random.default_rng(seed)
-  while True:
-    batch = {}
+class _SyntheticBatches:
+  """The iterator `synthetic_batches` returns; get_state/set_state save its position."""
+
+  def __init__(self, batch_size: int, length: int, vocab_size: int, seed: int):
+    self._shape, self._vocab_size = (batch_size, length), vocab_size
+    self._rng = np.random.default_rng(seed)
+
+  def __iter__(self) -> '_SyntheticBatches':
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    (batch_size, length), batch = self._shape, {}
     for key in ('inputs', 'targets'):
-      tokens = rng.integers(3, vocab_size, (batch_size, length), dtype=np.int32)
-      lengths = rng.integers(length // 2, length + 1, (batch_size, 1))
+      tokens = self._rng.integers(3, self._vocab_size, (batch_size, length), dtype=np.int32)
+      lengths = self._rng.integers(length // 2, length + 1, (batch_size, 1))
       batch[key] = np.where(np.arange(length) < lengths, tokens, 0).astype(np.int32)
-    yield batch
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    return self._rng.bit_generator.state  # JSON-able: what a checkpoint stores.
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._rng.bit_generator.state = state
+
+
+def synthetic_batches(batch_size: int, length: int, vocab_size: int,
+                      seed: int = 0) -> _SyntheticBatches:
+  """Endless random [B, L] batches (ids >= 3, a random tail padded): no TF, for benchmarks.
+
+  The iterator's position can be checkpointed (`get_state`/`set_state`), so a resumed
+  run sees the batches an uninterrupted one would have.
+  """
+  return _SyntheticBatches(batch_size, length, vocab_size, seed)
 
 
 # ----------------------------------------------------------------------------- loop
@@ -517,8 +539,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
       async_save=config.async_checkpointing,
       metadata=({'model_config': checkpoint.model_config_to_dict(model_cfg)} if tokenizer is None
                 else checkpoint.training_metadata(model_cfg, checkpoint.vocab_path_for(workdir))))
-  data_iter = None if tokenizer is None else train_iter
-  state = ckpt.restore(abstract_train_state(model_cfg, optimizer, mesh), data_iter)
+  state = ckpt.restore(abstract_train_state(model_cfg, optimizer, mesh), train_iter)
   if state is None:
     state = create_train_state(model_cfg, optimizer, mesh, config.seed)
   train_step = make_train_step(model_cfg, config, mesh, optimizer, schedule)
@@ -575,7 +596,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
         interval.add(*_finish(pending, last))
         last = time.perf_counter()
       pending = (step, step_metrics, source_tokens, flops)
-      ckpt.maybe_save(step, state, data_iter)
+      ckpt.maybe_save(step, state, train_iter)
       eval_due = step % config.eval_every_steps == 0 or trained() >= next_eval_seconds
       if step % config.log_every_steps == 0 or eval_due:
         interval.add(*_finish(pending, last))
@@ -597,7 +618,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
       train_seconds += interval.seconds
       writer.write(step, {**interval.scalars(peak), 'train/minutes': train_seconds / 60})
     bar.close()
-    ckpt.maybe_save(step, state, data_iter, force=True)
+    ckpt.maybe_save(step, state, train_iter, force=True)
     ckpt.wait()
   if guard.requested:
     logging.warning('preempted: saved step %d, exiting', step)
