@@ -230,3 +230,18 @@ def test_sequences_longer_than_the_position_table_are_refused(tiny_config, tiny_
     Transformer(tiny_config).apply({'params': tiny_params}, too_long, too_long[:, :4])
   with pytest.raises(ValueError, match='exceed max_len'):
     init_cache(tiny_config, 1, tiny_config.max_len + 1, 4)
+
+
+def test_explicit_and_fused_attention_agree_and_d_v_may_differ(tiny_config, tiny_params):
+  src, tgt = _tokens(21, (2, S)), _tokens(22, (2, T))
+  src = src.at[1, 5:].set(0)
+  apply = jax.jit(Transformer(tiny_config).apply, static_argnames='mutable')
+  fused = apply({'params': tiny_params}, src, tgt)
+  explicit, _ = apply({'params': tiny_params}, src, tgt, mutable=('intermediates',))
+  np.testing.assert_allclose(fused, explicit, atol=1e-5)
+  # Table 3 row B: d_k != d_v (jax.nn.dot_product_attention needs them equal).
+  cfg = tiny_config.replace(d_k=4, d_v=12)
+  model = Transformer(cfg)
+  params = model.init(jax.random.key(0), src, tgt)['params']
+  assert params['encoder']['layer_0']['self_attention']['value']['kernel'].shape == (32, 4, 12)
+  assert jax.jit(model.apply)({'params': params}, src, tgt).shape == (2, T, 40)

@@ -5,8 +5,8 @@ N = heads, H = per-head width (d_k for queries/keys, d_v for values).
 
 The score computation goes through `jax.nn.dot_product_attention`, so on GPU
 XLA can dispatch to cuDNN's fused attention. When attention dropout is active,
-or when the caller asks for the weights (by making the ``intermediates``
-collection mutable), an explicit softmax path is used instead and the weights
+when d_v != d_k, or when the caller asks for the weights (by making the
+``intermediates`` collection mutable), an explicit softmax path is used instead and the weights
 are sown as ``intermediates/attention_weights`` with shape [B, N, Q, K].
 """
 
@@ -145,7 +145,9 @@ class MultiHeadAttention(nn.Module):
                                        ('batch', 'length', 'heads', 'kv'))
       value = nn.with_logical_constraint(self._project(inputs_kv, self.v_dim, 'value'),
                                          ('batch', 'length', 'heads', 'kv'))
-      if want_weights or (not deterministic and self.dropout_rate > 0.0):
+      # jax.nn.dot_product_attention needs d_v == d_k (Table 3 row B varies d_k alone).
+      fused = self.qk_dim == self.v_dim and not want_weights
+      if not fused or (not deterministic and self.dropout_rate > 0.0):
         out, weights = _explicit_attention(query, key, value, mask, self.dropout_rate,
                                            deterministic, self)
       else:
