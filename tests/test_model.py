@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from transformer_jax import (Transformer, TransformerConfig, count_params, init_cache,
                              shift_right, sinusoidal_positions)
@@ -242,6 +243,6 @@ def test_explicit_and_fused_attention_agree_and_d_v_may_differ(tiny_config, tiny
   # Table 3 row B: d_k != d_v (jax.nn.dot_product_attention needs them equal).
   cfg = tiny_config.replace(d_k=4, d_v=12)
   model = Transformer(cfg)
-  params = model.init(jax.random.key(0), src, tgt)['params']
+  params = nn.meta.unbox(model.init(jax.random.key(0), src, tgt)['params'])
   assert params['encoder']['layer_0']['self_attention']['value']['kernel'].shape == (32, 4, 12)
   assert jax.jit(model.apply)({'params': params}, src, tgt).shape == (2, T, 40)
