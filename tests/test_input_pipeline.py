@@ -309,6 +309,8 @@ def test_bad_config_values(files):
     ip.raw_dataset(make_config(files, dataset='wmt'), 'train')
   with pytest.raises(ip.DataError, match='batch_size=9 is not divisible by process_count=2'):
     ip.get_datasets(make_config(files, batch_size=9), 'unused', 0, 2)
+  with pytest.raises(ip.DataError, match="batching='tokens' runs on one host only"):
+    ip.get_datasets(make_config(files, batching='tokens'), 'unused', 0, 2)
   with pytest.raises(ip.DataError, match="bible: unknown language 'de'; available: en, es"):
     ip.raw_dataset(make_config(files, dataset='bible', target_lang='de'), 'train')
 

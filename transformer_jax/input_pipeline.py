@@ -494,6 +494,10 @@ def get_datasets(config: ml_collections.ConfigDict, workdir: str,
   """(tokenizer, train iterator, eval batches, test batches) for this process."""
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
+  if count > 1 and config.batching == 'tokens':
+    # Each host would pick its own bucket shape per step; the global batch needs one.
+    raise DataError("batching='tokens' runs on one host only: use batching='pack' with "
+                    f'{count} processes')
   tokenizer = get_tokenizer(config, workdir)
   train_pairs = raw_dataset(config, 'train', index, count)
   _log_too_long(tokenize(train_pairs, tokenizer), config.max_len, f'train (process {index})',
