@@ -74,7 +74,7 @@ def bench(name: str, args: argparse.Namespace, mesh: jax.sharding.Mesh) -> dict:
   abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh))
                     for k, v in batch.items()}
   start = time.perf_counter()
-  with sharding.axis_rules():  # as the step traces itself (train_lib._traced_in)
+  with sharding.use_mesh(mesh):  # as the step traces itself (train_lib._traced_in)
     compiled = step.__wrapped__.lower(abstract, abstract_batch).compile()
   counts = metrics.param_split(abstract.params)
   tokens = rows * args.seq_len

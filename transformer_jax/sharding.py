@@ -87,12 +87,7 @@ def create_mesh(mesh_shape: Sequence[int] = (-1, 1, 1),
 def use_mesh(mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES) -> Iterator[Mesh]:
   """Make `mesh` the current mesh and activate `rules`, so the model's logical
   activation constraints apply while tracing (jit's in/out shardings alone leave the
-  activations' layout to XLA's propagation).
-
-  Known limitation (flax 0.12): `nn.DenseGeneral` with several feature axes re-runs its
-  boxed kernel init on every apply and constrains the flattened kernel with the names
-  of the unflattened one, which fails under a mesh; until the attention projections
-  avoid that (e.g. `nn.Einsum`), the model is traced under `axis_rules()` only.
+  activations' layout to XLA's propagation). The train and eval steps trace under it.
   """
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     yield mesh

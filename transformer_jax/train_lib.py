@@ -237,8 +237,8 @@ def create_train_state(model_cfg: TransformerConfig, optimizer: optax.GradientTr
   """Initialise the state directly into its shardings on `mesh` (jitted, out_shardings)."""
   shardings = state_shardings(model_cfg, optimizer, mesh)
   init = jax.jit(functools.partial(_init_state, model_cfg, optimizer), out_shardings=shardings)
-  # out_shardings place the state; no global mesh (see `_traced_in`).
-  return init(jax.random.key(seed))
+  with sharding.use_mesh(mesh):
+    return init(jax.random.key(seed))
 
 
 def abstract_train_state(model_cfg: TransformerConfig, optimizer: optax.GradientTransformation,
@@ -336,18 +336,11 @@ def eval_step_fn(params: Any, batch: Batch, *, model: Transformer,
 
 
 def _traced_in(mesh: Mesh, fn: Callable) -> Callable:
-  """Call `fn` with the logical-axis rules active (they apply while tracing).
-
-  The mesh reaches the step through its explicit in/out shardings. It is not made
-  the global mesh (`jax.set_mesh`): under one, flax 0.12's shape check in
-  `Scope.param` re-runs DenseGeneral's kernel init and constrains the flattened
-  [D, N·H] attention kernel with the names of the [D, N, H] one, which fails.
-  """
-  del mesh
-
+  """Call `fn` with `mesh` current and the logical-axis rules active (both apply while
+  tracing, so the model's activation sharding constraints take effect)."""
   @functools.wraps(fn)
   def wrapped(*args):
-    with sharding.axis_rules():
+    with sharding.use_mesh(mesh):
       return fn(*args)
   return wrapped
 
