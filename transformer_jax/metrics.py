@@ -29,7 +29,6 @@ from typing import Any, Mapping, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from transformer_jax.model import TransformerConfig
 
@@ -49,11 +48,15 @@ def loss_terms(logits: Array, targets: Array, label_smoothing: float) -> dict[st
   Returns scalars: `loss` (label-smoothed cross-entropy, sum), `nll` (plain
   cross-entropy, sum), `correct` (argmax hits) and `tokens` (number of real tokens).
   """
+  # With q = (1 - ε)·onehot(y) + ε/V and log p = logits - lse:
+  #   -Σ q·log p = (1 - ε)·nll + ε·(lse - mean(logits)),  nll = lse - logits[y].
+  # log-softmax is never materialised, nor a one-hot [.., V] array.
   weights = (targets > 0).astype(jnp.float32)
-  onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype)
-  smoothed = optax.smooth_labels(onehot, label_smoothing) if label_smoothing else onehot
-  loss = optax.softmax_cross_entropy(logits, smoothed)
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  logits = logits.astype(jnp.float32)
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  nll = lse - picked
+  loss = (1.0 - label_smoothing) * nll + label_smoothing * (lse - jnp.mean(logits, axis=-1))
   correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
   return {'loss': jnp.sum(loss * weights), 'nll': jnp.sum(nll * weights),
           'correct': jnp.sum(correct * weights), 'tokens': jnp.sum(weights)}

@@ -158,7 +158,11 @@ class Embed(nn.Module):
     return self.dropout(x, deterministic=deterministic)
 
   def attend(self, x: Array) -> Array:
-    """Output logits through the (shared) embedding: [B, L, D] -> [B, L, V]."""
+    """Output logits through the (shared) embedding: [B, L, D] -> [B, L, V].
+
+    Not rescaled: with the N(0, D^-0.5) init a unit-variance `x` gives logits of
+    std ~1 (the input side multiplies by sqrt(D) instead, as in the paper, §3.4).
+    """
     return jnp.einsum('bld,vd->blv', x, jnp.asarray(self.embedding, self.config.dtype))
 
 
@@ -319,7 +323,7 @@ class Decoder(nn.Module):
     if cfg.pre_norm:
       y = _layer_norm(cfg, 'final_norm')(y)
     if cfg.logits_via_embedding:
-      logits = self.embed.attend(y) * (cfg.d_model ** -0.5)
+      logits = self.embed.attend(y)
     else:
       logits = nn.Dense(cfg.output_vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                         kernel_init=nn.with_logical_partitioning(
