@@ -127,7 +127,7 @@ def workdir(tmp_path_factory, tiny_config):
   params = nn.meta.unbox(Transformer(config).init(jax.random.key(0), ones, ones)['params'])
   eos = params['source_embed']['embedding'][1]
   norm = params['decoder']['layer_1']['ffn_block']['norm']
-  norm['bias'] = norm['bias'] - 3.0 * config.d_model ** 0.5 * eos / jnp.sum(eos ** 2)
+  norm['bias'] = norm['bias'] - 3.0 * eos / jnp.sum(eos ** 2)
   checkpoint.save_model_config(str(root), config)
   metadata = checkpoint.training_metadata(config, str(root / 'spm.model'))
   with checkpoint.Checkpointer(str(root), save_every_steps=1, keep=1, metadata=metadata) as c:
