@@ -600,8 +600,9 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
         writer.write(step, {**interval.scalars(peak), 'train/minutes': train_seconds / 60})
         interval = _Interval()
         if eval_due:
-          while next_eval_seconds <= train_seconds:
-            next_eval_seconds += 60 * config.eval_every_minutes
+          if next_eval_seconds <= train_seconds:  # the next multiple of the interval
+            interval_s = 60 * config.eval_every_minutes
+            next_eval_seconds = (train_seconds // interval_s + 1) * interval_s
           run_eval('eval', state.params)
           eval_steps.append(step)
           last = time.perf_counter()
