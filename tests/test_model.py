@@ -108,12 +108,15 @@ def test_packed_sequences_match_separate_runs(forward, tiny_params):
 
 @pytest.mark.parametrize('pre_norm', [False, True])
 def test_cached_decoding_equals_full_forward(tiny_config, pre_norm):
+  """Two hypotheses per sentence (as beams are laid out), decoded one token at a time
+  over the cache, give the logits of the teacher-forced forward pass."""
   cfg = tiny_config.replace(pre_norm=pre_norm)
   model = Transformer(cfg)
   src, tgt = _tokens(9, (2, S)), _tokens(10, (2, T))
   src = src.at[0, 6:].set(0)
   params = model.init(jax.random.key(1), src, tgt)['params']
-  full = jax.jit(model.apply)({'params': params}, src, tgt)
+  hyps = jnp.stack([tgt, tgt[::-1]], axis=1).reshape(4, T)  # row 2b + j: sentence b
+  full = jax.jit(model.apply)({'params': params}, jnp.repeat(src, 2, axis=0), hyps)
   encoded = jax.jit(model.apply, static_argnames='method')(
       {'params': params}, src, method=Transformer.encode)
 
@@ -123,13 +126,15 @@ def test_cached_decoding_equals_full_forward(tiny_config, pre_norm):
                                 use_cache=True, method=Transformer.decode, mutable=['cache'])
     return logits[:, 0], state['cache']
 
-  cache = init_cache(cfg, 2, T, S)
-  previous = jnp.zeros((2, 1), jnp.int32)
+  cache = init_cache(cfg, 2, T, S, beam_size=2)
+  assert cache['decoder']['layer_0']['cross_attention']['cached_key'].shape[0] == 2
+  assert cache['decoder']['layer_0']['self_attention']['cached_key'].shape[0] == 4
+  previous = jnp.zeros((4, 1), jnp.int32)
   steps = []
   for t in range(T):
     logits, cache = step(cache, previous)
     steps.append(logits)
-    previous = tgt[:, t:t + 1]
+    previous = hyps[:, t:t + 1]
   # float32 on CPU: same arithmetic up to summation order.
   np.testing.assert_allclose(jnp.stack(steps, 1), full, atol=1e-4, rtol=1e-4)
 

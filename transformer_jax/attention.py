@@ -82,6 +82,26 @@ def _cache_layout(key: Array, value: Array) -> tuple[Array, Array]:
   return key.transpose(0, 2, 3, 1), value.transpose(0, 2, 1, 3)
 
 
+def _attend_cache(query: Array, key: Array, value: Array, mask: Optional[Array],
+                  module: nn.Module) -> tuple[Array, Array]:
+  """Attention of query [G·B, Q, N, Hk] over a cache of keys [B, N, Hk, K] and values
+  [B, N, K, Hv], where each run of G consecutive query rows (the beams of one sentence)
+  shares one cache row: the cross-attention cache is stored once per sentence.
+
+  `mask` broadcasts to [B, N, G·Q, K]. -> ([G·B, Q, N, Hv], weights [G·B, N, Q, K]).
+  """
+  rows, (batch, length, heads) = key.shape[0], query.shape[:3]
+  if batch % rows:
+    raise ValueError(f'{batch} query rows do not split into groups over {rows} cache rows')
+  groups = batch // rows
+  grouped = query.reshape(rows, groups * length, *query.shape[2:])
+  out, weights = _explicit_attention(grouped, key, value, mask, 0.0, True, module,
+                                     key_layout='bnhk', value_layout='bnkh')
+  weights = weights.reshape(rows, heads, groups, length, -1).swapaxes(1, 2)
+  return (out.reshape(batch, length, *out.shape[2:]),
+          weights.reshape(batch, heads, length, -1))
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head scaled dot-product attention.
 
@@ -126,7 +146,8 @@ class MultiHeadAttention(nn.Module):
         and values [B, N, max_len, H]; each call writes Q = 1 step at `cache_index`
         and attends to positions <= cache_index (the given mask is then ignored).
       'cross': encoder-decoder attention. The encoder keys/values are projected
-        once, on the call with cache_index == 0, and reused afterwards.
+        once, on the call with cache_index == 0, and reused afterwards. `inputs_kv`
+        may have fewer rows than `inputs_q` (one per sentence, beams grouped after it).
     At initialisation (no cache yet) the cache is created with the call's shapes.
     """
     query = self._project(inputs_q, self.qk_dim, 'query')
@@ -138,8 +159,7 @@ class MultiHeadAttention(nn.Module):
         key, value, mask = self._self_cache(self._project(inputs_kv, self.qk_dim, 'key'),
                                             self._project(inputs_kv, self.v_dim, 'value'),
                                             cache_index)
-      out, weights = _explicit_attention(query, key, value, mask, 0.0, True, self,
-                                         key_layout='bnhk', value_layout='bnkh')
+      out, weights = _attend_cache(query, key, value, mask, self)
     else:
       key = nn.with_logical_constraint(self._project(inputs_kv, self.qk_dim, 'key'),
                                        ('batch', 'length', 'heads', 'kv'))

@@ -39,7 +39,10 @@ def _encode(params: Params, config: TransformerConfig, inputs: Array) -> Array:
 
 def _decode_step(params: Params, config: TransformerConfig, cache: Any, encoded: Array,
                  inputs: Array, previous: Array) -> tuple[Array, Any]:
-  """One cached decoder step: previous token [N] -> next-token logits [N, V], new cache."""
+  """One cached decoder step: previous token [B·K] -> next-token logits [B·K, V], new cache.
+
+  `encoded` [B, S, D] and `inputs` [B, S] hold one row per sentence (K hypotheses each).
+  """
   logits, state = Transformer(config).apply(
       {'params': params, 'cache': cache}, encoded, inputs, previous[:, None],
       use_cache=True, method=Transformer.decode, mutable=['cache'])
@@ -145,10 +148,10 @@ def sample(params: Params, config: TransformerConfig, inputs: Array, rng: Array,
 
 
 def _reorder_cache(cache: Any, rows: Array) -> Any:
-  """Gather decoder-cache rows [B*K, ...] by `rows` [B*K]; keeps the scalar index.
+  """Gather self-attention cache rows [B*K, ...] by `rows` [B*K]; keeps the scalar index.
 
-  Cross-attention keys/values are identical for all beams of a sentence and beams are
-  only ever reordered within their sentence, so those leaves are left untouched.
+  Cross-attention keys/values are stored once per sentence ([B, ...]) and beams are only
+  ever reordered within their sentence, so those leaves are left untouched.
   """
   def gather(path, leaf):
     if leaf.ndim == 0 or any(getattr(k, 'key', None) == 'cross_attention' for k in path):
@@ -164,10 +167,9 @@ def _beam_search(params: Params, config: TransformerConfig, inputs: Array, alpha
   """Beam search core; -> best tokens [B, L] and their length-normalised scores [B]."""
   batch, k, length = inputs.shape[0], beam_size, max_decode_len
   limits = _length_limits(inputs, max_extra_len, length)
-  # Encode once; every beam of a sentence reads the same encoder states.
-  expand = lambda x: jnp.repeat(x, k, axis=0)
-  inputs_k = expand(inputs)
-  encoded_k = expand(_encode(params, config, inputs))
+  # Encode once; the K beams of a sentence (rows b·K .. b·K + K-1 of the decoder) share
+  # one copy of its encoder states and cross-attention keys/values.
+  encoded = _encode(params, config, inputs)
   sentence_rows = jnp.arange(batch)[:, None] * k
   best_alive_penalty = length_penalty(limits.astype(jnp.float32), alpha)
 
@@ -180,7 +182,7 @@ def _beam_search(params: Params, config: TransformerConfig, inputs: Array, alpha
     previous = lax.dynamic_index_in_dim(alive_seq, jnp.maximum(step - 1, 0), axis=2,
                                         keepdims=False)
     previous = jnp.where(step > 0, previous, PAD_ID).reshape(batch * k)
-    logits, cache = _decode_step(params, config, cache, encoded_k, inputs_k, previous)
+    logits, cache = _decode_step(params, config, cache, encoded, inputs, previous)
     log_probs = _log_probs(logits, step + 1, min_len, eos_id).reshape(batch, k, -1)
     vocab = log_probs.shape[-1]
     candidates = (alive_log_probs[:, :, None] + log_probs).reshape(batch, k * vocab)
@@ -219,7 +221,7 @@ def _beam_search(params: Params, config: TransformerConfig, inputs: Array, alpha
            jnp.zeros((batch, k, length), jnp.int32),
            jnp.full((batch, k), NEG_INF),
            jnp.zeros((batch,), bool),
-           init_cache(config, batch * k, length, inputs.shape[1]))
+           init_cache(config, batch, length, inputs.shape[1], beam_size=k))
   _, _, _, finished_seq, finished_scores, _, _ = lax.while_loop(cond, body, state)
   return finished_seq[:, 0], finished_scores[:, 0]
 

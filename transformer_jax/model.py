@@ -340,7 +340,8 @@ class Transformer(nn.Module):
   `__call__(inputs [B, S], targets [B, T]) -> logits [B, T, V]` (teacher forcing).
   `encode(...) -> [B, S, D]`; `decode(encoded, inputs, targets, ...) -> [B, T, V]`.
   Cached decoding: `decode(..., use_cache=True)` with targets [B, 1] and a mutable
-  ``cache`` collection from `init_cache`.
+  ``cache`` collection from `init_cache` (for beams: targets [B·K, 1], encoder states
+  and source ids of the B sentences, `init_cache(..., beam_size=K)`).
   """
   config: TransformerConfig
 
@@ -382,12 +383,16 @@ class Transformer(nn.Module):
 
 
 def init_cache(config: TransformerConfig, batch_size: int, max_decode_len: int,
-               source_len: int) -> Any:
-  """Zero decoding cache for `batch_size` rows, up to `max_decode_len` target steps.
+               source_len: int, beam_size: int = 1) -> Any:
+  """Zero decoding cache for `batch_size` sentences of `beam_size` hypotheses each, up to
+  `max_decode_len` target steps.
 
-  Self-attention caches hold keys [B, N, d_k, max_decode_len] and values
-  [B, N, max_decode_len, d_v]; cross-attention caches hold the projected encoder states
-  in the same layouts with source_len. Every leaf but the scalar `index` has batch first.
+  Decoder rows are sentence-major (row b·beam_size + j is hypothesis j of sentence b):
+  self-attention caches hold keys [B·beam, N, d_k, max_decode_len] and values
+  [B·beam, N, max_decode_len, d_v]; cross-attention caches hold the projected encoder
+  states once per sentence, [B, N, d_k, source_len] and [B, N, source_len, d_v]. Decode
+  with targets [B·beam, 1] and encoder states / source ids of [B] rows. Every leaf but
+  the scalar `index` has the batch first.
   """
   if max(max_decode_len, source_len) > config.max_len:
     raise ValueError(f'max_decode_len={max_decode_len} / source_len={source_len} exceed '
@@ -395,7 +400,7 @@ def init_cache(config: TransformerConfig, batch_size: int, max_decode_len: int,
   model = Transformer(config)
   encoded = jnp.zeros((batch_size, source_len, config.d_model), config.dtype)
   inputs = jnp.ones((batch_size, source_len), jnp.int32)
-  targets = jnp.ones((batch_size, max_decode_len), jnp.int32)
+  targets = jnp.ones((batch_size * beam_size, max_decode_len), jnp.int32)
 
   def make(rng):
     return model.init(rng, encoded, inputs, targets, use_cache=True, method=Transformer.decode)
