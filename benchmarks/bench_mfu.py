@@ -34,7 +34,8 @@ from transformer_jax import TransformerConfig, metrics, sharding, train_lib  # n
 # The paper's optimisation recipe (§5.3-5.4), as the train step reads it.
 RECIPE = types.SimpleNamespace(
     label_smoothing=0.1, warmup_steps=4000, learning_rate_multiplier=1.0, adam_b1=0.9,
-    adam_b2=0.98, adam_eps=1e-9, grad_clip_norm=0.0, grad_accum_steps=1)
+    adam_b2=0.98, adam_eps=1e-9, grad_clip_norm=0.0, grad_accum_steps=1, cooldown_steps=0,
+    num_train_steps=100_000)
 GIB = 2.0 ** 30
 
 

@@ -89,6 +89,13 @@ def test_schedule_matches_paper_formula():
   # Linear warm-up, peak at `warmup`, then inverse square root decay.
   assert schedule(2000) < schedule(4000) > schedule(16000)
   np.testing.assert_allclose(schedule(16000), schedule(4000) / 2, rtol=1e-6)
+  # An optional cooldown scales the last `cooldown_steps` linearly down to 0.
+  cooled = train_lib.learning_rate_schedule(512, 4000, 2.0, cooldown_steps=1000,
+                                            total_steps=10_000)
+  for s in (1, 4000, 9000):
+    np.testing.assert_allclose(cooled(s), schedule(s), rtol=1e-6)
+  np.testing.assert_allclose(cooled(9500), schedule(9500) / 2, rtol=1e-5)
+  assert float(cooled(10_000)) == 0.0 == float(cooled(12_000))
 
 
 def test_gradient_accumulation_equals_one_larger_batch(tiny_config, mesh):

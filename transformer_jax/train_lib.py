@@ -86,6 +86,7 @@ def default_config():
   c.label_smoothing = 0.1
   c.warmup_steps = 4000
   c.learning_rate_multiplier = 1.0
+  c.cooldown_steps = 0  # > 0: lr decays linearly to 0 over the last so many steps.
   c.adam_b1 = 0.9
   c.adam_b2 = 0.98
   c.adam_eps = 1e-9
@@ -165,15 +166,21 @@ def model_config(config: Any, vocab_size: int) -> TransformerConfig:
 # ------------------------------------------------------------------------- optimizer
 
 
-def learning_rate_schedule(d_model: int, warmup_steps: int,
-                           multiplier: float = 1.0) -> optax.Schedule:
+def learning_rate_schedule(d_model: int, warmup_steps: int, multiplier: float = 1.0,
+                           cooldown_steps: int = 0, total_steps: int = 0) -> optax.Schedule:
   """Paper eq. 3 as a function of the 1-based step s:
 
-  lr(s) = multiplier · d_model^-0.5 · min(s^-0.5, s · warmup^-1.5).
+  lr(s) = multiplier · d_model^-0.5 · min(s^-0.5, s · warmup^-1.5),
+
+  times min(1, (total_steps - s) / cooldown_steps) when `cooldown_steps` > 0: a linear
+  decay to 0 over the last `cooldown_steps` steps (not in the paper; for short runs).
   """
   def schedule(step):
     s = jnp.maximum(jnp.asarray(step, jnp.float32), 1.0)
-    return multiplier * d_model ** -0.5 * jnp.minimum(s ** -0.5, s * warmup_steps ** -1.5)
+    lr = multiplier * d_model ** -0.5 * jnp.minimum(s ** -0.5, s * warmup_steps ** -1.5)
+    if cooldown_steps:
+      lr = lr * jnp.clip((total_steps - s) / cooldown_steps, 0.0, 1.0)
+    return lr
   return schedule
 
 
@@ -184,7 +191,8 @@ def create_optimizer(config: Any, d_model: int) -> tuple[optax.GradientTransform
   Returns (optimizer, schedule); optax counts updates from 0, so update n uses lr(n + 1).
   """
   schedule = learning_rate_schedule(d_model, config.warmup_steps,
-                                    config.learning_rate_multiplier)
+                                    config.learning_rate_multiplier, config.cooldown_steps,
+                                    config.num_train_steps)
   adam = optax.adam(lambda count: schedule(count + 1), b1=config.adam_b1,
                     b2=config.adam_b2, eps=config.adam_eps)
   if config.grad_clip_norm:
