@@ -101,6 +101,7 @@ def default_config():
   c.num_eval_batches = -1  # -1: the whole eval split.
   c.num_bleu_sentences = 500  # sentences decoded for BLEU at each evaluation; 0: none, -1: all.
   c.bleu_split = 'eval'  # 'eval' | 'test': the split those sentences come from.
+  c.decode_batch_size = 32  # sentences per decoding batch for BLEU.
   c.max_decode_len = 256
   c.save_every_steps = 1000
   c.keep_checkpoints = 5
@@ -448,11 +449,13 @@ def evaluate(eval_step: Callable, params: Any, batches: Any, mesh: Mesh,
 
 def translate_and_score(params: Any, model_cfg: TransformerConfig, tokenizer: Any,
                         pairs: Sequence[tuple[str, str]], batch_size: int,
-                        max_source_len: int) -> tuple[float, list[str]]:
-  """Greedy-translate the sources of (source, reference) `pairs`: (sacreBLEU, hypotheses)."""
+                        max_source_len: int, beam_size: int = 1,
+                        alpha: float = 0.6) -> tuple[float, list[str]]:
+  """Translate the sources of (source, reference) `pairs` greedily (beam_size 1) or with
+  beam search: -> (sacreBLEU, hypotheses)."""
   from transformer_jax import bleu, translate  # sentencepiece / sacrebleu, no TF.
   translate_fn = translate.make_translate_fn(
-      translate.LoadedModel(params, model_cfg, tokenizer), beam_size=1)
+      translate.LoadedModel(params, model_cfg, tokenizer), beam_size=beam_size, alpha=alpha)
   hypotheses = translate.translate_lines([s for s, _ in pairs], translate_fn, tokenizer,
                                          batch_size=batch_size, max_source_len=max_source_len,
                                          progress=False)
@@ -564,7 +567,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
     scalars = evaluate(eval_step, params, eval_ds, mesh, config.num_eval_batches)
     if bleu_pairs:
       scalars['bleu'], _ = translate_and_score(params, model_cfg, tokenizer, bleu_pairs,
-                                               config.batch_size, config.max_eval_len)
+                                               config.decode_batch_size, config.max_eval_len)
     scalars['seconds'] = time.perf_counter() - start
     writer.write(step, {**{f'{label}/{k}': v for k, v in scalars.items()},
                         'train/minutes': train_seconds / 60})
