@@ -12,11 +12,15 @@ flax and optax (no TensorFlow, no ml_collections).
   python benchmarks/bench_mfu.py --models big --remat dots
   python benchmarks/bench_mfu.py --tokens 1024 --steps 2  # CPU sanity run
   python benchmarks/bench_mfu.py --models big --memory_only  # compile only: memory estimate
+  python benchmarks/bench_mfu.py --models base --profile /tmp/prof  # + where device time goes
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import gzip
 import json
 import os
 import statistics
@@ -108,7 +112,62 @@ def bench(name: str, args: argparse.Namespace, mesh: jax.sharding.Mesh) -> dict:
                  'model_tflops_per_s': flops / step_s / 1e12,
                  'mfu': flops / step_s / (peak * jax.device_count()) if peak else None,
                  'loss': float(out['loss'] / out['tokens'])})
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:  # what the allocator really held (GPU/TPU)
+    result['device_peak_gib'] = stats['peak_bytes_in_use'] / GIB
+  if args.profile:
+    trace_dir = os.path.join(args.profile, name)
+    with jax.profiler.trace(trace_dir):
+      for _ in range(3):
+        state, out = compiled(state, global_batch)
+      jax.block_until_ready((state, out))
+    result['profile'] = device_time_breakdown(trace_dir, steps=3)
   return result
+
+
+def _kernel_kind(name: str) -> str:
+  """A coarse class of a device op from its name (cuDNN/cuBLAS kernel or XLA fusion)."""
+  lowered = name.lower()
+  for kind, keys in (('attention (cudnn)', ('cudnn', 'fmha', 'flash', 'sdpa')),
+                     ('matmul', ('gemm', 'cublas', 'cutlass', 'matmul', 'dot', 'sm90_xmma',
+                                 'nvjet')),
+                     ('reduce', ('reduce', 'softmax', 'norm')),
+                     ('copy/transpose', ('copy', 'transpose', 'memcpy', 'memset')),
+                     ('elementwise fusion', ('fusion', 'loop', 'input', 'add', 'multiply'))):
+    if any(k in lowered for k in keys):
+      return kind
+  return 'other'
+
+
+def device_time_breakdown(trace_dir: str, steps: int) -> dict:
+  """Device time per step by op class and the top ops, from a jax.profiler trace.
+
+  Reads the `*.trace.json.gz` the profiler writes. On a GPU, each device process
+  (/device:GPU:0) has an 'XLA Ops' line (HLO ops: fusions, custom calls) and
+  'Stream' lines (the CUDA kernels they launch); both are summarised, in ms per step.
+  """
+  path = max(glob.glob(os.path.join(trace_dir, 'plugins', 'profile', '*', '*.trace.json.gz')),
+             key=os.path.getmtime)  # the latest trace
+  with gzip.open(path, 'rt', encoding='utf-8') as f:
+    events = json.load(f)['traceEvents']
+  devices = {e['pid'] for e in events if e.get('ph') == 'M' and e.get('name') == 'process_name'
+             and '/device:' in e['args'].get('name', '') and 'CPU' not in e['args']['name']}
+  lines = {(e['pid'], e['tid']): e['args'].get('name', '') for e in events
+           if e.get('ph') == 'M' and e.get('name') == 'thread_name' and e['pid'] in devices}
+  groups = {'ops': ('XLA Ops',), 'kernels': ('Stream',)}
+  summary = {}
+  for group, keys in groups.items():
+    by_kind, by_op = collections.Counter(), collections.Counter()
+    for e in events:
+      line = lines.get((e.get('pid'), e.get('tid')), '')
+      if e.get('ph') == 'X' and any(k in line for k in keys) and 'dur' in e:
+        by_kind[_kernel_kind(e['name'])] += e['dur'] / 1e3 / steps
+        by_op[e['name'][:90]] += e['dur'] / 1e3 / steps
+    summary[group] = {'ms_per_step': round(sum(by_kind.values()), 2),
+                      'by_kind': {k: round(v, 2) for k, v in by_kind.most_common()},
+                      'top': {k: round(v, 2) for k, v in by_op.most_common(12)}}
+  summary['device_lines'] = sorted(set(lines.values()))
+  return summary
 
 
 def row(r: dict) -> str:
@@ -137,6 +196,8 @@ def main() -> None:
                       help='device peak TFLOP/s for MFU (0: by device kind)')
   parser.add_argument('--memory_only', action='store_true',
                       help='compile only and report XLA memory analysis (no device memory used)')
+  parser.add_argument('--profile', default='',
+                      help='trace 3 more steps into this folder and report device time by op')
   parser.add_argument('--out', default='', help='append JSON lines here')
   args = parser.parse_args()
   mesh = sharding.create_mesh(tuple(int(d) for d in args.mesh.split(',')))

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The GPU benchmarks of BENCHMARKS.md in one go (a device-tool call or any CUDA host
+# with JAX, flax and optax): base and big at the paper's 25k-token batch in bf16,
+# cuDNN vs XLA attention, remat for big, and a profile of base. Results under $OUT.
+#   OUT=/tmp/gpu bash benchmarks/gpu_bench.sh
+#   EXTRA="--tokens 512 --seq_len 64 --steps 1 --attention_impl xla" PYTHON=.venv/bin/python \
+#     bash benchmarks/gpu_bench.sh   # a CPU dry run
+set -u
+OUT=${OUT:-/tmp/gpu_bench}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-.95}
+PY=${PYTHON:-python3}
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  $PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__,
+          'optax', optax.__version__, jax.devices())"; } 2>&1 | tee "$OUT/env.txt"
+bench() {  # one model per process, so each device peak is its own
+  timeout "${STEP_TIMEOUT:-170}" $PY benchmarks/bench_mfu.py --out "$OUT/mfu.jsonl" "$@" ${EXTRA:-} \
+    2>&1 | grep -v '^{' | tee -a "$OUT/log.txt"
+}
+rm -rf /tmp/prof
+bench --models base --attention_impl cudnn --profile /tmp/prof
+bench --models base --attention_impl xla
+bench --models big --attention_impl cudnn
+bench --models big --attention_impl cudnn --remat dots
+cp /tmp/prof/base/plugins/profile/*/*.trace.json.gz "$OUT/base_trace.json.gz" 2>/dev/null
+ls -la "$OUT"
