@@ -5,7 +5,7 @@
 #   OUT=/tmp/gpu bash benchmarks/gpu_bench.sh
 #   EXTRA="--tokens 512 --seq_len 64 --steps 1 --attention_impl xla" PYTHON=.venv/bin/python \
 #     bash benchmarks/gpu_bench.sh   # a CPU dry run
-set -u
+set -u -o pipefail
 OUT=${OUT:-/tmp/gpu_bench}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-.95}
@@ -17,10 +17,11 @@ bench() {  # one model per process, so each device peak is its own
   timeout "${STEP_TIMEOUT:-170}" $PY benchmarks/bench_mfu.py --out "$OUT/mfu.jsonl" "$@" ${EXTRA:-} \
     2>&1 | grep -v '^{' | tee -a "$OUT/log.txt"
 }
-rm -rf /tmp/prof
+rm -rf /tmp/prof /tmp/prof_xla
 bench --models base --attention_impl cudnn --profile /tmp/prof
-bench --models base --attention_impl xla
-bench --models big --attention_impl cudnn
-bench --models big --attention_impl cudnn --remat dots
-cp /tmp/prof/base/plugins/profile/*/*.trace.json.gz "$OUT/base_trace.json.gz" 2>/dev/null
+bench --models base --attention_impl xla --profile /tmp/prof_xla
+bench --models big --attention_impl cudnn || bench --models big --attention_impl xla
+bench --models big --attention_impl cudnn --remat dots || bench --models big --remat dots
+cp /tmp/prof/base/plugins/profile/*/*.trace.json.gz "$OUT/base_cudnn_trace.json.gz" 2>/dev/null
+cp /tmp/prof_xla/base/plugins/profile/*/*.trace.json.gz "$OUT/base_xla_trace.json.gz" 2>/dev/null
 ls -la "$OUT"

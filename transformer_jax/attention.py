@@ -171,6 +171,9 @@ class MultiHeadAttention(nn.Module):
         out, weights = _explicit_attention(query, key, value, mask, self.dropout_rate,
                                            deterministic, self)
       else:
+        if mask is not None and self.implementation == 'cudnn':  # cuDNN wants [B, 1|N, Q, K]
+          mask = jnp.broadcast_to(mask, (query.shape[0], mask.shape[1], query.shape[1],
+                                         key.shape[1]))
         out, weights = jax.nn.dot_product_attention(
             query, key, value, mask=mask, implementation=self.implementation), None
     if want_weights and weights is not None:
