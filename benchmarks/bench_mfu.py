@@ -98,16 +98,25 @@ def bench(name: str, args: argparse.Namespace, mesh: jax.sharding.Mesh) -> dict:
     return result
   state = train_lib.create_train_state(cfg, optimizer, mesh, seed=0)
   global_batch = sharding.shard_batch(batch, mesh)
-  times = []
-  for i in range(args.warmup + args.steps):
-    begin = time.perf_counter()
+  for _ in range(args.warmup):
     state, out = compiled(state, global_batch)
+  jax.block_until_ready((state, out))
+  synced = []  # each step waited for: pays the host's dispatch of every kernel in full
+  for _ in range(args.steps):
+    begin = time.perf_counter()
+    state, out = jax.block_until_ready(compiled(state, global_batch))
+    synced.append(time.perf_counter() - begin)
+  times = []  # steps dispatched back to back, as the training loop runs them
+  for _ in range(3):
+    begin = time.perf_counter()
+    for _ in range(args.steps):
+      state, out = compiled(state, global_batch)
     jax.block_until_ready((state, out))
-    if i >= args.warmup:
-      times.append(time.perf_counter() - begin)
+    times.append((time.perf_counter() - begin) / args.steps)
   step_s = statistics.median(times)
   peak = metrics.peak_flops(jax.devices()[0], args.peak_tflops)
-  result.update({'step_s': step_s, 'steps': len(times),
+  result.update({'step_s': step_s, 'steps': 3 * args.steps,
+                 'step_s_synced': statistics.median(synced),
                  'target_tokens_per_s': tokens / step_s,
                  'model_tflops_per_s': flops / step_s / 1e12,
                  'mfu': flops / step_s / (peak * jax.device_count()) if peak else None,
@@ -175,7 +184,8 @@ def row(r: dict) -> str:
   def f(key, fmt):
     return format(r[key], fmt) if r.get(key) is not None else '-'
   return (f"| {r['model']} | {r['device']} x{r['devices']} | {r['remat']} | "
-          f"{r['rows']}x{r['seq_len']} | {f('step_s', '.3f')} | {f('target_tokens_per_s', ',.0f')} | "
+          f"{r['rows']}x{r['seq_len']} | {f('step_s', '.3f')} | {f('step_s_synced', '.3f')} | "
+          f"{f('target_tokens_per_s', ',.0f')} | "
           f"{f('model_tflops_per_s', '.1f')} | {f('mfu', '.1%')} | {f('peak_gib', '.1f')} |")
 
 
@@ -190,7 +200,9 @@ def main() -> None:
   parser.add_argument('--remat', default='none', choices=('none', 'full', 'dots'))
   parser.add_argument('--attention_impl', default=None, choices=(None, 'xla', 'cudnn'))
   parser.add_argument('--mesh', default='-1,1,1', help='data,fsdp,tensor')
-  parser.add_argument('--steps', type=int, default=10, help='timed steps (median reported)')
+  parser.add_argument('--steps', type=int, default=10,
+                      help='steps per timed round: 3 rounds of back-to-back steps, the median '
+                           'round reported (and the median of as many steps each waited for)')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--peak_tflops', type=float, default=0.0,
                       help='device peak TFLOP/s for MFU (0: by device kind)')
@@ -201,8 +213,9 @@ def main() -> None:
   parser.add_argument('--out', default='', help='append JSON lines here')
   args = parser.parse_args()
   mesh = sharding.create_mesh(tuple(int(d) for d in args.mesh.split(',')))
-  print('| model | device | remat | batch | step (s) | target tok/s | model TFLOP/s | MFU '
-        '| peak GiB/device |\n|---|---|---|---|---:|---:|---:|---:|---:|', flush=True)
+  print('| model | device | remat | batch | step (s) | synced step (s) | target tok/s '
+        '| model TFLOP/s | MFU | peak GiB/device |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|',
+        flush=True)
   for name in args.models.split(','):
     result = bench(name, args, mesh)
     print(row(result), flush=True)

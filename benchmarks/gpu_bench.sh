@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmarks of BENCHMARKS.md in one go (a device-tool call or any CUDA host
 # with JAX, flax and optax): base and big at the paper's 25k-token batch in bf16,
-# cuDNN vs XLA attention, remat for big, and a profile of base. Results under $OUT.
+# cuDNN vs XLA attention, remat for big, and a profile of base (PROFILE=0: none).
+# Results under $OUT.
 #   OUT=/tmp/gpu bash benchmarks/gpu_bench.sh
 #   EXTRA="--tokens 512 --seq_len 64 --steps 1 --attention_impl xla" PYTHON=.venv/bin/python \
 #     bash benchmarks/gpu_bench.sh   # a CPU dry run
@@ -18,8 +19,9 @@ bench() {  # one model per process, so each device peak is its own
     2>&1 | grep -v '^{' | tee -a "$OUT/log.txt"
 }
 rm -rf /tmp/prof /tmp/prof_xla
-bench --models base --attention_impl cudnn --profile /tmp/prof
-bench --models base --attention_impl xla --profile /tmp/prof_xla
+if [ "${PROFILE:-1}" = 1 ]; then P1="--profile /tmp/prof"; P2="--profile /tmp/prof_xla"; else P1=; P2=; fi
+bench --models base --attention_impl cudnn $P1
+bench --models base --attention_impl xla $P2
 bench --models big --attention_impl cudnn || bench --models big --attention_impl xla
 bench --models big --attention_impl cudnn --remat dots || bench --models big --remat dots
 cp /tmp/prof/base/plugins/profile/*/*.trace.json.gz "$OUT/base_cudnn_trace.json.gz" 2>/dev/null
