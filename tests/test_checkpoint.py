@@ -79,7 +79,8 @@ def save_steps(workdir, params, metadata, steps, every=1, keep=10, iterator=None
     for step in steps:
       if iterator is not None:
         iterator.position = 100 + step
-      c.maybe_save(step, make_state(params, step), iterator)
+      c.maybe_save(step, make_state(params, step), iterator,
+                   progress={'train_seconds': 10.0 * step})
     return c.all_steps()
 
 
@@ -93,6 +94,7 @@ def test_restore_brings_back_state_and_data_position(tmp_path, tiny_params, meta
   assert_trees_equal(restored, expected)
   assert isinstance(restored.params['decoder']['layer_0']['ffn']['wi']['kernel'], jax.Array)
   assert iterator.position == 103
+  assert c.restored_progress == {'train_seconds': 30.0}  # the time budget carries over
 
 
 def test_no_checkpoint_restores_none(tmp_path, tiny_params, metadata):

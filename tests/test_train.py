@@ -166,6 +166,13 @@ def test_training_loop_logs_checkpoints_and_resumes(tmp_path):
     resumed = [json.loads(line) for line in f][len(records):]
   assert min(r['step'] for r in resumed) == 7
   assert sorted(r['step'] for r in resumed if 'eval/loss' in r) == [7, 8]
+  # Training minutes carry over from the checkpoint: the resumed run's clock starts
+  # where the first stopped, and a budget already spent trains no further step.
+  first_minutes = max(r['train/minutes'] for r in records if 'train/minutes' in r)
+  assert min(r['train/minutes'] for r in resumed if 'train/loss' in r) > first_minutes
+  state = train_lib.train_and_evaluate(
+      _tiny_training_config(num_train_steps=20, train_minutes=first_minutes / 2), workdir)
+  assert int(state.step) == 8
 
 
 def test_nan_loss_stops_training_with_the_step(tmp_path):

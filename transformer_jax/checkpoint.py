@@ -284,13 +284,16 @@ class Checkpointer:
 
   `metadata` (e.g. `training_metadata(cfg, vocab_path)`) is stored with every step
   and must match on restore. A data iterator passed to `maybe_save`/`restore`
-  needs `get_state() -> JSON-able or bytes` and `set_state(state)`.
+  needs `get_state() -> JSON-able or bytes` and `set_state(state)`. `progress`, a
+  small JSON-able dict given to `maybe_save` (e.g. the training seconds spent), comes
+  back in `restored_progress` after `restore` ({} when none was saved).
   """
 
   def __init__(self, workdir: str, *, save_every_steps: int, keep: int, async_save: bool = True,
                metadata: Optional[Mapping[str, Any]] = None):
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self._metadata = _canonical(dict(metadata or {}))
+    self.restored_progress: dict[str, Any] = {}
     self._manager = _manager(
         self.directory, create=True, max_to_keep=keep,
         save_decision_policy=ocp.checkpoint_managers.AnySavePolicy([
@@ -307,7 +310,7 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def maybe_save(self, step: int, state: PyTree, data_iterator: Any = None,
-                 force: bool = False) -> bool:
+                 force: bool = False, progress: Optional[Mapping[str, Any]] = None) -> bool:
     """Start saving `state` as `step` if due (or `force`); True if a save started.
 
     The iterator position is read now, synchronously; arrays are copied to host
@@ -317,7 +320,8 @@ class Checkpointer:
     if step in self._manager.all_steps() or not (force or self._manager.should_save(step)):
       return False
     data = {'position': None if data_iterator is None
-            else _encode_data_state(data_iterator.get_state())}
+            else _encode_data_state(data_iterator.get_state()),
+            'progress': dict(progress or {})}
     metadata = dict(self._metadata, step=step, checksums=tree_checksums(state))
     return self._manager.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data),
@@ -351,12 +355,13 @@ class Checkpointer:
         raise CheckpointError(f'{where} was saved by a different run ({"; ".join(diffs[:4])}); '
                               'use a new --workdir or restore the original config/vocabulary')
       try:
-        state, position = self._restore_step(step, abstract_state, saved, where)
+        state, data = self._restore_step(step, abstract_state, saved, where)
       except Exception as e:  # noqa: BLE001 - any read/verify failure = corrupt step.
         errors.append((step, f'{where}: {_describe(e)}'))
         logging.warning('checkpoint %s is corrupt or partial, trying an older one: %s', where,
                         errors[-1][1])
         continue
+      position, self.restored_progress = data['position'], dict(data.get('progress') or {})
       if data_iterator is not None:
         if position is None:
           raise CheckpointError(f'{where} has no data-iterator position (saved without '
@@ -368,14 +373,14 @@ class Checkpointer:
                           f'restored (newest error: {errors[0][1]})')
 
   def _restore_step(self, step: int, abstract_state: PyTree, saved: Mapping[str, Any],
-                    where: str) -> tuple[PyTree, Any]:
+                    where: str) -> tuple[PyTree, dict[str, Any]]:
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
             item=abstract_state,
             restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)),
         data=ocp.args.JsonRestore()))
     _verify_checksums(restored.state, saved.get('checksums', {}), where)
-    return restored.state, restored.data['position']
+    return restored.state, restored.data
 
   def _quarantine(self, steps: Sequence[int]) -> None:
     """Move corrupt steps newer than the restored one out of the way (never delete them)."""

@@ -507,11 +507,12 @@ class _Interval:
     return out
 
 
-def _progress_bar(config: Any, start_step: int, enabled: bool):
+def _progress_bar(config: Any, start_step: int, start_seconds: float, enabled: bool):
   """tqdm bar over the time budget (seconds) if there is one, else over the steps."""
   import tqdm
   if config.train_minutes:
-    return tqdm.tqdm(total=round(config.train_minutes * 60), unit='s', disable=not enabled,
+    return tqdm.tqdm(total=round(config.train_minutes * 60), initial=round(start_seconds),
+                     unit='s', disable=not enabled,
                      bar_format='{l_bar}{bar}| {n:.0f}/{total}s [{elapsed}<{remaining}{postfix}]')
   return tqdm.tqdm(total=config.num_train_steps, initial=start_step, unit='step',
                    disable=not enabled)
@@ -577,10 +578,16 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
     if not bar.disable:
       bar.write(line)
 
-  bar = _progress_bar(config, step, is_main and config.progress_bar and sys.stderr.isatty())
-  interval, train_seconds, pending, eval_steps = _Interval(), 0.0, None, []
+  # The training seconds of earlier runs count against the budget (a preempted or
+  # finished run resumes with what is left of it, not a new budget).
+  interval, pending, eval_steps = _Interval(), None, []
+  train_seconds = float(ckpt.restored_progress.get('train_seconds', 0.0))
+  bar = _progress_bar(config, step, train_seconds,
+                      is_main and config.progress_bar and sys.stderr.isatty())
   budget = config.train_minutes * 60 or float('inf')
-  next_eval_seconds = config.eval_every_minutes * 60 or float('inf')
+  eval_interval_s = config.eval_every_minutes * 60
+  next_eval_seconds = ((train_seconds // eval_interval_s + 1) * eval_interval_s
+                       if eval_interval_s else float('inf'))
   with checkpoint.PreemptionGuard() as guard:
     last = time.perf_counter()
 
@@ -600,7 +607,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
         interval.add(*_finish(pending, last))
         last = time.perf_counter()
       pending = (step, step_metrics, source_tokens, flops)
-      ckpt.maybe_save(step, state, train_iter)
+      ckpt.maybe_save(step, state, train_iter, progress={'train_seconds': trained()})
       eval_due = step % config.eval_every_steps == 0 or trained() >= next_eval_seconds
       if step % config.log_every_steps == 0 or eval_due:
         interval.add(*_finish(pending, last))
@@ -612,8 +619,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
         interval = _Interval()
         if eval_due:
           if next_eval_seconds <= train_seconds:  # the next multiple of the interval
-            interval_s = 60 * config.eval_every_minutes
-            next_eval_seconds = (train_seconds // interval_s + 1) * interval_s
+            next_eval_seconds = (train_seconds // eval_interval_s + 1) * eval_interval_s
           run_eval('eval', state.params)
           eval_steps.append(step)
           last = time.perf_counter()
@@ -623,7 +629,8 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
       train_seconds += interval.seconds
       writer.write(step, {**interval.scalars(peak), 'train/minutes': train_seconds / 60})
     bar.close()
-    ckpt.maybe_save(step, state, train_iter, force=True)
+    ckpt.maybe_save(step, state, train_iter, force=True,
+                    progress={'train_seconds': train_seconds})
     ckpt.wait()
   if guard.requested:
     logging.warning('preempted: saved step %d, exiting', step)
