@@ -51,6 +51,14 @@ def main():
   optimizer, schedule = train_lib.create_optimizer(config, MODEL.d_model)
   state = train_lib.create_train_state(MODEL, optimizer, mesh, seed=0)
   step = train_lib.make_train_step(MODEL, config, mesh, optimizer, schedule)
+  # Compile ahead, then meet: gloo sets up its context at the first collective and gives
+  # the other process only 30 s to arrive, less than a compile can take on a loaded CPU.
+  batch_shape = jax.ShapeDtypeStruct((8, 16), np.int32, sharding=sharding.batch_sharding(mesh))
+  with sharding.use_mesh(mesh):
+    step = step.__wrapped__.lower(state, {'inputs': batch_shape, 'targets': batch_shape}).compile()
+  if NUM_PROCESSES > 1:
+    from jax._src import distributed as jax_distributed
+    jax_distributed.global_state.client.wait_at_barrier('compiled', 240_000)
   index, count = sharding.batch_split(mesh)
   batches = train_lib.synthetic_batches(batch_size=8, length=16, vocab_size=MODEL.vocab_size)
   losses = []
