@@ -79,8 +79,7 @@ def bench(name: str, args: argparse.Namespace, mesh: jax.sharding.Mesh) -> dict:
   abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh))
                     for k, v in batch.items()}
   start = time.perf_counter()
-  with sharding.use_mesh(mesh):  # as the step traces itself (train_lib._traced_in)
-    compiled = step.__wrapped__.lower(abstract, abstract_batch).compile()
+  compiled = step.lower(abstract, abstract_batch).compile()
   counts = metrics.param_split(abstract.params)
   tokens = rows * args.seq_len
   flops = metrics.training_flops(cfg, counts, tokens, tokens, args.seq_len, args.seq_len)
@@ -149,11 +148,10 @@ def _kernel_kind(name: str) -> str:
 
 
 def device_time_breakdown(trace_dir: str, steps: int) -> dict:
-  """Device time per step by op class and the top ops, from a jax.profiler trace.
+  """Kernel time per step by op class and the top kernels, from a jax.profiler trace.
 
-  Reads the `*.trace.json.gz` the profiler writes. On a GPU, each device process
-  (/device:GPU:0) has an 'XLA Ops' line (HLO ops: fusions, custom calls) and
-  'Stream' lines (the CUDA kernels they launch); both are summarised, in ms per step.
+  Reads the `*.trace.json.gz` the profiler writes: complete events on the 'Stream'
+  lines of each accelerator process (/device:GPU:0 ...), in ms per step.
   """
   path = max(glob.glob(os.path.join(trace_dir, 'plugins', 'profile', '*', '*.trace.json.gz')),
              key=os.path.getmtime)  # the latest trace
@@ -161,22 +159,17 @@ def device_time_breakdown(trace_dir: str, steps: int) -> dict:
     events = json.load(f)['traceEvents']
   devices = {e['pid'] for e in events if e.get('ph') == 'M' and e.get('name') == 'process_name'
              and '/device:' in e['args'].get('name', '') and 'CPU' not in e['args']['name']}
-  lines = {(e['pid'], e['tid']): e['args'].get('name', '') for e in events
-           if e.get('ph') == 'M' and e.get('name') == 'thread_name' and e['pid'] in devices}
-  groups = {'ops': ('XLA Ops',), 'kernels': ('Stream',)}
-  summary = {}
-  for group, keys in groups.items():
-    by_kind, by_op = collections.Counter(), collections.Counter()
-    for e in events:
-      line = lines.get((e.get('pid'), e.get('tid')), '')
-      if e.get('ph') == 'X' and any(k in line for k in keys) and 'dur' in e:
-        by_kind[_kernel_kind(e['name'])] += e['dur'] / 1e3 / steps
-        by_op[e['name'][:90]] += e['dur'] / 1e3 / steps
-    summary[group] = {'ms_per_step': round(sum(by_kind.values()), 2),
-                      'by_kind': {k: round(v, 2) for k, v in by_kind.most_common()},
-                      'top': {k: round(v, 2) for k, v in by_op.most_common(12)}}
-  summary['device_lines'] = sorted(set(lines.values()))
-  return summary
+  streams = {(e['pid'], e['tid']) for e in events
+             if e.get('ph') == 'M' and e.get('name') == 'thread_name' and e['pid'] in devices
+             and 'Stream' in e['args'].get('name', '')}
+  by_kind, by_op = collections.Counter(), collections.Counter()
+  for e in events:
+    if e.get('ph') == 'X' and (e.get('pid'), e.get('tid')) in streams and 'dur' in e:
+      by_kind[_kernel_kind(e['name'])] += e['dur'] / 1e3 / steps
+      by_op[e['name'][:90]] += e['dur'] / 1e3 / steps
+  return {'ms_per_step': round(sum(by_kind.values()), 2),
+          'by_kind': {k: round(v, 2) for k, v in by_kind.most_common()},
+          'top': {k: round(v, 2) for k, v in by_op.most_common(12)}}
 
 
 def row(r: dict) -> str:

@@ -54,8 +54,7 @@ def main():
   # Compile ahead, then meet: gloo sets up its context at the first collective and gives
   # the other process only 30 s to arrive, less than a compile can take on a loaded CPU.
   batch_shape = jax.ShapeDtypeStruct((8, 16), np.int32, sharding=sharding.batch_sharding(mesh))
-  with sharding.use_mesh(mesh):
-    step = step.__wrapped__.lower(state, {'inputs': batch_shape, 'targets': batch_shape}).compile()
+  step = step.lower(state, {'inputs': batch_shape, 'targets': batch_shape}).compile()
   if NUM_PROCESSES > 1:
     from jax._src import distributed as jax_distributed
     jax_distributed.global_state.client.wait_at_barrier('compiled', 240_000)

@@ -346,11 +346,17 @@ def eval_step_fn(params: Any, batch: Batch, *, model: Transformer,
 
 def _traced_in(mesh: Mesh, fn: Callable) -> Callable:
   """Call `fn` with `mesh` current and the logical-axis rules active (both apply while
-  tracing, so the model's activation sharding constraints take effect)."""
+  tracing, so the model's activation sharding constraints take effect). The result's
+  `.lower(*args)` lowers the jitted `fn` the same way (ahead-of-time compilation)."""
   @functools.wraps(fn)
   def wrapped(*args):
     with sharding.use_mesh(mesh):
       return fn(*args)
+
+  def lower(*args):
+    with sharding.use_mesh(mesh):
+      return fn.lower(*args)
+  wrapped.lower = lower
   return wrapped
 
 
@@ -586,8 +592,11 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
                       is_main and config.progress_bar and sys.stderr.isatty())
   budget = config.train_minutes * 60 or float('inf')
   eval_interval_s = config.eval_every_minutes * 60
-  next_eval_seconds = ((train_seconds // eval_interval_s + 1) * eval_interval_s
-                       if eval_interval_s else float('inf'))
+
+  def next_eval_after(seconds: float) -> float:  # the next multiple of the interval
+    return (seconds // eval_interval_s + 1) * eval_interval_s if eval_interval_s else float('inf')
+
+  next_eval_seconds = next_eval_after(train_seconds)
   with checkpoint.PreemptionGuard() as guard:
     last = time.perf_counter()
 
@@ -618,8 +627,8 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
         writer.write(step, {**interval.scalars(peak), 'train/minutes': train_seconds / 60})
         interval = _Interval()
         if eval_due:
-          if next_eval_seconds <= train_seconds:  # the next multiple of the interval
-            next_eval_seconds = (train_seconds // eval_interval_s + 1) * eval_interval_s
+          if next_eval_seconds <= train_seconds:
+            next_eval_seconds = next_eval_after(train_seconds)
           run_eval('eval', state.params)
           eval_steps.append(step)
           last = time.perf_counter()
