@@ -10,7 +10,7 @@ import pytest
 from flax import linen as nn
 
 from transformer_jax import (Transformer, TransformerConfig, count_params, init_cache,
-                             shift_right, sinusoidal_positions)
+                             reorder_beams, shift_right, sinusoidal_positions)
 
 S, T = 10, 9  # source / target lengths used by most tests (few shapes: few compiles)
 
@@ -128,7 +128,10 @@ def test_cached_decoding_equals_full_forward(tiny_config, pre_norm):
 
   cache = init_cache(cfg, 2, T, S, beam_size=2)
   assert cache['decoder']['layer_0']['cross_attention']['cached_key'].shape[0] == 2
-  assert cache['decoder']['layer_0']['self_attention']['cached_key'].shape[0] == 4
+  heads, d_k = cfg.num_heads, cfg.qk_dim
+  assert cache['decoder']['layer_0']['self_attention']['cached_key'].shape == (2, heads, d_k,
+                                                                               T * 2)
+  assert cache['decoder']['history'].shape == (2, 2, T)
   previous = jnp.zeros((4, 1), jnp.int32)
   steps = []
   for t in range(T):
@@ -137,6 +140,37 @@ def test_cached_decoding_equals_full_forward(tiny_config, pre_norm):
     previous = hyps[:, t:t + 1]
   # float32 on CPU: same arithmetic up to summation order.
   np.testing.assert_allclose(jnp.stack(steps, 1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_reordered_beams_continue_their_origin(tiny_config, tiny_params, forward):
+  """After `reorder_beams`, a hypothesis reads the slots of the beam it continues: the
+  cached logits equal the forward pass over the spliced sequences (two reorders)."""
+  model = Transformer(tiny_config)
+  src, hyps = _tokens(13, (2, S)), _tokens(14, (4, T))  # row 2b + j: sentence b, beam j
+  encoded = jax.jit(model.apply, static_argnames='method')(
+      {'params': tiny_params}, src, method=Transformer.encode)
+
+  @jax.jit
+  def step(cache, token):
+    logits, state = model.apply({'params': tiny_params, 'cache': cache}, encoded, src, token,
+                                use_cache=True, method=Transformer.decode, mutable=['cache'])
+    return logits[:, 0], state['cache']
+
+  reorders = {3: jnp.array([[1, 1], [1, 0]]), 6: jnp.array([[0, 0], [1, 1]])}
+  cache, spliced, steps = init_cache(tiny_config, 2, T, S, beam_size=2), hyps, []
+  for t in range(T):
+    if t in reorders:
+      cache = reorder_beams(cache, reorders[t])
+      # Slots 0..t-1 hold the origin's inputs: the start symbol and its targets < t-1.
+      rows = (jnp.arange(2)[:, None] * 2 + reorders[t]).reshape(4)
+      spliced = jnp.concatenate([spliced[rows, :t - 1], hyps[:, t - 1:]], axis=1)
+    previous = jnp.zeros((4, 1), jnp.int32) if t == 0 else hyps[:, t - 1:t]
+    logits, cache = step(cache, previous)
+    steps.append((logits, spliced))
+  for t, (logits, sequences) in enumerate(steps):
+    full = forward(tiny_params, jnp.repeat(src, 2, axis=0), sequences)
+    np.testing.assert_allclose(logits, full[:, t], atol=1e-4, rtol=1e-4, err_msg=f'step {t}')
+  assert not np.allclose(spliced, hyps)  # the reorders really changed the prefixes
 
 
 def test_bf16_compute_stays_close_to_fp32(tiny_config, tiny_params):

@@ -10,13 +10,14 @@ from transformer_jax.attention import (MultiHeadAttention, causal_mask, combine_
                                        padding_mask, segment_mask)
 from transformer_jax.model import (Decoder, DecoderLayer, Embed, Encoder, EncoderLayer,
                                    FeedForward, Transformer, TransformerConfig, count_params,
-                                   init_cache, shift_right, sinusoidal_positions)
+                                   init_cache, reorder_beams, shift_right,
+                                   sinusoidal_positions, slot_mask)
 
 __version__ = '0.1.0'
 
 __all__ = [
     'Decoder', 'DecoderLayer', 'Embed', 'Encoder', 'EncoderLayer', 'FeedForward',
     'MultiHeadAttention', 'Transformer', 'TransformerConfig', 'causal_mask', 'combine_masks',
-    'count_params', 'init_cache', 'padding_mask', 'segment_mask', 'shift_right',
-    'sinusoidal_positions',
+    'count_params', 'init_cache', 'padding_mask', 'reorder_beams', 'segment_mask',
+    'shift_right', 'sinusoidal_positions', 'slot_mask',
 ]

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from transformer_jax.model import Transformer, TransformerConfig, init_cache
+from transformer_jax.model import Transformer, TransformerConfig, init_cache, reorder_beams
 
 Array = jax.Array
 Params = Any
@@ -147,19 +147,6 @@ def sample(params: Params, config: TransformerConfig, inputs: Array, rng: Array,
                       max_decode_len=length, greedy=False, top_k=top_k, eos_id=eos_id)
 
 
-def _reorder_cache(cache: Any, rows: Array) -> Any:
-  """Gather self-attention cache rows [B*K, ...] by `rows` [B*K]; keeps the scalar index.
-
-  Cross-attention keys/values are stored once per sentence ([B, ...]) and beams are only
-  ever reordered within their sentence, so those leaves are left untouched.
-  """
-  def gather(path, leaf):
-    if leaf.ndim == 0 or any(getattr(k, 'key', None) == 'cross_attention' for k in path):
-      return leaf
-    return jnp.take(leaf, rows, axis=0, mode='clip')
-  return jax.tree_util.tree_map_with_path(gather, cache)
-
-
 @functools.partial(jax.jit, static_argnames=('config', 'beam_size', 'max_decode_len', 'eos_id'))
 def _beam_search(params: Params, config: TransformerConfig, inputs: Array, alpha: Array,
                  max_extra_len: Array, min_len: Array, *, beam_size: int,
@@ -170,7 +157,6 @@ def _beam_search(params: Params, config: TransformerConfig, inputs: Array, alpha
   # Encode once; the K beams of a sentence (rows b·K .. b·K + K-1 of the decoder) share
   # one copy of its encoder states and cross-attention keys/values.
   encoded = _encode(params, config, inputs)
-  sentence_rows = jnp.arange(batch)[:, None] * k
   best_alive_penalty = length_penalty(limits.astype(jnp.float32), alpha)
 
   def cond(state):
@@ -205,8 +191,7 @@ def _beam_search(params: Params, config: TransformerConfig, inputs: Array, alpha
     # Alive: the K best candidates that did not end in EOS.
     alive_log_probs, keep = lax.top_k(jnp.where(is_eos, NEG_INF, top_log_probs), k)
     alive_seq = jnp.take_along_axis(top_seq, keep[:, :, None], axis=1)
-    rows = sentence_rows + jnp.take_along_axis(origin, keep, axis=1)
-    cache = _reorder_cache(cache, rows.reshape(batch * k))
+    cache = reorder_beams(cache, jnp.take_along_axis(origin, keep, axis=1))
 
     # Log-probs only fall, and with alpha >= 0 the penalty grows at most to the one at
     # the limit: a sentence is done when its best alive beam cannot beat its best finished.

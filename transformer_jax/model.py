@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from jax import lax
 
 from transformer_jax.attention import (MultiHeadAttention, causal_mask, combine_masks,
                                        padding_mask, segment_mask)
@@ -297,14 +298,23 @@ class Decoder(nn.Module):
     cfg = self.config
     cross_mask = padding_mask(inputs)
     if use_cache:
-      # One step: `targets` [B, 1] is the previous token; position = cache index.
+      # One step: `targets` [B·G, 1] is the previous token of G hypotheses per sentence;
+      # position = cache index. `history` [B, G, L]: the beam whose slot holds each
+      # hypothesis' keys/values at each position (see `reorder_beams`).
       is_init = not self.has_variable('cache', 'index')
+      sentences = encoded.shape[0]
       index_var = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
+      history = self.variable('cache', 'history', jnp.zeros,
+                              (sentences, targets.shape[0] // sentences, targets.shape[1]),
+                              jnp.int32)
       cache_index = index_var.value
       if not is_init:
         index_var.value = cache_index + 1
+        own = jnp.broadcast_to(jnp.arange(history.value.shape[1], dtype=jnp.int32)[:, None],
+                               (sentences, history.value.shape[1], 1))
+        history.value = lax.dynamic_update_slice(history.value, own, (0, 0, cache_index))
       y = self.embed(targets, jnp.full(targets.shape, cache_index), deterministic)
-      self_mask = None
+      self_mask = slot_mask(history.value, cache_index)
     else:
       cache_index = None
       y = self.embed(shift_right(targets, targets_segmentation), targets_positions,
@@ -388,11 +398,12 @@ def init_cache(config: TransformerConfig, batch_size: int, max_decode_len: int,
   `max_decode_len` target steps.
 
   Decoder rows are sentence-major (row b·beam_size + j is hypothesis j of sentence b):
-  self-attention caches hold keys [B·beam, N, d_k, max_decode_len] and values
-  [B·beam, N, max_decode_len, d_v]; cross-attention caches hold the projected encoder
-  states once per sentence, [B, N, d_k, source_len] and [B, N, source_len, d_v]. Decode
-  with targets [B·beam, 1] and encoder states / source ids of [B] rows. Every leaf but
-  the scalar `index` has the batch first.
+  self-attention caches hold one slot per step and beam, keys [B, N, d_k, L·beam] and
+  values [B, N, L·beam, d_v] (L = max_decode_len), with the slot history
+  `decoder/history` [B, beam, L] (see `reorder_beams`); cross-attention caches hold the
+  projected encoder states once per sentence, [B, N, d_k, source_len] and
+  [B, N, source_len, d_v]. Decode with targets [B·beam, 1] and encoder states / source
+  ids of [B] rows. Every leaf but the scalar `index` has the sentences first.
   """
   if max(max_decode_len, source_len) > config.max_len:
     raise ValueError(f'max_decode_len={max_decode_len} / source_len={source_len} exceed '
@@ -407,6 +418,25 @@ def init_cache(config: TransformerConfig, batch_size: int, max_decode_len: int,
 
   shapes = jax.eval_shape(make, jax.random.key(0))['cache']
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def slot_mask(history: Array, index: Array) -> Array:
+  """Self-attention mask over a slot cache: history [B, G, L] (for each hypothesis and
+  position, the beam whose slot holds it) and the current step -> [B, 1, G, L·G] bool,
+  True where hypothesis g may read slot l·G + j (step l, beam j): l <= index, j = history."""
+  sentences, groups, length = history.shape
+  mask = ((history[..., None] == jnp.arange(groups))
+          & (jnp.arange(length) <= index)[:, None])
+  return mask.reshape(sentences, 1, groups, length * groups)
+
+
+def reorder_beams(cache: Any, beams: Array) -> Any:
+  """Continue hypothesis k of sentence b from hypothesis `beams[b, k]` ([B, K] ints in
+  [0, K)). Only the [B, K, L] slot history moves: keys and values stay in the slots
+  they were written to, so a step reads the cache once instead of copying it."""
+  decoder = dict(cache['decoder'])
+  decoder['history'] = jnp.take_along_axis(decoder['history'], beams[:, :, None], axis=1)
+  return {**cache, 'decoder': decoder}
 
 
 def count_params(params: Any) -> int:
