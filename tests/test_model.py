@@ -106,6 +106,20 @@ def test_packed_sequences_match_separate_runs(forward, tiny_params):
   np.testing.assert_allclose(packed[0, 5:9], alone_b[0, :4], atol=1e-5)
 
 
+def _cached_step(model, params, src):
+  """Jitted one-token decoding step over the cache for source ids `src`:
+  (cache, previous token [rows, 1]) -> (logits [rows, V], new cache)."""
+  encoded = jax.jit(model.apply, static_argnames='method')(
+      {'params': params}, src, method=Transformer.encode)
+
+  @jax.jit
+  def step(cache, token):
+    logits, state = model.apply({'params': params, 'cache': cache}, encoded, src, token,
+                                use_cache=True, method=Transformer.decode, mutable=['cache'])
+    return logits[:, 0], state['cache']
+  return step
+
+
 @pytest.mark.parametrize('pre_norm', [False, True])
 def test_cached_decoding_equals_full_forward(tiny_config, pre_norm):
   """Two hypotheses per sentence (as beams are laid out), decoded one token at a time
@@ -117,15 +131,7 @@ def test_cached_decoding_equals_full_forward(tiny_config, pre_norm):
   params = model.init(jax.random.key(1), src, tgt)['params']
   hyps = jnp.stack([tgt, tgt[::-1]], axis=1).reshape(4, T)  # row 2b + j: sentence b
   full = jax.jit(model.apply)({'params': params}, jnp.repeat(src, 2, axis=0), hyps)
-  encoded = jax.jit(model.apply, static_argnames='method')(
-      {'params': params}, src, method=Transformer.encode)
-
-  @jax.jit
-  def step(cache, token):
-    logits, state = model.apply({'params': params, 'cache': cache}, encoded, src, token,
-                                use_cache=True, method=Transformer.decode, mutable=['cache'])
-    return logits[:, 0], state['cache']
-
+  step = _cached_step(model, params, src)
   cache = init_cache(cfg, 2, T, S, beam_size=2)
   assert cache['decoder']['layer_0']['cross_attention']['cached_key'].shape[0] == 2
   heads, d_k = cfg.num_heads, cfg.qk_dim
@@ -145,17 +151,8 @@ def test_cached_decoding_equals_full_forward(tiny_config, pre_norm):
 def test_reordered_beams_continue_their_origin(tiny_config, tiny_params, forward):
   """After `reorder_beams`, a hypothesis reads the slots of the beam it continues: the
   cached logits equal the forward pass over the spliced sequences (two reorders)."""
-  model = Transformer(tiny_config)
   src, hyps = _tokens(13, (2, S)), _tokens(14, (4, T))  # row 2b + j: sentence b, beam j
-  encoded = jax.jit(model.apply, static_argnames='method')(
-      {'params': tiny_params}, src, method=Transformer.encode)
-
-  @jax.jit
-  def step(cache, token):
-    logits, state = model.apply({'params': tiny_params, 'cache': cache}, encoded, src, token,
-                                use_cache=True, method=Transformer.decode, mutable=['cache'])
-    return logits[:, 0], state['cache']
-
+  step = _cached_step(Transformer(tiny_config), tiny_params, src)
   reorders = {3: jnp.array([[1, 1], [1, 0]]), 6: jnp.array([[0, 0], [1, 1]])}
   cache, spliced, steps = init_cache(tiny_config, 2, T, S, beam_size=2), hyps, []
   for t in range(T):
