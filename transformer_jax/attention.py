@@ -149,7 +149,8 @@ class MultiHeadAttention(nn.Module):
         [B, N, max_len·G, H]. Each call writes Q = 1 step of every hypothesis into
         slot (`cache_index`, its beam g); slots are written once and never moved, so
         beams are reordered by changing `mask` [B, 1, G, max_len·G], which says which
-        slots each hypothesis reads (see `model.slot_mask`).
+        slots each hypothesis reads (see `model.slot_mask`); sown attention weights
+        are then over the slots, [B·G, N, 1, max_len·G].
       'cross': encoder-decoder attention. The encoder keys/values are projected
         once, on the call with cache_index == 0, and reused afterwards. `inputs_kv`
         may have fewer rows than `inputs_q` (one per sentence, beams grouped after it).
