@@ -168,6 +168,8 @@ def test_reordered_beams_continue_their_origin(tiny_config, tiny_params, forward
     full = forward(tiny_params, jnp.repeat(src, 2, axis=0), sequences)
     np.testing.assert_allclose(logits, full[:, t], atol=1e-4, rtol=1e-4, err_msg=f'step {t}')
   assert not np.allclose(spliced, hyps)  # the reorders really changed the prefixes
+  with pytest.raises(ValueError, match='3 decoder rows do not split'):
+    step(cache, jnp.zeros((3, 1), jnp.int32))
 
 
 def test_bf16_compute_stays_close_to_fp32(tiny_config, tiny_params):

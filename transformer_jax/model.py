@@ -303,6 +303,9 @@ class Decoder(nn.Module):
       # hypothesis' keys/values at each position (see `reorder_beams`).
       is_init = not self.has_variable('cache', 'index')
       sentences = encoded.shape[0]
+      if targets.shape[0] % sentences:
+        raise ValueError(f'{targets.shape[0]} decoder rows do not split into hypotheses of '
+                         f'{sentences} sentences (rows b*K + k for K per sentence)')
       index_var = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
       history = self.variable('cache', 'history', jnp.zeros,
                               (sentences, targets.shape[0] // sentences, targets.shape[1]),
