@@ -88,7 +88,8 @@ def _attend_cache(query: Array, key: Array, value: Array, mask: Optional[Array],
                   module: nn.Module) -> tuple[Array, Array]:
   """Attention of query [G·B, Q, N, Hk] over a cache of keys [B, N, Hk, K] and values
   [B, N, K, Hv], where each run of G consecutive query rows (the beams of one sentence)
-  shares one cache row: the cross-attention cache is stored once per sentence.
+  shares one cache row: both the cross-attention cache and the self-attention slot
+  cache are stored once per sentence.
 
   `mask` broadcasts to [B, N, G·Q, K]. -> ([G·B, Q, N, Hv], weights [G·B, N, Q, K]).
   """

@@ -306,15 +306,15 @@ class Decoder(nn.Module):
       if targets.shape[0] % sentences:
         raise ValueError(f'{targets.shape[0]} decoder rows do not split into hypotheses of '
                          f'{sentences} sentences (rows b*K + k for K per sentence)')
+      groups = targets.shape[0] // sentences
       index_var = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
       history = self.variable('cache', 'history', jnp.zeros,
-                              (sentences, targets.shape[0] // sentences, targets.shape[1]),
-                              jnp.int32)
+                              (sentences, groups, targets.shape[1]), jnp.int32)
       cache_index = index_var.value
       if not is_init:
         index_var.value = cache_index + 1
-        own = jnp.broadcast_to(jnp.arange(history.value.shape[1], dtype=jnp.int32)[:, None],
-                               (sentences, history.value.shape[1], 1))
+        own = jnp.broadcast_to(jnp.arange(groups, dtype=jnp.int32)[:, None],
+                               (sentences, groups, 1))
         history.value = lax.dynamic_update_slice(history.value, own, (0, 0, cache_index))
       y = self.embed(targets, jnp.full(targets.shape, cache_index), deterministic)
       self_mask = slot_mask(history.value, cache_index)
