@@ -105,25 +105,6 @@ def _attend_cache(query: Array, key: Array, value: Array, mask: Optional[Array],
           weights.reshape(batch, heads, length, -1))
 
 
-class _OutProjection(nn.Module):
-  """Heads [B, L, N, H] -> [B, L, D] through a kernel [N, H, D] read as [N·H, D]."""
-  out_dim: int
-  dtype: Dtype
-  param_dtype: Dtype
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    heads, head_dim = x.shape[-2:]
-    init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
-    kernel = self.param('kernel', nn.with_logical_partitioning(init, ('heads', 'kv', 'embed')),
-                        (heads, head_dim, self.out_dim), self.param_dtype)
-    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
-                      (self.out_dim,), self.param_dtype)
-    x = x.reshape(*x.shape[:-2], heads * head_dim).astype(self.dtype)
-    y = x @ jnp.asarray(kernel, self.dtype).reshape(heads * head_dim, self.out_dim)
-    return y + jnp.asarray(bias, self.dtype)
-
-
 class MultiHeadAttention(nn.Module):
   """Multi-head scaled dot-product attention.
 
@@ -204,7 +185,13 @@ class MultiHeadAttention(nn.Module):
             query, key, value, mask=mask, implementation=self.implementation), None
     if want_weights and weights is not None:
       self.sow('intermediates', 'attention_weights', weights)
-    return _OutProjection(self.out_dim, self.dtype, self.param_dtype, name='out')(out)
+    init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
+    return nn.Einsum(
+        (self.num_heads, out.shape[-1], self.out_dim), 'blnh,nhd->bld', use_bias=True,
+        dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.with_logical_partitioning(init, ('heads', 'kv', 'embed')),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+        name='out')(out)
 
   def _self_cache(self, key: Array, value: Array, mask: Array, cache_index: Optional[Array]
                   ) -> tuple[Array, Array, Optional[Array]]:
