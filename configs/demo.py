@@ -3,11 +3,11 @@
 Held-out whole books (dev: Ruth, Acts; test: Esther, John). The model is sized to
 learn fast on 2 CPU cores; pre-LN trains stably with a short warm-up where the
 paper's post-LN block does not (the paper recipe stays the default elsewhere).
-Tuned on 20-minute budgets (BENCHMARKS.md, "Demo recipe"): d_model 192 (d_ff 768), whose
-~1,250 steps in 20 minutes beat d_model 256's ~880 and d_model 128's ~1,400; many small
-steps (16 packed rows of 128 tokens) beat fewer large ones; a short warm-up at half the
-paper's peak rate; no dropout (under two epochs in 20 minutes, regularisation only
-slows learning); the average of the last 5 checkpoints, 25 steps apart.
+Tuned on 20-minute budgets on the 2-core dev VM (BENCHMARKS.md, "Demo recipe"): d_model
+192 (d_ff 768), which takes ~1,100 steps in 20 minutes, beat d_model 256 (~800 steps) and
+128; many small steps (16 packed rows of 128 tokens) beat fewer large ones; a short
+warm-up at half the paper's peak rate; no dropout (about two epochs in 20 minutes:
+regularisation only slows learning); the average of the last 5 checkpoints, 25 steps apart.
 """
 
 from transformer_jax import train_lib
