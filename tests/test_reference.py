@@ -70,7 +70,7 @@ def reference_logits(params, cfg, source, target):
   """Teacher-forced logits [T, V] of one sentence pair (unpadded id lists)."""
   emb = params['source_embed']['embedding']
   d = cfg.d_model
-  pe = positional_encoding(64, d)
+  pe = positional_encoding(cfg.max_len, d)
   x = emb[source] * np.sqrt(d) + pe[:len(source)]
   everywhere = np.ones((len(source), len(source)), bool)
   for i in range(cfg.num_encoder_layers):
