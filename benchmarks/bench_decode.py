@@ -13,7 +13,7 @@ every system uses all cores; `--single_thread` pins each to one thread (XLA, tor
 CTranslate2 alike), which compares work rather than parallel scaling on a busy machine.
 
   python benchmarks/bench_decode.py [--vocab 32000] [--repeats 3] [--single_thread]
-      [--systems jax,jax-bf16,hf,ct2]
+      [--systems jax,jax-bf16,hf,ct2] [--jax_cpu_devices 2]
 
 Benchmark-only packages (torch, transformers, ctranslate2) are imported here only.
 """
@@ -82,6 +82,11 @@ def bench_jax(source: np.ndarray, vocab: int, dtype_name: str, repeats: int) -> 
   params = jax.jit(lambda key: jax.tree.map(lambda x: x.astype(dtype), nn.meta.unbox(
       Transformer(config).init(key, ones, ones)['params'])))(jax.random.key(0))
   inputs = jnp.asarray(source, jnp.int32)
+  if len(jax.devices()) > 1:  # --jax_cpu_devices: the batch split over a 'data' mesh axis
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    mesh = Mesh(np.array(jax.devices()), ('data',))
+    inputs = jax.device_put(inputs, NamedSharding(mesh, PartitionSpec('data')))
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
 
   def run() -> int:
     tokens, _ = decode.beam_search(params, config, inputs, beam_size=BEAM,
@@ -89,7 +94,8 @@ def bench_jax(source: np.ndarray, vocab: int, dtype_name: str, repeats: int) -> 
                                    max_decode_len=OUTPUT_LEN, min_len=OUTPUT_LEN)
     return int(np.sum(np.asarray(tokens) != PAD))
 
-  return time_runs(f'transformer_jax {dtype_name} ({jax.devices()[0].platform})', run, repeats)
+  where = f'{len(jax.devices())} x {jax.devices()[0].platform}'
+  return time_runs(f'transformer_jax {dtype_name} ({where})', run, repeats)
 
 
 def build_marian(vocab: int) -> Any:
@@ -183,12 +189,18 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser.add_argument('--systems', default='jax,jax-bf16,hf,ct2',
                       help='comma-separated: jax, jax-bf16, hf, ct2')
   parser.add_argument('--single_thread', action='store_true', help='one thread per system')
+  parser.add_argument('--jax_cpu_devices', type=int, default=1,
+                      help='split the JAX batch over this many virtual CPU devices')
   args = parser.parse_args(argv)
   systems = args.systems.split(',')
   threads = 1 if args.single_thread else (os.cpu_count() or 1)
   if args.single_thread:  # read by XLA when jax is first imported, below
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen='
                                'false intra_op_parallelism_threads=1')
+  if args.jax_cpu_devices > 1:
+    # First: XLA stops reading XLA_FLAGS at a token it does not know.
+    os.environ['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={args.jax_cpu_devices} '
+                               + os.environ.get('XLA_FLAGS', ''))
   import jax
   # Ids 3 .. vocab - 2: no padding, EOS or unk in any system's convention.
   source = np.random.default_rng(0).integers(3, args.vocab - 1, (BATCH, SOURCE_LEN))
