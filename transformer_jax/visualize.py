@@ -16,6 +16,7 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 import matplotlib
 
@@ -40,7 +41,9 @@ def collect_attention(params: Any, config: TransformerConfig, source: Sequence[i
   """
   src = jnp.asarray([source], jnp.int32)
   tgt = jnp.asarray([target], jnp.int32)
-  _, state = Transformer(config).apply({'params': params}, src, tgt, mutable=['intermediates'])
+  # One compiled program: op-by-op dispatch would compile each small op on its own.
+  apply = jax.jit(Transformer(config).apply, static_argnames='mutable')
+  _, state = apply({'params': params}, src, tgt, mutable=('intermediates',))
   inter = state['intermediates']
   weights = lambda stack, i, name: np.asarray(stack[f'layer_{i}'][name]['attention_weights'][0][0])
   enc, dec = inter['encoder'], inter['decoder']
