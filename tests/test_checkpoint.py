@@ -38,6 +38,7 @@ class FakeIterator:
     self.position = int(state) if self.as_bytes else state['position']
 
 
+@jax.jit  # one compile, not one per small op
 def make_state(params, step):
   """A state whose every leaf depends on `step` (params, Adam moments, rng)."""
   tx = optax.adam(1e-3)

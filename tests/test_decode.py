@@ -165,7 +165,7 @@ def test_beam_search_finds_the_exhaustive_optimum():
                              num_encoder_layers=1, num_decoder_layers=1, max_len=16,
                              dropout_rate=0.0, logits_via_embedding=False)
   ones = jnp.ones((1, 4), jnp.int32)
-  params = nn.meta.unbox(Transformer(config).init(jax.random.key(2), ones, ones)['params'])
+  params = nn.meta.unbox(jax.jit(Transformer(config).init)(jax.random.key(2), ones, ones)['params'])
   logits_layer = params['decoder']['logits']  # sharper outputs: a less flat search space
   params['decoder']['logits'] = {**logits_layer, 'kernel': 2.0 * logits_layer['kernel']}
   src = jnp.array([[3, 4, 5, 0]])
@@ -196,7 +196,7 @@ from transformer_jax import Transformer, TransformerConfig, decode
 config = TransformerConfig(vocab_size=40, d_model=32, d_ff=64, num_heads=4, num_encoder_layers=2,
                            num_decoder_layers=2, max_len=64, dropout_rate=0.0)
 ones = jnp.ones((1, 8), jnp.int32)
-params = nn.meta.unbox(Transformer(config).init(jax.random.key(0), ones, ones)['params'])
+params = nn.meta.unbox(jax.jit(Transformer(config).init)(jax.random.key(0), ones, ones)['params'])
 src = jax.random.randint(jax.random.key(1), (4, 8), 3, 40).at[1, 5:].set(0)
 mesh = Mesh(np.array(jax.devices()), ('data',))
 sharded = jax.device_put(src, NamedSharding(mesh, P('data')))
@@ -211,7 +211,8 @@ print('ok')
 
 @pytest.mark.slow
 def test_decoding_a_batch_sharded_over_two_devices():
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=flags)
   out = subprocess.run([sys.executable, '-c', SHARDED], capture_output=True, text=True,
                        timeout=300, env=env)
   assert out.returncode == 0 and out.stdout.strip() == 'ok', out.stderr[-2000:]

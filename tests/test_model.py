@@ -128,7 +128,7 @@ def test_cached_decoding_equals_full_forward(tiny_config, pre_norm):
   model = Transformer(cfg)
   src, tgt = _tokens(9, (2, S)), _tokens(10, (2, T))
   src = src.at[0, 6:].set(0)
-  params = model.init(jax.random.key(1), src, tgt)['params']
+  params = jax.jit(model.init)(jax.random.key(1), src, tgt)['params']
   hyps = jnp.stack([tgt, tgt[::-1]], axis=1).reshape(4, T)  # row 2b + j: sentence b
   full = jax.jit(model.apply)({'params': params}, jnp.repeat(src, 2, axis=0), hyps)
   step = _cached_step(model, params, src)
@@ -187,7 +187,7 @@ def test_dropout_is_active_only_when_not_deterministic(tiny_config):
   cfg = tiny_config.replace(dropout_rate=0.3, attention_dropout_rate=0.2)
   model = Transformer(cfg)
   src, tgt = _tokens(13, (2, S)), _tokens(14, (2, T))
-  params = model.init(jax.random.key(0), src, tgt)['params']
+  params = jax.jit(model.init)(jax.random.key(0), src, tgt)['params']
   apply = jax.jit(model.apply, static_argnames='deterministic')
   run = lambda seed: apply({'params': params}, src, tgt, deterministic=False,
                            rngs={'dropout': jax.random.key(seed)})
@@ -217,9 +217,9 @@ def test_learned_positions_and_unshared_vocab_run(tiny_config):
                             logits_via_embedding=False, target_vocab_size=30)
   model = Transformer(cfg)
   src, tgt = _tokens(17, (2, S)), _tokens(18, (2, T), vocab=30)
-  params = model.init(jax.random.key(0), src, tgt)['params']
+  params = jax.jit(model.init)(jax.random.key(0), src, tgt)['params']
   assert 'pos_embedding' in params['source_embed'] and 'target_embed' in params
-  assert model.apply({'params': params}, src, tgt).shape == (2, T, 30)
+  assert jax.jit(model.apply)({'params': params}, src, tgt).shape == (2, T, 30)
 
 
 def test_parameters_carry_logical_axis_names(tiny_config):
@@ -281,6 +281,6 @@ def test_explicit_and_fused_attention_agree_and_d_v_may_differ(tiny_config, tiny
   # Table 3 row B: d_k != d_v (jax.nn.dot_product_attention needs them equal).
   cfg = tiny_config.replace(d_k=4, d_v=12)
   model = Transformer(cfg)
-  params = nn.meta.unbox(model.init(jax.random.key(0), src, tgt)['params'])
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), src, tgt)['params'])
   assert params['encoder']['layer_0']['self_attention']['value']['kernel'].shape == (32, 4, 12)
   assert jax.jit(model.apply)({'params': params}, src, tgt).shape == (2, T, 40)

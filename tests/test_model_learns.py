@@ -31,7 +31,7 @@ def _xent(logits, targets):
 @pytest.mark.parametrize('pre_norm', [False, True])
 def test_post_ln_and_pre_ln_learn_to_copy(pre_norm):
   model = Transformer(_small_config(pre_norm=pre_norm))
-  params = nn.meta.unbox(model.init(jax.random.key(0), _copy_batch(jax.random.key(1)),
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), _copy_batch(jax.random.key(1)),
                                     _copy_batch(jax.random.key(1)))['params'])
   schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 50, 300)
   tx = optax.adam(schedule, b1=0.9, b2=0.98, eps=1e-9)

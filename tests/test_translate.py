@@ -124,7 +124,7 @@ def workdir(tmp_path_factory, tiny_config):
   _train_vocab(root / 'spm.model')
   config = tiny_config.replace(vocab_size=16)
   ones = jnp.ones((1, 4), jnp.int32)
-  params = nn.meta.unbox(Transformer(config).init(jax.random.key(0), ones, ones)['params'])
+  params = nn.meta.unbox(jax.jit(Transformer(config).init)(jax.random.key(0), ones, ones)['params'])
   eos = params['source_embed']['embedding'][1]
   norm = params['decoder']['layer_1']['ffn_block']['norm']
   norm['bias'] = norm['bias'] - 3.0 * eos / jnp.sum(eos ** 2)
