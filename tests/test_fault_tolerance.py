@@ -74,6 +74,7 @@ def reference(tmp_path_factory):
     proc.kill()
 
 
+@pytest.mark.slow
 def test_preempted_and_killed_run_resumes_bit_identically(tmp_path, reference):
   workdir = str(tmp_path / 'run')
 

@@ -56,6 +56,7 @@ def no_cluster_env(monkeypatch):
   return monkeypatch
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
   """Same losses (rtol 1e-5) as 1 process on the same global batches; the checkpoint
   both processes wrote restores onto the 1-device mesh with the same parameters (1e-5)."""
@@ -69,6 +70,7 @@ def test_two_processes_match_one(tmp_path):
   assert reference['max_param_diff'] < 1e-5
 
 
+@pytest.mark.slow
 def test_dead_peer_ends_the_survivor(tmp_path):
   """Killing either process (0 hosts the coordinator, 1 does not) makes the other exit
   non-zero well within 2 minutes (heartbeat timeout 10 s in the worker). Both cases

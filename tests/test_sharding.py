@@ -57,6 +57,7 @@ def test_rules_cover_every_model_axis(tiny_config):
   assert names <= set(rules), names - set(rules)
 
 
+@pytest.mark.slow
 def test_meshes_match_one_device():
   """(8,1,1), (1,8,1), (2,2,2), (1,1,8): same losses and params as 1 device, sharded per
   the rules; the 1-device run's checkpoint restores onto each of these meshes.
@@ -65,7 +66,6 @@ def test_meshes_match_one_device():
   (observed ~2e-7: only the reduction order differs).
   """
   env = {**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path)}
-  env.pop('XLA_FLAGS', None)
   cache = jax.config.jax_compilation_cache_dir or ''
   out = subprocess.run(
       [sys.executable, os.path.join(HERE, 'sharding_equivalence.py'), cache,
