@@ -195,12 +195,11 @@ def main(argv: Optional[list[str]] = None) -> None:
   systems = args.systems.split(',')
   threads = 1 if args.single_thread else (os.cpu_count() or 1)
   if args.single_thread:  # read by XLA when jax is first imported, below
-    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen='
-                               'false intra_op_parallelism_threads=1')
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                               ' --xla_cpu_multi_thread_eigen=false')
   if args.jax_cpu_devices > 1:
-    # First: XLA stops reading XLA_FLAGS at a token it does not know.
-    os.environ['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={args.jax_cpu_devices} '
-                               + os.environ.get('XLA_FLAGS', ''))
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                               f' --xla_force_host_platform_device_count={args.jax_cpu_devices}')
   import jax
   # Ids 3 .. vocab - 2: no padding, EOS or unk in any system's convention.
   source = np.random.default_rng(0).integers(3, args.vocab - 1, (BATCH, SOURCE_LEN))
