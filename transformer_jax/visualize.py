@@ -11,6 +11,7 @@ emits; decoder self-attention columns with the token each position reads (`<s>` 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -32,6 +33,14 @@ HEADS_PER_ROW = 4
 KINDS = ('encoder_self', 'decoder_self', 'encoder_decoder')
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _sown_intermediates(params: Any, config: TransformerConfig, src: jax.Array,
+                        tgt: jax.Array) -> Any:
+  """The forward pass's sown intermediates (attention weights), as one compiled program."""
+  _, state = Transformer(config).apply({'params': params}, src, tgt, mutable=['intermediates'])
+  return state['intermediates']
+
+
 def collect_attention(params: Any, config: TransformerConfig, source: Sequence[int],
                       target: Sequence[int]) -> dict[str, list[np.ndarray]]:
   """Teacher-forced attention weights of one sentence pair.
@@ -39,12 +48,8 @@ def collect_attention(params: Any, config: TransformerConfig, source: Sequence[i
   Returns per kind (`KINDS`) a list over layers of [N, Q, K] arrays:
   encoder_self [N, S, S], decoder_self [N, T, T], encoder_decoder [N, T, S].
   """
-  src = jnp.asarray([source], jnp.int32)
-  tgt = jnp.asarray([target], jnp.int32)
-  # One compiled program: op-by-op dispatch would compile each small op on its own.
-  apply = jax.jit(Transformer(config).apply, static_argnames='mutable')
-  _, state = apply({'params': params}, src, tgt, mutable=('intermediates',))
-  inter = state['intermediates']
+  inter = _sown_intermediates(params, config, jnp.asarray([source], jnp.int32),
+                              jnp.asarray([target], jnp.int32))
   weights = lambda stack, i, name: np.asarray(stack[f'layer_{i}'][name]['attention_weights'][0][0])
   enc, dec = inter['encoder'], inter['decoder']
   return {
