@@ -138,6 +138,7 @@ def test_filter_logits_matches_temperature_and_top_k():
     np.testing.assert_allclose(counts, jax.nn.softmax(logits / temperature), atol=0.015)
   counts = np.bincount(draw(keys, 1.0, 2), minlength=4) / len(keys)
   np.testing.assert_allclose(counts, [2 / 3, 1 / 3, 0, 0], atol=0.015)
+  np.testing.assert_array_equal(decode.filter_logits(logits, 1.0, 10), logits)  # top_k > V
 
 
 def test_translation_ignores_batch_neighbours_and_padding(tiny_config, params, sources):

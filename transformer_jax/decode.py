@@ -76,9 +76,10 @@ def length_penalty(length: Array, alpha: Array) -> Array:
 
 
 def filter_logits(logits: Array, temperature: Array, top_k: int = 0) -> Array:
-  """Sampling logits [..., V]: divided by `temperature`; only the `top_k` largest kept (0: all)."""
+  """Sampling logits [..., V]: divided by `temperature`; only the `top_k` largest kept
+  (0 or >= V: all)."""
   logits = logits / temperature
-  if top_k > 0:
+  if 0 < top_k < logits.shape[-1]:
     kth = lax.top_k(logits, top_k)[0][..., -1:]
     logits = jnp.where(logits < kth, NEG_INF, logits)
   return logits
