@@ -109,12 +109,17 @@ def test_beam_size_one_equals_greedy(tiny_config, params, sources):
   np.testing.assert_allclose(beam_scores, greedy_scores, atol=1e-5)
 
 
-def test_sampling_with_top_k_1_equals_greedy(tiny_config, params, sources):
+def test_sampling_with_top_k_1_or_temperature_0_equals_greedy(tiny_config, params, sources):
   greedy, _ = decode.greedy_decode(params, tiny_config, sources, max_extra_len=4)
   for seed in range(2):
     sampled, _ = decode.sample(params, tiny_config, sources, jax.random.key(seed), top_k=1,
                                temperature=1.5, max_extra_len=4)
     np.testing.assert_array_equal(sampled, greedy)
+  sampled, _ = decode.sample(params, tiny_config, sources, jax.random.key(0), temperature=0.0,
+                             top_k=5, max_extra_len=4)
+  np.testing.assert_array_equal(sampled, greedy)
+  with pytest.raises(ValueError, match='temperature must be >= 0'):
+    decode.sample(params, tiny_config, sources, jax.random.key(0), temperature=-1.0)
 
 
 def test_sampling_is_random_and_stays_in_top_k(tiny_config, tiny_params, sources):

@@ -142,7 +142,15 @@ def sample(params: Params, config: TransformerConfig, inputs: Array, rng: Array,
            max_decode_len: Optional[int] = None, min_len: int = 0,
            eos_id: int = EOS_ID) -> tuple[Array, Array]:
   """Ancestral sampling from softmax(logits / temperature), restricted to the `top_k` most
-  likely tokens (0: all) -> (tokens [B, L], model log-probs of the sampled tokens [B])."""
+  likely tokens (0: all) -> (tokens [B, L], model log-probs of the sampled tokens [B]).
+
+  Temperature 0 is the limit of sampling: greedy decoding.
+  """
+  if temperature < 0:
+    raise ValueError(f'temperature must be >= 0, got {temperature}')
+  if temperature == 0:
+    return greedy_decode(params, config, inputs, max_extra_len=max_extra_len,
+                         max_decode_len=max_decode_len, min_len=min_len, eos_id=eos_id)
   length = _resolve_max_decode_len(config, inputs, max_extra_len, max_decode_len)
   return _sample_loop(params, config, inputs, rng, temperature, max_extra_len, min_len,
                       max_decode_len=length, greedy=False, top_k=top_k, eos_id=eos_id)
