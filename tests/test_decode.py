@@ -107,6 +107,8 @@ def test_beam_size_one_equals_greedy(tiny_config, params, sources):
                                          max_extra_len=4)
   np.testing.assert_array_equal(beam, greedy)
   np.testing.assert_allclose(beam_scores, greedy_scores, atol=1e-5)
+  with pytest.raises(ValueError, match='beam_size must be >= 1, got 0'):
+    decode.beam_search(params, tiny_config, sources, beam_size=0)
 
 
 def test_sampling_with_top_k_1_or_temperature_0_equals_greedy(tiny_config, params, sources):

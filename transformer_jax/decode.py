@@ -230,6 +230,8 @@ def beam_search(params: Params, config: TransformerConfig, inputs: Array, *,
   of n tokens (EOS included) is log p(y) / ((5 + n) / 6) ** alpha; alpha must be >= 0.
   A sentence stops once no alive beam can beat its best finished one.
   """
+  if beam_size < 1:
+    raise ValueError(f'beam_size must be >= 1, got {beam_size}')
   length = _resolve_max_decode_len(config, inputs, max_extra_len, max_decode_len)
   return _beam_search(params, config, inputs, alpha, max_extra_len, min_len,
                       beam_size=beam_size, max_decode_len=length, eos_id=eos_id)
