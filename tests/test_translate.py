@@ -99,6 +99,14 @@ def test_empty_workdir_is_a_clear_error(tmp_path, capsys):
   assert err.count('\n') == 1
 
 
+@pytest.mark.parametrize('option', [('--alpha', '-0.5'), ('--alpha', 'nan'), ('--beam_size', '0')])
+def test_invalid_search_options_are_one_line_errors(tmp_path, capsys, option):
+  assert translate.main(['--workdir', str(tmp_path), *option]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f'transformer-jax-translate: error: {option[0]} must be')
+  assert err.count('\n') == 1
+
+
 # ----------------------------------------------------------------------- a real workdir
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from typing import Any, Callable, Optional, Sequence
@@ -61,6 +62,15 @@ def load_model(workdir: str) -> LoadedModel:
     raise TranslateError(f'workdir {workdir} does not exist')
   params, config, vocab_path = checkpoint.load_for_inference(workdir)
   return LoadedModel(jax.device_put(params), config, load_vocabulary(vocab_path, config))
+
+
+def check_search_options(beam_size: int, alpha: float) -> None:
+  """Raise TranslateError unless beam_size >= 1 and alpha is finite and >= 0 (beam search's
+  early stop relies on alpha >= 0)."""
+  if beam_size < 1:
+    raise TranslateError(f'--beam_size must be >= 1, got {beam_size}')
+  if not 0 <= alpha < math.inf:
+    raise TranslateError(f'--alpha must be a finite number >= 0, got {alpha}')
 
 
 def make_translate_fn(model: LoadedModel, *, beam_size: int = 4, alpha: float = 0.6,
@@ -154,8 +164,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """Run the CLI; returns the exit code (2 with a one-line message for user errors)."""
   args = build_parser().parse_args(argv)
   try:
-    if args.beam_size < 1 or args.batch_size < 1 or args.max_extra_len < 0:
-      raise TranslateError('--beam_size and --batch_size must be >= 1, --max_extra_len >= 0')
+    check_search_options(args.beam_size, args.alpha)
+    if args.batch_size < 1 or args.max_extra_len < 0:
+      raise TranslateError('--batch_size must be >= 1, --max_extra_len >= 0')
     model = load_model(args.workdir)
     lines = _read_lines(args.input)
     translate_fn = make_translate_fn(model, beam_size=args.beam_size, alpha=args.alpha,
