@@ -57,10 +57,12 @@ def test_order_and_one_line_per_input(batch_size):
   assert all(rows == batch_size and width in (16, 32, 64) for rows, width in model.shapes)
 
 
-def test_long_sources_are_cut_keeping_eos():
-  out = translate.translate_lines(['abcdefghijklmnopqrstuvwxyz'], ReverseModel(), CharVocab(),
-                                  batch_size=2, max_source_len=16, progress=False)
-  assert out == ['onmlkjihgfedcba']  # 15 characters + EOS
+def test_long_sources_are_cut_keeping_eos_with_a_warning(caplog):
+  out = translate.translate_lines(['ab', 'abcdefghijklmnopqrstuvwxyz'], ReverseModel(),
+                                  CharVocab(), batch_size=2, max_source_len=16, progress=False)
+  assert out == ['ba', 'onmlkjihgfedcba']  # 15 characters + EOS
+  assert [r.getMessage() for r in caplog.records] == [
+      '1 of 2 lines have more than 16 tokens and were cut to that length (first: line 2)']
 
 
 def test_bucket_lengths():

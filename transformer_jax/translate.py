@@ -3,7 +3,8 @@
 Reads stdin (or `--input`), writes exactly one line per input line, in order (an empty
 line gives an empty line) to stdout (or `--output`). Sentences are sorted by length and
 decoded in batches of fixed shapes (`--batch_size` rows, source length rounded up to a
-power of two) so that few programs are compiled. Uses `<workdir>/averaged` when present.
+power of two) so that few programs are compiled; a sentence longer than the model's
+`max_len` tokens is cut to it, with a warning on stderr. Uses `<workdir>/averaged` when present.
 A missing or incompatible checkpoint or vocabulary ends with a one-line error, exit 2.
 No TensorFlow: `transformer_jax.tokenizer.Tokenizer` runs on the `sentencepiece` package.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import os
 import sys
@@ -94,14 +96,20 @@ def translate_lines(lines: Sequence[str], translate_fn: TranslateFn, vocab: Any,
 
   `vocab` has `encode(str) -> ids` (EOS appended) and `decode(ids) -> str`. Blank lines
   give empty outputs without touching the model; longer sources are cut to
-  `max_source_len` tokens (EOS kept). Batches always have `batch_size` rows.
+  `max_source_len` tokens (EOS kept), with a warning. Batches always have `batch_size` rows.
   """
   outputs = [''] * len(lines)
-  encoded = {}
+  encoded, cut = {}, []
   for i, line in enumerate(lines):
     if line.strip():
       ids = vocab.encode(line)
-      encoded[i] = ids if len(ids) <= max_source_len else ids[:max_source_len - 1] + ids[-1:]
+      if len(ids) > max_source_len:
+        ids = ids[:max_source_len - 1] + ids[-1:]
+        cut.append(i)
+      encoded[i] = ids
+  if cut:
+    logging.warning('%d of %d lines have more than %d tokens and were cut to that length '
+                    '(first: line %d)', len(cut), len(lines), max_source_len, cut[0] + 1)
   order = sorted(encoded, key=lambda i: len(encoded[i]))
   with tqdm(total=len(order), file=sys.stderr, unit='sent', disable=not progress) as bar:
     for start in range(0, len(order), batch_size):
