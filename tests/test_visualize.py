@@ -58,3 +58,11 @@ def test_cli_writes_heatmaps(workdir, tmp_path, capsys):  # noqa: F811
   assert visualize.main(['--workdir', str(tmp_path / 'nope'), '--sentence', 'x',
                          '--output_dir', str(out)]) == 2
   assert 'does not exist' in capsys.readouterr().err
+  for option, message in [(['--beam_size', '0'], '--beam_size must be >= 1'),
+                          (['--alpha', '-1'], '--alpha must be'),
+                          (['--output_dir', str(out / 'encoder_self_layer0.png' / 'x')],
+                           'cannot write')]:
+    assert visualize.main(['--workdir', str(workdir), '--sentence', 'bad face', '--output_dir',
+                           str(out), '--beam_size', '1', *option]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('visualize: error: ') and message in err and err.count('\n') == 1

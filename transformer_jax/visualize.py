@@ -121,17 +121,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     if not args.sentence.strip():
       raise translate.TranslateError('--sentence is empty')
+    translate.check_search_options(args.beam_size, args.alpha)
     model = translate.load_model(args.workdir)
+    source = model.vocab.encode(args.sentence)[:model.config.max_len]
+    output = decode.translate_batch(model.params, model.config, jnp.asarray([source], jnp.int32),
+                                    beam_size=args.beam_size, alpha=args.alpha)
+    target = (decode.trim(output)[0] + [decode.EOS_ID])[:model.config.max_len]
+    attention = collect_attention(model.params, model.config, source, target)
+    try:
+      paths = save_attention_maps(attention, model.vocab.pieces(source),
+                                  model.vocab.pieces(target), args.output_dir)
+    except OSError as e:
+      raise translate.TranslateError(f'cannot write {e.filename}: {e.strerror}') from None
   except (translate.TranslateError, checkpoint.CheckpointError) as e:
     print(f'visualize: error: {e}', file=sys.stderr)
     return 2
-  source = model.vocab.encode(args.sentence)[:model.config.max_len]
-  output = decode.translate_batch(model.params, model.config, jnp.asarray([source], jnp.int32),
-                                  beam_size=args.beam_size, alpha=args.alpha)
-  target = (decode.trim(output)[0] + [decode.EOS_ID])[:model.config.max_len]
-  attention = collect_attention(model.params, model.config, source, target)
-  paths = save_attention_maps(attention, model.vocab.pieces(source), model.vocab.pieces(target),
-                              args.output_dir)
   print(f'translation: {model.vocab.decode(target)}')
   print(f'wrote {len(paths)} heatmaps to {args.output_dir}')
   return 0
