@@ -53,6 +53,8 @@ def test_format_and_write(tmp_path):
   assert path.read_text(encoding='utf-8') == 'eins\n\nzwei drei\n'
 
 
-def test_length_mismatch_is_an_error():
+def test_length_mismatch_or_empty_corpus_is_an_error():
   with pytest.raises(ValueError, match='2 hypotheses but 1 references'):
     bleu.corpus_bleu(['a', 'b'], ['a'])
+  with pytest.raises(ValueError, match='no hypotheses'):
+    bleu.corpus_bleu([], [])

@@ -61,6 +61,8 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> BleuSco
   """Both BLEU scores of detokenized `hypotheses` against one reference each."""
   if len(hypotheses) != len(references):
     raise ValueError(f'{len(hypotheses)} hypotheses but {len(references)} references')
+  if not hypotheses:
+    raise ValueError('no hypotheses to score')
   score, signature = sacrebleu_score(hypotheses, references)
   return BleuScores(sacrebleu=score, signature=signature,
                     tokenized=tokenized_bleu(hypotheses, references))
