@@ -78,6 +78,13 @@ def test_read_lines_keeps_empty_lines(tmp_path):
   assert translate._read_lines(str(path)) == ['one', '']
 
 
+def test_stdout_is_utf8_whatever_the_locale(monkeypatch):
+  stdout = io.TextIOWrapper(io.BytesIO(), encoding='ascii')
+  monkeypatch.setattr(sys, 'stdout', stdout)
+  translate._write_lines(None, ['Grüße ⁇', ''])
+  assert stdout.buffer.getvalue() == 'Grüße ⁇\n\n'.encode('utf-8')
+
+
 def _run(*command, stdin=''):
   """Run a Python subprocess on CPU, sharing the tests' compilation cache."""
   env = dict(os.environ, JAX_PLATFORMS='cpu',

@@ -141,10 +141,12 @@ def _read_lines(path: Optional[str]) -> list[str]:
 
 
 def _write_lines(path: Optional[str], lines: Sequence[str]) -> None:
+  """Write `lines` to `path` (or stdout) as UTF-8, whatever the locale, like the input."""
   text = ''.join(line + '\n' for line in lines)
   if path is None:
-    sys.stdout.write(text)
     sys.stdout.flush()
+    sys.stdout.buffer.write(text.encode('utf-8'))
+    sys.stdout.buffer.flush()
     return
   try:
     with open(path, 'w', encoding='utf-8', newline='\n') as f:
