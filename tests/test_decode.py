@@ -100,15 +100,21 @@ def test_greedy_scores_are_model_log_probs(tiny_config, params, sources):
   np.testing.assert_allclose(scores, expected, atol=1e-4)
 
 
-def test_beam_size_one_equals_greedy(tiny_config, params, sources):
-  # With alpha = 0 an EOS that greedy picks also ends the single beam (early stop).
-  greedy, greedy_scores = decode.greedy_decode(params, tiny_config, sources, max_extra_len=4)
-  beam, beam_scores = decode.beam_search(params, tiny_config, sources, beam_size=1, alpha=0.0,
-                                         max_extra_len=4)
-  np.testing.assert_array_equal(beam, greedy)
-  np.testing.assert_allclose(beam_scores, greedy_scores, atol=1e-5)
-  with pytest.raises(ValueError, match='beam_size must be >= 1, got 0'):
-    decode.beam_search(params, tiny_config, sources, beam_size=0)
+def test_beam_size_one_equals_greedy(tiny_config, params):
+  """On 16 sentences where EOS is often the first or second choice, with and without a
+  length penalty (which could make a longer hypothesis outscore an early EOS)."""
+  rng = np.random.default_rng(1)
+  src = np.zeros((16, S), np.int32)
+  for row, n in enumerate(rng.integers(2, S + 1, 16)):
+    src[row, :n] = rng.integers(3, 40, n)
+  greedy, greedy_log_probs = decode.greedy_decode(params, tiny_config, src, max_extra_len=4)
+  lengths = np.sum(np.asarray(greedy) != 0, axis=-1)
+  for alpha in (0.0, 0.6):
+    beam, beam_scores = decode.beam_search(params, tiny_config, src, beam_size=1, alpha=alpha,
+                                           max_extra_len=4)
+    np.testing.assert_array_equal(beam, greedy)
+    np.testing.assert_allclose(beam_scores * decode.length_penalty(lengths, alpha),
+                               greedy_log_probs, atol=1e-5)
 
 
 def test_sampling_with_top_k_1_or_temperature_0_equals_greedy(tiny_config, params, sources):
@@ -167,8 +173,8 @@ def test_translate_batch_and_trim(tiny_config, params, sources):
 
 
 def test_beam_search_finds_the_exhaustive_optimum():
-  """Vocabulary 6 (4 real words + pad + EOS), outputs of at most 4 tokens: a beam of 64
-  keeps every prefix, so beam search must return the best-scoring sequence overall."""
+  """Vocabulary 6 (4 real words + pad + EOS), outputs of at most 4 tokens: a beam of 320
+  keeps every candidate of every step, so beam search must return the best-scoring sequence overall."""
   config = TransformerConfig(vocab_size=6, d_model=16, d_ff=32, num_heads=2,
                              num_encoder_layers=1, num_decoder_layers=1, max_len=16,
                              dropout_rate=0.0, logits_via_embedding=False)
@@ -190,7 +196,7 @@ def test_beam_search_finds_the_exhaustive_optimum():
   greedy, _ = decode.greedy_decode(params, config, src, max_decode_len=max_len)
   assert candidates[best][-1] == EOS and not np.array_equal(greedy[0], tokens[best])
 
-  found, found_score = decode.beam_search(params, config, src, beam_size=64, alpha=alpha,
+  found, found_score = decode.beam_search(params, config, src, beam_size=320, alpha=alpha,
                                           max_decode_len=max_len)
   np.testing.assert_array_equal(found[0], tokens[best])
   np.testing.assert_allclose(found_score[0], scores[best], atol=1e-5)

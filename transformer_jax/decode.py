@@ -189,9 +189,10 @@ def _beam_search(params: Params, config: TransformerConfig, inputs: Array, alpha
     is_eos = token == eos_id
     at_limit = step + 1 >= limits
 
-    # Finished: EOS candidates, or every candidate of a sentence at its length limit.
+    # Finished: the EOS candidates among the K best (every one of the K best at the length
+    # limit). EOS ranked below K is dropped, so a beam of 1 makes the greedy choice.
     new_scores = top_log_probs / length_penalty((step + 1).astype(jnp.float32), alpha)
-    ends = (is_eos | at_limit[:, None]) & ~done[:, None]
+    ends = (is_eos | at_limit[:, None]) & (jnp.arange(2 * k) < k) & ~done[:, None]
     merged_scores = jnp.concatenate([finished_scores, jnp.where(ends, new_scores, NEG_INF)], 1)
     merged_seq = jnp.concatenate([finished_seq, top_seq], axis=1)
     finished_scores, keep = lax.top_k(merged_scores, k)
@@ -202,10 +203,12 @@ def _beam_search(params: Params, config: TransformerConfig, inputs: Array, alpha
     alive_seq = jnp.take_along_axis(top_seq, keep[:, :, None], axis=1)
     cache = reorder_beams(cache, jnp.take_along_axis(origin, keep, axis=1))
 
-    # Log-probs only fall, and with alpha >= 0 the penalty grows at most to the one at
-    # the limit: a sentence is done when its best alive beam cannot beat its best finished.
+    # A sentence is done when all K beams have finished, or when its best alive beam cannot
+    # beat its best finished one (log-probs only fall, and with alpha >= 0 the penalty
+    # grows at most to the one at the limit).
+    all_finished = finished_scores[:, -1] > NEG_INF
     cannot_improve = alive_log_probs[:, 0] / best_alive_penalty < finished_scores[:, 0]
-    done = done | at_limit | cannot_improve
+    done = done | at_limit | all_finished | cannot_improve
     return step + 1, alive_seq, alive_log_probs, finished_seq, finished_scores, done, cache
 
   first_beam_only = jnp.where(jnp.arange(k) == 0, 0.0, NEG_INF)
@@ -228,7 +231,9 @@ def beam_search(params: Params, config: TransformerConfig, inputs: Array, *,
 
   [B, S] source ids -> (best tokens [B, L], their scores [B]). The score of a sequence
   of n tokens (EOS included) is log p(y) / ((5 + n) / 6) ** alpha; alpha must be >= 0.
-  A sentence stops once no alive beam can beat its best finished one.
+  Each step ranks the 2K best continuations: those among the K best that end in EOS
+  finish, the K best others stay alive. A sentence stops once K hypotheses have finished
+  or no alive one can beat its best finished one; a beam of 1 is greedy decoding.
   """
   if beam_size < 1:
     raise ValueError(f'beam_size must be >= 1, got {beam_size}')
