@@ -30,7 +30,7 @@ def main() -> None:
 
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   from absl import logging
-  from transformer_jax import checkpoint, input_pipeline, train_cli, train_lib
+  from transformer_jax import bleu, checkpoint, input_pipeline, train_cli, train_lib
   logging.set_verbosity(logging.INFO)
   logging.use_absl_handler()
   train_cli.quiet_orbax_info()
@@ -54,13 +54,16 @@ def main() -> None:
         params, model_cfg, tokenizer, pairs, config.decode_batch_size, config.max_eval_len,
         beam_size=beam_size)
     how = 'greedy' if beam_size == 1 else f'beam {beam_size}, alpha 0.6'
+    path = os.path.join(args.workdir, f'test_translations_beam{beam_size}.txt')
+    bleu.write_hypotheses(path, hypotheses)
     print(f'sacreBLEU on the held-out books (Esther, John; {len(pairs)} verses, averaged '
-          f'checkpoint, {how}): {scores[beam_size]:.1f}  '
-          f'[{time.perf_counter() - start:.0f} s to translate]', flush=True)
+          f'checkpoint, {how}): {scores[beam_size].sacrebleu:.1f}  '
+          f'[{time.perf_counter() - start:.0f} s to translate]\n'
+          f'  {bleu.format_scores(scores[beam_size])}\n  translations: {path}', flush=True)
   for (source, reference), hypothesis in list(zip(pairs, hypotheses))[:args.examples]:
     print(f'\nEN  {source}\nES  {reference}\nMT  {hypothesis}')
   with open(os.path.join(args.workdir, 'test_bleu.txt'), 'w', encoding='utf-8') as f:
-    f.write(''.join(f'beam_size={k} {v:.2f}\n' for k, v in scores.items()))
+    f.write(''.join(f'beam_size={k} {bleu.format_scores(v)}\n' for k, v in scores.items()))
 
 
 if __name__ == '__main__':

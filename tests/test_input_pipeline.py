@@ -369,3 +369,28 @@ def test_embedded_corpus_has_the_documented_counts_and_held_out_books(files):
   reverse = make_config(files, dataset='bible', source_lang='es', target_lang='en')
   assert ip.load_raw(reverse, 'test')[0] == tuple(_bible_lines('test', lang, 1)[0]
                                                   for lang in ('es', 'en'))
+
+
+# ------------------------------------------------------------------ training on text
+
+
+def test_training_on_text_reports_both_bleus_and_keeps_translations(files, tmp_path):
+  """The user's own parallel text end to end: training's periodic evaluation decodes the
+  first dev sentences, logs sacreBLEU and tokenized BLEU, and writes the translations."""
+  import json
+  from transformer_jax import bleu, train_lib
+  config = train_lib.load_config(os.path.join(os.path.dirname(__file__), '..', 'configs',
+                                              'tiny.py'))
+  config.update(dataset='text', source_lang='en', target_lang='es', vocab_size=VOCAB_SIZE,
+                vocab_model_type='unigram', max_len=48, max_eval_len=48, num_train_steps=2,
+                eval_every_steps=2, num_eval_batches=1, num_bleu_sentences=3,
+                max_decode_len=8, average_last=0, **files)
+  config.model.max_len = 48
+  train_lib.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / 'metrics.jsonl') as f:
+    (record,) = [r for r in map(json.loads, f) if 'eval/bleu' in r]
+  hypotheses = (tmp_path / 'translations' / 'eval_step2.txt').read_text('utf-8').splitlines()
+  scores = bleu.corpus_bleu(hypotheses, _bible_lines('dev', 'es', 3))
+  assert record['step'] == 2 and len(hypotheses) == 3
+  assert record['eval/bleu'] == pytest.approx(scores.sacrebleu)
+  assert record['eval/bleu_tokenized'] == pytest.approx(scores.tokenized)

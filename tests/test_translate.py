@@ -14,7 +14,7 @@ import sentencepiece as spm
 from flax import linen as nn
 
 from transformer_jax import Transformer, checkpoint
-from transformer_jax import translate
+from transformer_jax import bleu, translate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINES = ['bad face', '', 'dead bead cab fad ace abc', 'ace', '   ', 'cab cab', 'fad bad ace',
@@ -171,14 +171,28 @@ def test_end_to_end_cli_matches_library(workdir, tmp_path):
           'except SystemExit as e:\n  code = e.code\n'
           'assert "tensorflow" not in sys.modules, "tensorflow imported"\nsys.exit(code)')
   result = _run('-c', code, '--workdir', str(workdir), '--input', str(source),
-                '--output', str(output), '--batch_size', '3', '--max_extra_len', '5')
+                '--output', str(output), '--batch_size', '3', '--max_extra_len', '5',
+                '--reference', str(source), '--no_progress')
   assert result.returncode == 0, result.stderr
   lines = output.read_text(encoding='utf-8').split('\n')
   assert lines[-1] == '' and len(lines[:-1]) == len(LINES)
   assert [bool(x) for x in lines[:-1]] == [bool(x.strip()) for x in LINES]
+  # --reference: both BLEU scores of the written output, side by side, on stderr.
+  scores = bleu.format_scores(bleu.corpus_bleu(lines[:-1], LINES))
+  assert scores in result.stderr.splitlines(), result.stderr
 
   model = translate.load_model(str(workdir))
   fn = translate.make_translate_fn(model, max_extra_len=5)
   assert translate.translate_lines(LINES, fn, model.vocab, batch_size=4,
                                    max_source_len=model.config.max_len,
                                    progress=False) == lines[:-1]
+
+
+def test_reference_with_other_line_count_is_a_one_line_error(workdir, tmp_path, capsys):
+  source, reference = tmp_path / 'in.txt', tmp_path / 'ref.txt'
+  source.write_text('bad face\nace\n', encoding='utf-8')
+  reference.write_text('bad face\n', encoding='utf-8')
+  assert translate.main(['--workdir', str(workdir), '--input', str(source),
+                         '--reference', str(reference)]) == 2
+  err = capsys.readouterr().err
+  assert err == f'transformer-jax-translate: error: {reference} has 1 lines but the input 2\n'

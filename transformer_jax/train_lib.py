@@ -456,17 +456,16 @@ def evaluate(eval_step: Callable, params: Any, batches: Any, mesh: Mesh,
 def translate_and_score(params: Any, model_cfg: TransformerConfig, tokenizer: Any,
                         pairs: Sequence[tuple[str, str]], batch_size: int,
                         max_source_len: int, beam_size: int = 1,
-                        alpha: float = 0.6) -> tuple[float, list[str]]:
+                        alpha: float = 0.6) -> tuple[Any, list[str]]:
   """Translate the sources of (source, reference) `pairs` greedily (beam_size 1) or with
-  beam search: -> (sacreBLEU, hypotheses)."""
+  beam search: -> (`bleu.BleuScores`: sacreBLEU and tokenized BLEU, hypotheses)."""
   from transformer_jax import bleu, translate  # sentencepiece / sacrebleu, no TF.
   translate_fn = translate.make_translate_fn(
       translate.LoadedModel(params, model_cfg, tokenizer), beam_size=beam_size, alpha=alpha)
   hypotheses = translate.translate_lines([s for s, _ in pairs], translate_fn, tokenizer,
                                          batch_size=batch_size, max_source_len=max_source_len,
                                          progress=False)
-  score, _ = bleu.sacrebleu_score(hypotheses, [t for _, t in pairs])
-  return score, hypotheses
+  return bleu.corpus_bleu(hypotheses, [t for _, t in pairs]), hypotheses
 
 
 def _datasets(config: Any, workdir: str, mesh: Mesh) -> tuple[Any, Any, Any, Any]:
@@ -573,8 +572,15 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
     start = time.perf_counter()
     scalars = evaluate(eval_step, params, eval_ds, mesh, config.num_eval_batches)
     if bleu_pairs:
-      scalars['bleu'], _ = translate_and_score(params, model_cfg, tokenizer, bleu_pairs,
+      scores, hypotheses = translate_and_score(params, model_cfg, tokenizer, bleu_pairs,
                                                config.decode_batch_size, config.max_eval_len)
+      scalars['bleu'], scalars['bleu_tokenized'] = scores.sacrebleu, scores.tokenized
+      if is_main:
+        from transformer_jax import bleu
+        path = os.path.join(workdir, 'translations', f'{label}_step{step}.txt')
+        bleu.write_hypotheses(path, hypotheses)
+        logging.info('step %d %s on %d %s sentences: %s; translations in %s', step, label,
+                     len(bleu_pairs), config.bleu_split, bleu.format_scores(scores), path)
     scalars['seconds'] = time.perf_counter() - start
     writer.write(step, {**{f'{label}/{k}': v for k, v in scalars.items()},
                         'train/minutes': train_seconds / 60})

@@ -5,6 +5,7 @@ line gives an empty line) to stdout (or `--output`). Sentences are sorted by len
 decoded in batches of fixed shapes (`--batch_size` rows, source length rounded up to a
 power of two) so that few programs are compiled; a sentence longer than the model's
 `max_len` tokens is cut to it, with a warning on stderr. Uses `<workdir>/averaged` when present.
+With `--reference`, sacreBLEU and tokenized BLEU of the output are printed on stderr.
 A missing or incompatible checkpoint or vocabulary ends with a one-line error, exit 2.
 No TensorFlow: `transformer_jax.tokenizer.Tokenizer` runs on the `sentencepiece` package.
 """
@@ -23,7 +24,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from transformer_jax import checkpoint, decode
+from transformer_jax import bleu, checkpoint, decode
 from transformer_jax.model import TransformerConfig
 from transformer_jax.tokenizer import Tokenizer
 
@@ -165,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--alpha', type=float, default=0.6, help='length penalty exponent')
   parser.add_argument('--max_extra_len', type=int, default=50,
                       help='output length limit = source length + this')
+  parser.add_argument('--reference', help='reference translations, one per input line: '
+                      'print sacreBLEU and tokenized BLEU of the output on stderr')
   parser.add_argument('--batch_size', type=int, default=32, help='sentences per batch')
   parser.add_argument('--no_progress', action='store_true', help='no progress bar on stderr')
   return parser
@@ -179,12 +182,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       raise TranslateError('--batch_size must be >= 1, --max_extra_len >= 0')
     model = load_model(args.workdir)
     lines = _read_lines(args.input)
+    references = None if args.reference is None else _read_lines(args.reference)
+    if references is not None and len(references) != len(lines):
+      raise TranslateError(f'{args.reference} has {len(references)} lines but the input '
+                           f'{len(lines)}')
     translate_fn = make_translate_fn(model, beam_size=args.beam_size, alpha=args.alpha,
                                      max_extra_len=args.max_extra_len)
     outputs = translate_lines(lines, translate_fn, model.vocab, batch_size=args.batch_size,
                               max_source_len=model.config.max_len,
                               progress=not args.no_progress)
     _write_lines(args.output, outputs)
+    if references is not None:
+      print(bleu.format_scores(bleu.corpus_bleu(outputs, references)), file=sys.stderr)
   except (TranslateError, checkpoint.CheckpointError) as e:
     print(f'transformer-jax-translate: error: {e}', file=sys.stderr)
     return 2
