@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from transformer_jax import Transformer, sharding, train_lib
+from transformer_jax import Transformer, checkpoint, sharding, train_lib
 
 EPS_LS = 0.1
 
@@ -158,6 +158,12 @@ def test_training_loop_logs_checkpoints_and_resumes(tmp_path):
   assert any('eval_averaged/loss' in r for r in records)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
   assert os.path.isdir(os.path.join(workdir, 'tensorboard'))
+  # Another model is refused, and the workdir still describes the one its checkpoints hold.
+  wider = _tiny_training_config()
+  wider.model.d_model = 64
+  with pytest.raises(checkpoint.CheckpointError, match=r'model_config\.d_model: checkpoint 32'):
+    train_lib.train_and_evaluate(wider, workdir)
+  assert checkpoint.load_for_inference(workdir)[1].d_model == 32
   # Resuming continues from step 6 rather than starting over; a tiny time interval
   # (eval_every_minutes) evaluates after every step.
   state = train_lib.train_and_evaluate(

@@ -539,18 +539,21 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
   tokenizer, train_iter, eval_ds, _ = _datasets(config, workdir, mesh)
   model_cfg = model_config(config, config.vocab_size if tokenizer is None
                            else tokenizer.vocab_size)
+  optimizer, schedule = create_optimizer(config, model_cfg.d_model)
+  vocab_path = config.vocab_path or os.path.join(workdir, 'spm.model')
+  ckpt = checkpoint.Checkpointer(
+      workdir, save_every_steps=config.save_every_steps, keep=config.keep_checkpoints,
+      async_save=config.async_checkpointing,
+      metadata=({'model_config': checkpoint.model_config_to_dict(model_cfg)} if tokenizer is None
+                else checkpoint.training_metadata(model_cfg, vocab_path)))
+  state = ckpt.restore(abstract_train_state(model_cfg, optimizer, mesh), train_iter)
+  # Written only once the checkpoints accepted this config: a refused resume must not
+  # leave the workdir describing a model its checkpoints are not.
   if is_main:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
       f.write(config.to_json_best_effort(indent=2))
     checkpoint.save_model_config(workdir, model_cfg)
-  optimizer, schedule = create_optimizer(config, model_cfg.d_model)
-  ckpt = checkpoint.Checkpointer(
-      workdir, save_every_steps=config.save_every_steps, keep=config.keep_checkpoints,
-      async_save=config.async_checkpointing,
-      metadata=({'model_config': checkpoint.model_config_to_dict(model_cfg)} if tokenizer is None
-                else checkpoint.training_metadata(model_cfg, checkpoint.vocab_path_for(workdir))))
-  state = ckpt.restore(abstract_train_state(model_cfg, optimizer, mesh), train_iter)
   if state is None:
     state = create_train_state(model_cfg, optimizer, mesh, config.seed)
   train_step = make_train_step(model_cfg, config, mesh, optimizer, schedule)
