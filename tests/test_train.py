@@ -183,6 +183,12 @@ def test_training_loop_logs_checkpoints_and_resumes(tmp_path):
 
 
 def test_nan_loss_stops_training_with_the_step(tmp_path):
-  config = _tiny_training_config(learning_rate_multiplier=1e30, average_last=0)
+  # A checkpoint every step (written synchronously): the step that went non-finite is
+  # never among them, so the last checkpoint is one to resume from with a lower rate.
+  config = _tiny_training_config(learning_rate_multiplier=1e30, average_last=0,
+                                 save_every_steps=1, keep_checkpoints=10,
+                                 async_checkpointing=False)
   with pytest.raises(FloatingPointError, match=r'non-finite training metrics at step \d+'):
     train_lib.train_and_evaluate(config, str(tmp_path))
+  params, _, _ = checkpoint.load_for_inference(str(tmp_path))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))

@@ -619,11 +619,14 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
         interval.add(*_finish(pending, last))
         last = time.perf_counter()
       pending = (step, step_metrics, source_tokens, flops)
-      ckpt.maybe_save(step, state, train_iter, progress={'train_seconds': trained()})
       eval_due = step % config.eval_every_steps == 0 or trained() >= next_eval_seconds
-      if step % config.log_every_steps == 0 or eval_due:
+      log_due = step % config.log_every_steps == 0 or eval_due
+      # A checkpoint never holds a step whose loss was not checked finite.
+      if log_due or step % config.save_every_steps == 0:
         interval.add(*_finish(pending, last))
         pending, last = None, time.perf_counter()
+      ckpt.maybe_save(step, state, train_iter, progress={'train_seconds': trained()})
+      if log_due:
         train_seconds += interval.seconds
         bar.update(round(interval.seconds) if config.train_minutes else interval.steps)
         bar.set_postfix(loss=f"{interval.sums['loss'] / interval.sums['tokens']:.3f}")
