@@ -164,6 +164,9 @@ def test_training_loop_logs_checkpoints_and_resumes(tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match=r'model_config\.d_model: checkpoint 32'):
     train_lib.train_and_evaluate(wider, workdir)
   assert checkpoint.load_for_inference(workdir)[1].d_model == 32
+  # So is another input pipeline: the saved iterator position would not fit it.
+  with pytest.raises(checkpoint.CheckpointError, match=r'data\.batch_size: checkpoint 8 != now 16'):
+    train_lib.train_and_evaluate(_tiny_training_config(batch_size=16), workdir)
   # Resuming continues from step 6 rather than starting over; a tiny time interval
   # (eval_every_minutes) evaluates after every step.
   state = train_lib.train_and_evaluate(

@@ -40,6 +40,11 @@ _BATCH_TO_MODEL = {'inputs_position': 'inputs_positions', 'targets_position': 't
                    'inputs_segmentation': 'inputs_segmentation',
                    'targets_segmentation': 'targets_segmentation'}
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+# Config keys that shape the training batches: a checkpoint's data-iterator position only
+# fits an input pipeline built with the same values (checked on restore).
+_DATA_KEYS = ('dataset', 'tfds_name', 'train_split', 'source_lang', 'target_lang', 'max_len',
+              'batching', 'batch_size', 'tokens_per_batch', 'bucket_boundaries',
+              'shuffle_buffer', 'seed')
 
 
 def default_config():
@@ -541,11 +546,12 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
                            else tokenizer.vocab_size)
   optimizer, schedule = create_optimizer(config, model_cfg.d_model)
   vocab_path = config.vocab_path or os.path.join(workdir, 'spm.model')
+  metadata = ({'model_config': checkpoint.model_config_to_dict(model_cfg)} if tokenizer is None
+              else checkpoint.training_metadata(model_cfg, vocab_path))
   ckpt = checkpoint.Checkpointer(
       workdir, save_every_steps=config.save_every_steps, keep=config.keep_checkpoints,
       async_save=config.async_checkpointing,
-      metadata=({'model_config': checkpoint.model_config_to_dict(model_cfg)} if tokenizer is None
-                else checkpoint.training_metadata(model_cfg, vocab_path)))
+      metadata={**metadata, 'data': {key: config[key] for key in _DATA_KEYS}})
   state = ckpt.restore(abstract_train_state(model_cfg, optimizer, mesh), train_iter)
   # Written only once the checkpoints accepted this config: a refused resume must not
   # leave the workdir describing a model its checkpoints are not.
