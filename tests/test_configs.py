@@ -79,16 +79,28 @@ def test_unknown_keys_are_rejected_with_their_names():
     train_lib.model_config(config, 10)
 
 
-def test_cli_unknown_override_is_one_clear_line(tmp_path):
-  result = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'train.py'), '--config=configs/tiny.py',
-       f'--workdir={tmp_path}', '--config.lerning_rate=2'],
+def _train_cli(*flags):
+  return subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'train.py'), '--config=configs/tiny.py', *flags],
       cwd=ROOT, capture_output=True, text=True, timeout=120,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+def test_cli_unknown_override_is_one_clear_line(tmp_path):
+  result = _train_cli(f'--workdir={tmp_path}', '--config.lerning_rate=2')
   assert result.returncode == 1
   assert 'Traceback' not in result.stderr
   assert result.stderr.strip().splitlines()[-1] == (
       "error: bad --config flag: unknown config key 'lerning_rate'")
+
+
+def test_cli_unwritable_workdir_is_one_line_not_blamed_on_the_config(tmp_path):
+  (tmp_path / 'file').write_text('')
+  result = _train_cli(f'--workdir={tmp_path}/file/run')
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: [Errno 20] Not a directory') and 'config' not in last
 
 
 def test_table3_parameter_counts():

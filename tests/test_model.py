@@ -237,6 +237,11 @@ def test_parameters_carry_logical_axis_names(tiny_config):
     (dict(positional='rotary'), 'positional'),
     (dict(remat='some'), 'remat'),
     (dict(target_vocab_size=7), 'share_embeddings'),
+    (dict(num_heads=0), 'num_heads must be a positive integer'),
+    (dict(num_decoder_layers=0), 'num_decoder_layers must be a positive integer'),
+    (dict(d_k=0), 'd_k must be a positive integer'),
+    (dict(d_model=32.0), 'd_model must be a positive integer'),
+    (dict(dropout_rate=1.5), r'dropout_rate must be in \[0, 1\)'),
 ])
 def test_bad_config_errors_clearly(kwargs, message):
   with pytest.raises(ValueError, match=message):

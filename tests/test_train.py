@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from transformer_jax import Transformer, sharding, train_lib
+from transformer_jax import Transformer, checkpoint, sharding, train_lib
 
 EPS_LS = 0.1
 
@@ -158,6 +158,15 @@ def test_training_loop_logs_checkpoints_and_resumes(tmp_path):
   assert any('eval_averaged/loss' in r for r in records)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
   assert os.path.isdir(os.path.join(workdir, 'tensorboard'))
+  # Another model is refused, and the workdir still describes the one its checkpoints hold.
+  wider = _tiny_training_config()
+  wider.model.d_model = 64
+  with pytest.raises(checkpoint.CheckpointError, match=r'model_config\.d_model: checkpoint 32'):
+    train_lib.train_and_evaluate(wider, workdir)
+  assert checkpoint.load_for_inference(workdir)[1].d_model == 32
+  # So is another input pipeline: the saved iterator position would not fit it.
+  with pytest.raises(checkpoint.CheckpointError, match=r'data\.batch_size: checkpoint 8 != now 16'):
+    train_lib.train_and_evaluate(_tiny_training_config(batch_size=16), workdir)
   # Resuming continues from step 6 rather than starting over; a tiny time interval
   # (eval_every_minutes) evaluates after every step.
   state = train_lib.train_and_evaluate(
@@ -177,6 +186,12 @@ def test_training_loop_logs_checkpoints_and_resumes(tmp_path):
 
 
 def test_nan_loss_stops_training_with_the_step(tmp_path):
-  config = _tiny_training_config(learning_rate_multiplier=1e30, average_last=0)
+  # A checkpoint every step (written synchronously): the step that went non-finite is
+  # never among them, so the last checkpoint is one to resume from with a lower rate.
+  config = _tiny_training_config(learning_rate_multiplier=1e30, average_last=0,
+                                 save_every_steps=1, keep_checkpoints=10,
+                                 async_checkpointing=False)
   with pytest.raises(FloatingPointError, match=r'non-finite training metrics at step \d+'):
     train_lib.train_and_evaluate(config, str(tmp_path))
+  params, _, _ = checkpoint.load_for_inference(str(tmp_path))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))

@@ -60,6 +60,16 @@ class TransformerConfig:
   remat: str = 'none'
 
   def __post_init__(self):
+    sizes = ('vocab_size', 'd_model', 'd_ff', 'num_heads', 'num_encoder_layers',
+             'num_decoder_layers', 'max_len')
+    for name in sizes + ('target_vocab_size', 'd_k', 'd_v'):  # the last three may be None
+      value = getattr(self, name)
+      if (name in sizes or value is not None) and not (
+          isinstance(value, (int, np.integer)) and value > 0):
+        raise ValueError(f'{name} must be a positive integer, got {value!r}')
+    for name in ('dropout_rate', 'attention_dropout_rate'):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f'{name} must be in [0, 1), got {getattr(self, name)!r}')
     if self.positional not in ('sinusoidal', 'learned'):
       raise ValueError(f"positional must be 'sinusoidal' or 'learned', got {self.positional!r}")
     if self.remat not in ('none', 'full', 'dots'):

@@ -1,6 +1,6 @@
 """Command line: `transformer-jax-train --config=configs/base.py --workdir=DIR [--config.key=v]`.
 
-Bad input (unknown config key, unreadable config, incompatible checkpoint,
+Bad input (unknown config key, unreadable config, incompatible checkpoint, unwritable workdir,
 non-finite loss) ends with one clear line on stderr and exit status 1.
 """
 
@@ -26,7 +26,7 @@ def main(argv: list[str]) -> None:
   try:
     distributed.initialize()  # multi-host: from JAX_* env or the cluster (docs/scaling.md)
     train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FloatingPointError, FileNotFoundError) as e:
+  except (ValueError, FloatingPointError, OSError) as e:
     logging.error('%s', e)
     sys.exit(f'error: {e}')
 

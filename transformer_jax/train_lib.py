@@ -40,6 +40,11 @@ _BATCH_TO_MODEL = {'inputs_position': 'inputs_positions', 'targets_position': 't
                    'inputs_segmentation': 'inputs_segmentation',
                    'targets_segmentation': 'targets_segmentation'}
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+# Config keys that shape the training batches: a checkpoint's data-iterator position only
+# fits an input pipeline built with the same values (checked on restore).
+_DATA_KEYS = ('dataset', 'tfds_name', 'train_split', 'source_lang', 'target_lang', 'max_len',
+              'batching', 'batch_size', 'tokens_per_batch', 'bucket_boundaries',
+              'shuffle_buffer', 'seed')
 
 
 def default_config():
@@ -538,18 +543,22 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
   tokenizer, train_iter, eval_ds, _ = _datasets(config, workdir, mesh)
   model_cfg = model_config(config, config.vocab_size if tokenizer is None
                            else tokenizer.vocab_size)
+  optimizer, schedule = create_optimizer(config, model_cfg.d_model)
+  vocab_path = config.vocab_path or os.path.join(workdir, 'spm.model')
+  metadata = ({'model_config': checkpoint.model_config_to_dict(model_cfg)} if tokenizer is None
+              else checkpoint.training_metadata(model_cfg, vocab_path))
+  ckpt = checkpoint.Checkpointer(
+      workdir, save_every_steps=config.save_every_steps, keep=config.keep_checkpoints,
+      async_save=config.async_checkpointing,
+      metadata={**metadata, 'data': {key: config[key] for key in _DATA_KEYS}})
+  state = ckpt.restore(abstract_train_state(model_cfg, optimizer, mesh), train_iter)
+  # Written only once the checkpoints accepted this config: a refused resume must not
+  # leave the workdir describing a model its checkpoints are not.
   if is_main:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
       f.write(config.to_json_best_effort(indent=2))
     checkpoint.save_model_config(workdir, model_cfg)
-  optimizer, schedule = create_optimizer(config, model_cfg.d_model)
-  ckpt = checkpoint.Checkpointer(
-      workdir, save_every_steps=config.save_every_steps, keep=config.keep_checkpoints,
-      async_save=config.async_checkpointing,
-      metadata=({'model_config': checkpoint.model_config_to_dict(model_cfg)} if tokenizer is None
-                else checkpoint.training_metadata(model_cfg, checkpoint.vocab_path_for(workdir))))
-  state = ckpt.restore(abstract_train_state(model_cfg, optimizer, mesh), train_iter)
   if state is None:
     state = create_train_state(model_cfg, optimizer, mesh, config.seed)
   train_step = make_train_step(model_cfg, config, mesh, optimizer, schedule)
@@ -622,11 +631,14 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
         interval.add(*_finish(pending, last))
         last = time.perf_counter()
       pending = (step, step_metrics, source_tokens, flops)
-      ckpt.maybe_save(step, state, train_iter, progress={'train_seconds': trained()})
       eval_due = step % config.eval_every_steps == 0 or trained() >= next_eval_seconds
-      if step % config.log_every_steps == 0 or eval_due:
+      log_due = step % config.log_every_steps == 0 or eval_due
+      # A checkpoint never holds a step whose loss was not checked finite.
+      if log_due or step % config.save_every_steps == 0:
         interval.add(*_finish(pending, last))
         pending, last = None, time.perf_counter()
+      ckpt.maybe_save(step, state, train_iter, progress={'train_seconds': trained()})
+      if log_due:
         train_seconds += interval.seconds
         bar.update(round(interval.seconds) if config.train_minutes else interval.steps)
         bar.set_postfix(loss=f"{interval.sums['loss'] / interval.sums['tokens']:.3f}")
