@@ -103,6 +103,15 @@ def test_cli_unwritable_workdir_is_one_line_not_blamed_on_the_config(tmp_path):
   assert last.startswith('error: [Errno 20] Not a directory') and 'config' not in last
 
 
+def test_cli_unknown_table3_variant_is_one_clear_line(tmp_path):
+  result = _train_cli(f'--workdir={tmp_path}', '--config=configs/table3.py:Z9')  # the last wins
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'error: flag --config=configs/table3.py:Z9: Error whilst parsing config file: '
+      "ValueError: unknown Table 3 variant 'Z9'; choose one of A1, ")
+
+
 def test_table3_parameter_counts():
   module = _table3_module()
   assert sorted(module.VARIANTS) == sorted(EXPECTED_PARAMS)

@@ -41,9 +41,20 @@ def quiet_orbax_info() -> None:
 def run() -> None:
   """Console-script entry point; unknown `--config.*` keys fail before training starts."""
   try:
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
   except (KeyError, AttributeError, ValueError, OSError) as e:
     sys.exit(f'error: bad --config flag: {_one_line(e)}')
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, but a bad flag ends with one line: a config file that fails to
+  load (e.g. `configs/table3.py:Z9`) gives its error, not the traceback flags carries."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    lines = str(e).strip().splitlines()
+    detail = f' {lines[-1].strip()}' if len(lines) > 1 else ''
+    sys.exit(f'error: {lines[0]}{detail}')
 
 
 def _one_line(error: BaseException) -> str:
