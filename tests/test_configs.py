@@ -79,6 +79,16 @@ def test_unknown_keys_are_rejected_with_their_names():
     train_lib.model_config(config, 10)
 
 
+def test_out_of_range_values_are_rejected_with_their_names():
+  config = _load('tiny.py')
+  config.update(batch_size=-1, warmup_steps=0, label_smoothing=1.0)
+  config.model.dropout_rate = 0.1
+  with pytest.raises(ValueError, match=r'^config.batch_size=-1 must be > 0; '
+                                       r'config.warmup_steps=0 must be > 0; '
+                                       r'config.label_smoothing=1.0 must be in \[0, 1\)$'):
+    train_lib.validate_config(config)
+
+
 def _train_cli(*flags):
   return subprocess.run(
       [sys.executable, os.path.join(ROOT, 'train.py'), '--config=configs/tiny.py', *flags],

@@ -151,12 +151,32 @@ def _unknown_keys(config: Mapping[str, Any], reference: Mapping[str, Any],
   return unknown
 
 
+# Numeric keys checked by `validate_config`: the rule each value must satisfy.
+_VALUE_RULES = (
+    (('vocab_size', 'max_len', 'max_eval_len', 'batch_size', 'tokens_per_batch', 'shuffle_buffer',
+      'warmup_steps', 'learning_rate_multiplier', 'grad_accum_steps', 'log_every_steps',
+      'eval_every_steps', 'save_every_steps', 'decode_batch_size', 'max_decode_len',
+      'model.d_model', 'model.d_ff', 'model.num_heads', 'model.max_len'),
+     '> 0', lambda v: v > 0),
+    (('num_train_steps', 'train_minutes', 'eval_every_minutes', 'cooldown_steps',
+      'grad_clip_norm', 'average_last'), '>= 0', lambda v: v >= 0),
+    (('label_smoothing', 'model.dropout_rate', 'model.attention_dropout_rate'),
+     'in [0, 1)', lambda v: 0 <= v < 1),
+)
+
+
 def validate_config(config: Mapping[str, Any]) -> None:
-  """Raise ValueError naming every key `default_config` does not know."""
+  """Raise ValueError naming every key `default_config` does not know, or every numeric
+  value out of its range (e.g. batch_size <= 0, warmup_steps 0, dropout_rate >= 1)."""
   unknown = _unknown_keys(config, default_config())
   if unknown:
     raise ValueError(f"unknown config key(s) {', '.join(map(repr, unknown))}; "
                      'see transformer_jax.train_lib.default_config for the valid keys')
+  get = lambda key: functools.reduce(lambda c, k: c[k], key.split('.'), config)
+  bad = [f'config.{key}={get(key)!r} must be {rule}' for keys, rule, ok in _VALUE_RULES
+         for key in keys if not (isinstance(get(key), (int, float)) and ok(get(key)))]
+  if bad:
+    raise ValueError('; '.join(bad))
 
 
 def model_config(config: Any, vocab_size: int) -> TransformerConfig:
