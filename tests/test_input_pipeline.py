@@ -304,6 +304,15 @@ def test_long_pairs_are_filtered_and_counted(files, tokenizer, caplog):
   assert f'eval: dropping {N_EVAL - kept} of {N_EVAL} pairs longer than 40 tokens' in caplog.text
 
 
+def test_empty_split_or_every_pair_too_long_fails_up_front(files, tmp_path):
+  empty = _write(tmp_path / 'empty.txt', [])
+  with pytest.raises(ip.DataError, match=r'^eval: no sentence pairs \(empty split'):
+    ip.get_datasets(make_config(files, eval_source=empty, eval_target=empty), 'unused', 0, 1)
+  with pytest.raises(ip.DataError,
+                     match=rf'^train \(process 0\): all {N_TRAIN} pairs are longer than 2 tokens$'):
+    ip.get_datasets(make_config(files, max_len=2), 'unused', 0, 1)
+
+
 def test_bad_config_values(files):
   with pytest.raises(ip.DataError, match="unknown dataset 'wmt'"):
     ip.raw_dataset(make_config(files, dataset='wmt'), 'train')

@@ -306,11 +306,16 @@ def _log_too_long(ds: tf.data.Dataset, max_len: int, what: str,
                   limit: Optional[int] = None) -> int:
   """Log how many examples of `ds` (its first `limit`, if given) exceed `max_len`.
 
-  Returns how many of the counted examples remain.
+  Returns how many of the counted examples remain; DataError if none does (training
+  would wait forever for a batch, evaluation would find nothing).
   """
   total, too_long = count_too_long(ds if limit is None else ds.take(limit), max_len)
+  counted = f'the first {total}' if total == limit else str(total)
+  if not total:
+    raise DataError(f'{what}: no sentence pairs (empty split, or every pair has an empty side)')
+  if total == too_long:
+    raise DataError(f'{what}: all {counted} pairs are longer than {max_len} tokens')
   if too_long:
-    counted = f'the first {total}' if total == limit else str(total)
     logging.warning('%s: dropping %d of %s pairs longer than %d tokens', what, too_long, counted,
                     max_len)
   return total - too_long
