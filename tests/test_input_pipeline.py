@@ -274,6 +274,16 @@ def test_gzip_input_and_bad_bytes_inside_it(tmp_path):
     ip.check_parallel_text(str(bad), '')
 
 
+def test_a_directory_or_a_broken_gzip_names_the_file(tmp_path):
+  not_gzip = _write(tmp_path / 'plain.tsv.gz', ['one\tuno'])
+  cut = tmp_path / 'cut.tsv.gz'
+  cut.write_bytes(gzip.compress(b'one\tuno\n' * 100)[:20])
+  for path, reason in ((tmp_path, 'is a directory'), (not_gzip, 'not a valid gzip file'),
+                       (cut, 'not a valid gzip file')):
+    with pytest.raises(ip.DataError, match=rf'^{path}: {reason}'):
+      ip.check_parallel_text(str(path), '')
+
+
 def test_missing_file(files):
   config = make_config(files, eval_source='/nonexistent/dev.en')
   with pytest.raises(ip.DataError, match='/nonexistent/dev.en: file not found'):

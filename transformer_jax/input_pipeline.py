@@ -78,6 +78,7 @@ import os
 import re
 import tarfile
 import tempfile
+import zlib
 from typing import Iterator, Optional, Sequence
 
 import jax
@@ -111,13 +112,18 @@ def _read_lines(path: str) -> Iterator[str]:
   """Lines of a UTF-8 text file (gzip if `.gz`), without line ends; DataError on bad input."""
   if not tf.io.gfile.exists(path):
     raise DataError(f'{path}: file not found')
+  if tf.io.gfile.isdir(path):
+    raise DataError(f'{path}: is a directory, not a text file')
   with tf.io.gfile.GFile(path, 'rb') as raw:
     stream = gzip.GzipFile(fileobj=raw) if path.endswith('.gz') else raw
-    for number, line in enumerate(stream, start=1):
-      try:
-        yield line.decode('utf-8').rstrip('\r\n')
-      except UnicodeDecodeError as e:
-        raise DataError(f'{path}:{number}: not UTF-8 ({e.reason} at byte {e.start})') from None
+    try:
+      for number, line in enumerate(stream, start=1):
+        try:
+          yield line.decode('utf-8').rstrip('\r\n')
+        except UnicodeDecodeError as e:
+          raise DataError(f'{path}:{number}: not UTF-8 ({e.reason} at byte {e.start})') from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+      raise DataError(f'{path}: not a valid gzip file ({e})') from None
 
 
 @functools.lru_cache(maxsize=None)
@@ -125,9 +131,9 @@ def check_parallel_text(source: str, target: Optional[str]) -> int:
   """Validate a source/target file pair (or a TSV when `target` is empty).
 
   Returns the number of usable pairs; logs how many have an empty side (those
-  are skipped by the pipeline). Raises DataError on a missing file, non-UTF-8
-  bytes, different line counts or a TSV line without a TAB. Cached: each file
-  pair is read once per process.
+  are skipped by the pipeline). Raises DataError on a missing file, a directory, a
+  broken `.gz`, non-UTF-8 bytes, different line counts or a TSV line without a TAB.
+  Cached: each file pair is read once per process.
   """
   if target:
     pairs = itertools.zip_longest(_read_lines(source), _read_lines(target))
