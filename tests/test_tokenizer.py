@@ -74,6 +74,11 @@ def test_cached_model_is_reused(vocab_path, tokenizer):
   assert again.model_proto == tokenizer.model_proto
 
 
+def test_cached_model_of_another_size_is_refused(vocab_path):
+  with pytest.raises(ValueError, match=r'spm.model has 300 pieces, not vocab_size=500: set '):
+    tokenizer_lib.load_or_train(vocab_path, [], vocab_size=500)
+
+
 def test_atomic_write_keeps_the_first_model(tmp_path):
   path = str(tmp_path / 'sub' / 'spm.model')
   tokenizer_lib.write_atomic(path, b'first')

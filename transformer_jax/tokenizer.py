@@ -100,12 +100,18 @@ def write_atomic(path: str, data: bytes) -> None:
 def load_or_train(path: str, sentences: Iterable[str], vocab_size: int,
                   model_type: str = 'unigram', max_sentences: int = 1_000_000,
                   seed: int = 0) -> Tokenizer:
-  """The tokenizer cached at `path`; trains and caches it from `sentences` first if absent."""
+  """The tokenizer cached at `path`; trains and caches it from `sentences` first if absent.
+
+  Raises ValueError if the cached model does not have `vocab_size` pieces.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if not tf.io.gfile.exists(path):
     logging.info('Training a %d-piece %s SentencePiece model for %s', vocab_size, model_type, path)
     write_atomic(path, train_model(sentences, vocab_size, model_type, max_sentences, seed))
   with tf.io.gfile.GFile(path, 'rb') as f:
     tokenizer = Tokenizer(f.read())
+  if tokenizer.vocab_size != vocab_size:
+    raise ValueError(f'{path} has {tokenizer.vocab_size} pieces, not vocab_size={vocab_size}: '
+                     f'set vocab_size={tokenizer.vocab_size}, or delete it to train a new one')
   logging.info('Loaded SentencePiece model %s (%d pieces)', path, tokenizer.vocab_size)
   return tokenizer
