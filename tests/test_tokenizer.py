@@ -91,3 +91,9 @@ def test_training_is_deterministic(corpus):
   kwargs = dict(vocab_size=200, model_type='bpe', max_sentences=500, seed=3)
   assert (tokenizer_lib.train_model(corpus, **kwargs)
           == tokenizer_lib.train_model(corpus, **kwargs))
+
+
+def test_training_failure_is_one_clear_line():
+  with pytest.raises(ValueError, match=r'^SentencePiece training failed \(vocab_size=1000\): '
+                                       r'Vocabulary size too high \(1000\)\. Please set it '):
+    tokenizer_lib.train_model(SENTENCES, vocab_size=1000)

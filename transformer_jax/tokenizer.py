@@ -70,15 +70,21 @@ def train_model(sentences: Iterable[str], vocab_size: int, model_type: str = 'un
                 max_sentences: int = 1_000_000, seed: int = 0) -> bytes:
   """Train a SentencePiece model on `sentences` and return its serialised bytes.
 
-  At most `max_sentences` sentences (a seeded random sample) are used.
+  At most `max_sentences` sentences (a seeded random sample) are used. Raises
+  ValueError if training fails (e.g. `vocab_size` too large for the sentences).
   """
   spm.set_random_generator_seed(seed)
   model = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
-      model_type=model_type, character_coverage=1.0, input_sentence_size=max_sentences,
-      shuffle_input_sentence=True, pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
-      minloglevel=2)
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
+        model_type=model_type, character_coverage=1.0, input_sentence_size=max_sentences,
+        shuffle_input_sentence=True, pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+        minloglevel=2)
+  except RuntimeError as e:  # e.g. "[...] Vocabulary size too high (8000). Please set it to ..."
+    message = str(e).rpartition('] ')[2] or str(e)
+    raise ValueError(f'SentencePiece training failed (vocab_size={vocab_size}): '
+                     f'{message}') from None
   return model.getvalue()
 
 
