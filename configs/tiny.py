@@ -8,6 +8,7 @@ def get_config():
   config.dataset = 'synthetic'
   config.vocab_size = 64
   config.max_len = 16
+  config.max_eval_len = 16
   config.batching = 'pack'
   config.batch_size = 8
   config.model.update(d_model=32, d_ff=64, num_heads=4, num_encoder_layers=2,

@@ -87,6 +87,10 @@ def test_out_of_range_values_are_rejected_with_their_names():
                                        r'config.warmup_steps=0 must be > 0; '
                                        r'config.label_smoothing=1.0 must be in \[0, 1\)$'):
     train_lib.validate_config(config)
+  config = _load('demo.py')
+  config.max_len = 512
+  with pytest.raises(ValueError, match=r'^config.max_len=512 exceeds config.model.max_len=256'):
+    train_lib.validate_config(config)
 
 
 def _train_cli(*flags):

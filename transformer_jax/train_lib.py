@@ -167,7 +167,8 @@ _VALUE_RULES = (
 
 def validate_config(config: Mapping[str, Any]) -> None:
   """Raise ValueError naming every key `default_config` does not know, or every numeric
-  value out of its range (e.g. batch_size <= 0, warmup_steps 0, dropout_rate >= 1)."""
+  value out of its range (e.g. batch_size <= 0, warmup_steps 0, dropout_rate >= 1, or
+  max_len / max_eval_len longer than model.max_len)."""
   unknown = _unknown_keys(config, default_config())
   if unknown:
     raise ValueError(f"unknown config key(s) {', '.join(map(repr, unknown))}; "
@@ -175,6 +176,10 @@ def validate_config(config: Mapping[str, Any]) -> None:
   get = lambda key: functools.reduce(lambda c, k: c[k], key.split('.'), config)
   bad = [f'config.{key}={get(key)!r} must be {rule}' for keys, rule, ok in _VALUE_RULES
          for key in keys if not (isinstance(get(key), (int, float)) and ok(get(key)))]
+  if not bad:  # the lengths are positive numbers: do they fit the position table?
+    bad = [f'config.{key}={get(key)} exceeds config.model.max_len={get("model.max_len")}, '
+           'the positions the model has' for key in ('max_len', 'max_eval_len')
+           if get(key) > get('model.max_len')]
   if bad:
     raise ValueError('; '.join(bad))
 
