@@ -163,6 +163,13 @@ def test_token_batches_respect_the_budget_and_bucket_shapes(examples):
   assert total > 0.8 * len(examples) * 3  # only incomplete last batches are dropped
 
 
+def test_token_batches_of_one_step_share_a_shape_with_gradient_accumulation(files, tokenizer):
+  train_iter = _train_iter(files, tokenizer, batching='tokens', grad_accum_steps=3)
+  shapes = [batch['inputs'].shape for batch in _take(train_iter, 12)]
+  assert all(len(set(shapes[i:i + 3])) == 1 for i in range(0, 12, 3))
+  assert len(set(shapes)) > 1
+
+
 def test_token_batching_rejects_a_budget_below_one_sequence(examples):
   ds = tf.data.Dataset.from_tensors({k: tf.constant([5, 1]) for k in ip.SIDES})
   with pytest.raises(ip.DataError, match='tokens_per_batch=32 is smaller than one sequence'):

@@ -17,7 +17,8 @@ Train batches (numpy int32, [rows, length], padding 0)
     [batch_size // process_count, max_len]; segment ids start at 1 in each row.
   * `batching='tokens'`: keys `inputs`, `targets`; shape [rows, bucket_length]
     with rows = (tokens_per_batch // process_count) // bucket_length, so each side
-    holds at most that many tokens (padding included).
+    holds at most that many tokens (padding included). With `grad_accum_steps` k > 1
+    the batches come in runs of k of one shape (the micro-batches of one step).
 
 Resuming (`TrainIterator`)
   `next(it)` → batch dict; `it.save(prefix)` / `it.restore(prefix)` write / read a
@@ -60,6 +61,7 @@ Config keys (`ml_collections.ConfigDict`)
   tokens_per_batch   global tokens per side per batch ('tokens' batching).
   bucket_boundaries  padded lengths of the token-batching buckets (empty/None: a
                      geometric ladder from 8; max_len is always added).
+  grad_accum_steps   micro-batches per optimizer step (optional, default 1).
   shuffle_buffer     pairs in the shuffle buffer.
   seed               shuffle seed (and SentencePiece sampling seed).
 
@@ -430,6 +432,12 @@ def train_dataset(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Tokenizer,
     budget = _per_process(config.tokens_per_batch, process_count, 'tokens_per_batch')
     batches = batch_by_tokens(tokens, budget,
                               bucket_lengths(config.max_len, config.get('bucket_boundaries')))
+    accum = config.get('grad_accum_steps', 1)
+    if accum > 1:  # a step's micro-batches are stacked: they must share one bucket shape
+      batches = batches.group_by_window(
+          key_func=lambda batch: tf.cast(tf.shape(batch['inputs'])[1], tf.int64),
+          reduce_func=lambda _, window: window.batch(accum, drop_remainder=True),
+          window_size=accum).unbatch()
   else:
     raise DataError(f'unknown batching {config.batching!r}; expected pack or tokens')
   return batches.prefetch(AUTOTUNE)
