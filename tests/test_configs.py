@@ -82,10 +82,12 @@ def test_unknown_keys_are_rejected_with_their_names():
 def test_out_of_range_values_are_rejected_with_their_names():
   config = _load('tiny.py')
   config.update(batch_size=-1, warmup_steps=0, label_smoothing=1.0)
-  config.model.dropout_rate = 0.1
   with pytest.raises(ValueError, match=r'^config.batch_size=-1 must be > 0; '
                                        r'config.warmup_steps=0 must be > 0; '
                                        r'config.label_smoothing=1.0 must be in \[0, 1\)$'):
+    train_lib.validate_config(config)
+  config.update(batch_size=8, warmup_steps=10, label_smoothing=0.1, num_eval_batches=0)
+  with pytest.raises(ValueError, match=r'^config.num_eval_batches=0 must be -1 \(all\) or > 0$'):
     train_lib.validate_config(config)
   config = _load('demo.py')
   config.max_len = 512

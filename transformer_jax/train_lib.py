@@ -162,6 +162,8 @@ _VALUE_RULES = (
       'grad_clip_norm', 'average_last'), '>= 0', lambda v: v >= 0),
     (('label_smoothing', 'model.dropout_rate', 'model.attention_dropout_rate'),
      'in [0, 1)', lambda v: 0 <= v < 1),
+    (('num_eval_batches',), '-1 (all) or > 0', lambda v: v == -1 or v > 0),
+    (('num_bleu_sentences',), '-1 (all) or >= 0', lambda v: v >= -1),
 )
 
 
