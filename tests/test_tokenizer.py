@@ -1,9 +1,11 @@
 """SentencePiece vocabulary: special ids, round trips, in-graph parity, caching."""
 
 import gzip
+import io
 import os
 
 import pytest
+import sentencepiece as spm
 
 from transformer_jax import input_pipeline
 from transformer_jax import tokenizer as tokenizer_lib
@@ -77,6 +79,20 @@ def test_cached_model_is_reused(vocab_path, tokenizer):
 def test_cached_model_of_another_size_is_refused(vocab_path):
   with pytest.raises(ValueError, match=r'spm.model has 300 pieces, not vocab_size=500: set '):
     tokenizer_lib.load_or_train(vocab_path, [], vocab_size=500)
+
+
+def test_cached_file_that_is_not_our_vocabulary_is_refused_by_name(corpus, tmp_path):
+  junk = tmp_path / 'junk.model'
+  junk.write_bytes(b'not a model')
+  with pytest.raises(ValueError, match=r'junk.model is not a usable SentencePiece model: '):
+    tokenizer_lib.load_or_train(str(junk), [], vocab_size=300)
+  model = io.BytesIO()  # SentencePiece's default special ids: unk 0, bos 1, eos 2, no pad
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=model,
+                                 vocab_size=300, minloglevel=2)
+  (tmp_path / 'other_ids.model').write_bytes(model.getvalue())
+  with pytest.raises(ValueError, match=r'other_ids.model is not a usable SentencePiece model: '
+                                       r'expected pad id 0 and EOS id 1'):
+    tokenizer_lib.load_or_train(str(tmp_path / 'other_ids.model'), [], vocab_size=300)
 
 
 def test_atomic_write_keeps_the_first_model(tmp_path):

@@ -108,14 +108,20 @@ def load_or_train(path: str, sentences: Iterable[str], vocab_size: int,
                   seed: int = 0) -> Tokenizer:
   """The tokenizer cached at `path`; trains and caches it from `sentences` first if absent.
 
-  Raises ValueError if the cached model does not have `vocab_size` pieces.
+  Raises ValueError naming `path` if the cached model is not a SentencePiece model with
+  pad id 0 and EOS id 1, or does not have `vocab_size` pieces.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if not tf.io.gfile.exists(path):
     logging.info('Training a %d-piece %s SentencePiece model for %s', vocab_size, model_type, path)
     write_atomic(path, train_model(sentences, vocab_size, model_type, max_sentences, seed))
   with tf.io.gfile.GFile(path, 'rb') as f:
-    tokenizer = Tokenizer(f.read())
+    data = f.read()
+  try:
+    tokenizer = Tokenizer(data)
+  except (RuntimeError, ValueError) as e:  # not a SentencePiece model, or other special ids
+    raise ValueError(f'{path} is not a usable SentencePiece model: '
+                     f'{str(e).splitlines()[0]}') from None
   if tokenizer.vocab_size != vocab_size:
     raise ValueError(f'{path} has {tokenizer.vocab_size} pieces, not vocab_size={vocab_size}: '
                      f'set vocab_size={tokenizer.vocab_size}, or delete it to train a new one')
