@@ -226,6 +226,15 @@ def test_resume_without_saved_data_position_is_refused(tmp_path, tiny_params, me
     c.restore(abstract_of(make_state(tiny_params, 0)), FakeIterator())
 
 
+def test_data_position_of_another_pipeline_is_refused(tmp_path, tiny_params, metadata):
+  save_steps(str(tmp_path), tiny_params, metadata, [1], iterator=FakeIterator())
+  c = ckpt.Checkpointer(str(tmp_path), save_every_steps=1, keep=10, metadata=metadata)
+  with pytest.raises(ckpt.CheckpointError, match=r'position in .*/1 does not fit this input '
+                                                 r'pipeline \(TypeError: '):
+    c.restore(abstract_of(make_state(tiny_params, 0)), FakeIterator(as_bytes=True))
+  assert c.all_steps() == [1]  # refused, not quarantined as corrupt
+
+
 def test_typed_prng_key_is_refused_with_advice(tmp_path, tiny_params, metadata):
   state = make_state(tiny_params, 1).replace(rng=jax.random.key(0))
   with ckpt.Checkpointer(str(tmp_path), save_every_steps=1, keep=1, metadata=metadata) as c:

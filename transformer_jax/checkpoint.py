@@ -366,7 +366,13 @@ class Checkpointer:
         if position is None:
           raise CheckpointError(f'{where} has no data-iterator position (saved without '
                                 'data_iterator); resuming would replay the data from the start')
-        data_iterator.set_state(_decode_data_state(position))
+        try:
+          data_iterator.set_state(_decode_data_state(position))
+        except Exception as e:  # noqa: BLE001 - e.g. tf.data state of another pipeline.
+          raise CheckpointError(
+              f'the data-iterator position in {where} does not fit this input pipeline '
+              f'({_describe(e)}); resume with the data config it was saved with, or use a '
+              'new --workdir') from None
       self._quarantine([s for s, _ in errors])
       return state
     raise CheckpointError(f'none of the {len(steps)} checkpoints in {self.directory} could be '
