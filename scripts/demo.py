@@ -33,7 +33,7 @@ def main() -> None:
   from transformer_jax import bleu, checkpoint, input_pipeline, train_cli, train_lib
   logging.set_verbosity(logging.INFO)
   logging.use_absl_handler()
-  train_cli.quiet_orbax_info()
+  train_cli.quiet_checkpoint_info()
   config = train_lib.load_config(os.path.join(ROOT, 'configs', 'demo.py'))
   if args.minutes is not None:
     config.train_minutes = args.minutes

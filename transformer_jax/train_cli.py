@@ -22,7 +22,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   from transformer_jax import distributed, train_lib  # after flag parsing: JAX starts here.
-  quiet_orbax_info()
+  quiet_checkpoint_info()
   try:
     distributed.initialize()  # multi-host: from JAX_* env or the cluster (docs/scaling.md)
     train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -31,11 +31,13 @@ def main(argv: list[str]) -> None:
     sys.exit(f'error: {e}')
 
 
-def quiet_orbax_info() -> None:
-  """Drop orbax's INFO chatter (several lines per save) from the absl log; keep warnings."""
+def quiet_checkpoint_info() -> None:
+  """Drop the INFO chatter of orbax and of TensorFlow's checkpointing of the data iterator
+  (several lines per save) from the absl log; keep warnings."""
   import logging as std_logging
+  chatty = ('/orbax/', '/tensorflow/python/checkpoint/')
   logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= std_logging.WARNING or '/orbax/' not in r.pathname)
+      lambda r: r.levelno >= std_logging.WARNING or not any(p in r.pathname for p in chatty))
 
 
 def run() -> None:
