@@ -304,12 +304,13 @@ def test_tsv_line_without_tab(tmp_path):
 
 
 def test_empty_lines_are_skipped_and_counted(files, tmp_path, caplog):
-  src = _write(tmp_path / 's.txt', ['one', '', 'three', ' '])
-  tgt = _write(tmp_path / 't.txt', ['uno', 'dos', '', 'cuatro'])
+  # Whitespace of any kind only (no-break space, ideographic space, ...) is empty too.
+  src = _write(tmp_path / 's.txt', ['one', '', 'three', ' ', '\u00a0\u3000', 'six\u00a0'])
+  tgt = _write(tmp_path / 't.txt', ['uno', 'dos', '', 'cuatro', 'cinco', '\u2003seis'])
   config = make_config(files, train_source=src, train_target=tgt)
   with caplog.at_level(logging.WARNING):
-    assert ip.load_raw(config, 'train') == [('one', 'uno')]
-  assert 'skipping 3 of 4 pairs with an empty side' in caplog.text
+    assert ip.load_raw(config, 'train') == [('one', 'uno'), ('six\u00a0', '\u2003seis')]
+  assert 'skipping 4 of 6 pairs with an empty side' in caplog.text
 
 
 def test_long_pairs_are_filtered_and_counted(files, tokenizer, caplog):

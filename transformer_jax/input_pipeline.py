@@ -222,6 +222,11 @@ def tfds_dataset(name: str, split: str, source_lang: str, target_lang: str,
 # ------------------------------------------------------------------- sources
 
 
+# A side made only of what Python's str.isspace() calls whitespace (as `check_parallel_text`
+# counts it), in RE2 syntax: ASCII space and controls, U+0085 and Unicode separators (Z).
+_BLANK = r'[\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}]*'
+
+
 def raw_dataset(config: ml_collections.ConfigDict, split: str, process_index: int = 0,
                 process_count: int = 1) -> tf.data.Dataset:
   """(source, target) string pairs of a split ('train'|'eval'|'test'), this process's shard.
@@ -242,9 +247,8 @@ def raw_dataset(config: ml_collections.ConfigDict, split: str, process_index: in
     ds = text_dataset(source, target).shard(process_count, process_index)
   else:
     raise DataError(f'unknown dataset {config.dataset!r}; expected bible, tfds or text')
-  non_empty = lambda s, t: tf.logical_and(tf.strings.length(tf.strings.strip(s)) > 0,
-                                          tf.strings.length(tf.strings.strip(t)) > 0)
-  return ds.filter(non_empty)
+  blank = lambda x: tf.strings.regex_full_match(x, _BLANK)
+  return ds.filter(lambda s, t: tf.logical_not(blank(s) | blank(t)))
 
 
 def iterate_pairs(pairs: tf.data.Dataset, chunk: int = 1024) -> Iterator[tuple[str, str]]:
