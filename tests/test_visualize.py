@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from test_translate import workdir  # noqa: F401 - the fixture: a real training workdir
-from transformer_jax import visualize
+from transformer_jax import translate, visualize
 
 
 def _random_weights(rng, heads, queries, keys):
@@ -55,6 +55,10 @@ def test_cli_writes_heatmaps(workdir, tmp_path, capsys):  # noqa: F811
                          str(out), '--beam_size', '1']) == 0
   assert len(list(out.glob('*.png'))) == 3 * 2
   assert 'translation:' in capsys.readouterr().out
+  max_len = translate.load_model(str(workdir)).config.max_len
+  assert visualize.main(['--workdir', str(workdir), '--sentence', 'bad face ' * max_len,
+                         '--output_dir', str(out), '--beam_size', '1']) == 0
+  assert f"cut to the model's max_len {max_len}" in capsys.readouterr().err
   assert visualize.main(['--workdir', str(tmp_path / 'nope'), '--sentence', 'x',
                          '--output_dir', str(out)]) == 2
   assert 'does not exist' in capsys.readouterr().err

@@ -91,6 +91,11 @@ def bucket_length(length: int, max_len: int) -> int:
   return min(max(MIN_BUCKET, 1 << (length - 1).bit_length()), max_len)
 
 
+def fit_source(ids: Sequence[int], max_len: int) -> list[int]:
+  """Source ids (EOS last) cut to at most `max_len` tokens, keeping the EOS."""
+  return list(ids) if len(ids) <= max_len else list(ids[:max_len - 1]) + list(ids[-1:])
+
+
 def translate_lines(lines: Sequence[str], translate_fn: TranslateFn, vocab: Any, *,
                     batch_size: int, max_source_len: int, progress: bool = True) -> list[str]:
   """Translate `lines` (one sentence each) -> one output per line, in the input order.
@@ -104,10 +109,9 @@ def translate_lines(lines: Sequence[str], translate_fn: TranslateFn, vocab: Any,
   for i, line in enumerate(lines):
     if line.strip():
       ids = vocab.encode(line)
+      encoded[i] = fit_source(ids, max_source_len)
       if len(ids) > max_source_len:
-        ids = ids[:max_source_len - 1] + ids[-1:]
         cut.append(i)
-      encoded[i] = ids
   if cut:
     logging.warning('%d of %d lines have more than %d tokens and were cut to that length '
                     '(first: line %d)', len(cut), len(lines), max_source_len, cut[0] + 1)

@@ -123,7 +123,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       raise translate.TranslateError('--sentence is empty')
     translate.check_search_options(args.beam_size, args.alpha)
     model = translate.load_model(args.workdir)
-    source = model.vocab.encode(args.sentence)[:model.config.max_len]
+    ids = model.vocab.encode(args.sentence)
+    source = translate.fit_source(ids, model.config.max_len)
+    if len(ids) > len(source):
+      print(f'visualize: warning: the sentence has {len(ids)} tokens, cut to the model\'s '
+            f'max_len {len(source)}', file=sys.stderr)
     output = decode.translate_batch(model.params, model.config, jnp.asarray([source], jnp.int32),
                                     beam_size=args.beam_size, alpha=args.alpha)
     target = (decode.trim(output)[0] + [decode.EOS_ID])[:model.config.max_len]
