@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -195,3 +196,21 @@ def test_nan_loss_stops_training_with_the_step(tmp_path):
     train_lib.train_and_evaluate(config, str(tmp_path))
   params, _, _ = checkpoint.load_for_inference(str(tmp_path))
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_sigterm_during_set_up_saves_and_returns(tmp_path, monkeypatch):
+  """A preemption notice before the first step (here: while the data is set up) is not a
+  kill: the run saves its starting point and returns, as it does mid-training."""
+  datasets = train_lib._datasets
+
+  def preempted_while_loading(*args):
+    out = datasets(*args)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return out
+
+  monkeypatch.setattr(train_lib, '_datasets', preempted_while_loading)
+  state = train_lib.train_and_evaluate(_tiny_training_config(), str(tmp_path))
+  assert int(state.step) == 0
+  assert os.listdir(tmp_path / 'checkpoints') == ['0']
+  metrics = tmp_path / 'metrics.jsonl'
+  assert 'eval/loss' not in (metrics.read_text() if metrics.exists() else '')  # no evaluation

@@ -564,82 +564,83 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
   last checkpoints and evaluates the average.
   """
   from transformer_jax import checkpoint  # orbax: imported only when training.
-  validate_config(config)
-  is_main = jax.process_index() == 0
-  mesh = sharding.create_mesh(config.mesh_shape, config.dcn_mesh_shape or None)
-  tokenizer, train_iter, eval_ds, _ = _datasets(config, workdir, mesh)
-  model_cfg = model_config(config, config.vocab_size if tokenizer is None
-                           else tokenizer.vocab_size)
-  optimizer, schedule = create_optimizer(config, model_cfg.d_model)
-  vocab_path = config.vocab_path or os.path.join(workdir, 'spm.model')
-  metadata = ({'model_config': checkpoint.model_config_to_dict(model_cfg)} if tokenizer is None
-              else checkpoint.training_metadata(model_cfg, vocab_path))
-  ckpt = checkpoint.Checkpointer(
-      workdir, save_every_steps=config.save_every_steps, keep=config.keep_checkpoints,
-      async_save=config.async_checkpointing,
-      metadata={**metadata, 'data': {key: config[key] for key in _DATA_KEYS}})
-  state = ckpt.restore(abstract_train_state(model_cfg, optimizer, mesh), train_iter)
-  # Written only once the checkpoints accepted this config: a refused resume must not
-  # leave the workdir describing a model its checkpoints are not.
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-      f.write(config.to_json_best_effort(indent=2))
-    checkpoint.save_model_config(workdir, model_cfg)
-  if state is None:
-    state = create_train_state(model_cfg, optimizer, mesh, config.seed)
-  train_step = make_train_step(model_cfg, config, mesh, optimizer, schedule)
-  eval_step = make_eval_step(model_cfg, config, mesh, optimizer)
-  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
-  counts = metrics_lib.param_split(state.params)
-  peak = metrics_lib.peak_flops(jax.devices()[0], config.peak_tflops)
-  step = int(state.step)
-  logging.info('%s parameters (%s non-embedding); starting at step %d',
-               f"{counts['total']:,}", f"{counts['total'] - counts['embedding']:,}", step)
-
-  bleu_pairs = []
-  if tokenizer is not None and config.num_bleu_sentences:
-    from transformer_jax import input_pipeline
-    bleu_pairs = input_pipeline.load_raw(config, config.bleu_split)
-    if config.num_bleu_sentences > 0:
-      bleu_pairs = bleu_pairs[:config.num_bleu_sentences]
-
-  def run_eval(label: str, params: Any) -> None:
-    start = time.perf_counter()
-    scalars = evaluate(eval_step, params, eval_ds, mesh, config.num_eval_batches)
-    if bleu_pairs:
-      scores, hypotheses = translate_and_score(params, model_cfg, tokenizer, bleu_pairs,
-                                               config.decode_batch_size, config.max_eval_len)
-      scalars['bleu'], scalars['bleu_tokenized'] = scores.sacrebleu, scores.tokenized
-      if is_main:
-        from transformer_jax import bleu
-        path = os.path.join(workdir, 'translations', f'{label}_step{step}.txt')
-        bleu.write_hypotheses(path, hypotheses)
-        logging.info('step %d %s on %d %s sentences: %s; translations in %s', step, label,
-                     len(bleu_pairs), config.bleu_split, bleu.format_scores(scores), path)
-    scalars['seconds'] = time.perf_counter() - start
-    writer.write(step, {**{f'{label}/{k}': v for k, v in scalars.items()},
-                        'train/minutes': train_seconds / 60})
-    line = f'step {step} ({train_seconds / 60:.1f} train min) {label}: ' + ', '.join(
-        f'{k} {v:.3f}' for k, v in scalars.items())
-    logging.info('%s', line)
-    if not bar.disable:
-      bar.write(line)
-
-  # The training seconds of earlier runs count against the budget (a preempted or
-  # finished run resumes with what is left of it, not a new budget).
-  interval, pending, eval_steps = _Interval(), None, []
-  train_seconds = float(ckpt.restored_progress.get('train_seconds', 0.0))
-  bar = _progress_bar(config, step, train_seconds,
-                      is_main and config.progress_bar and sys.stderr.isatty())
-  budget = config.train_minutes * 60 or float('inf')
-  eval_interval_s = config.eval_every_minutes * 60
-
-  def next_eval_after(seconds: float) -> float:  # the next multiple of the interval
-    return (seconds // eval_interval_s + 1) * eval_interval_s if eval_interval_s else float('inf')
-
-  next_eval_seconds = next_eval_after(train_seconds)
+  # SIGTERM from here on (data set-up and restore included) saves and exits 0.
   with checkpoint.PreemptionGuard() as guard:
+    validate_config(config)
+    is_main = jax.process_index() == 0
+    mesh = sharding.create_mesh(config.mesh_shape, config.dcn_mesh_shape or None)
+    tokenizer, train_iter, eval_ds, _ = _datasets(config, workdir, mesh)
+    model_cfg = model_config(config, config.vocab_size if tokenizer is None
+                             else tokenizer.vocab_size)
+    optimizer, schedule = create_optimizer(config, model_cfg.d_model)
+    vocab_path = config.vocab_path or os.path.join(workdir, 'spm.model')
+    metadata = ({'model_config': checkpoint.model_config_to_dict(model_cfg)} if tokenizer is None
+                else checkpoint.training_metadata(model_cfg, vocab_path))
+    ckpt = checkpoint.Checkpointer(
+        workdir, save_every_steps=config.save_every_steps, keep=config.keep_checkpoints,
+        async_save=config.async_checkpointing,
+        metadata={**metadata, 'data': {key: config[key] for key in _DATA_KEYS}})
+    state = ckpt.restore(abstract_train_state(model_cfg, optimizer, mesh), train_iter)
+    # Written only once the checkpoints accepted this config: a refused resume must not
+    # leave the workdir describing a model its checkpoints are not.
+    if is_main:
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+        f.write(config.to_json_best_effort(indent=2))
+      checkpoint.save_model_config(workdir, model_cfg)
+    if state is None:
+      state = create_train_state(model_cfg, optimizer, mesh, config.seed)
+    train_step = make_train_step(model_cfg, config, mesh, optimizer, schedule)
+    eval_step = make_eval_step(model_cfg, config, mesh, optimizer)
+    writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+    counts = metrics_lib.param_split(state.params)
+    peak = metrics_lib.peak_flops(jax.devices()[0], config.peak_tflops)
+    step = int(state.step)
+    logging.info('%s parameters (%s non-embedding); starting at step %d',
+                 f"{counts['total']:,}", f"{counts['total'] - counts['embedding']:,}", step)
+
+    bleu_pairs = []
+    if tokenizer is not None and config.num_bleu_sentences:
+      from transformer_jax import input_pipeline
+      bleu_pairs = input_pipeline.load_raw(config, config.bleu_split)
+      if config.num_bleu_sentences > 0:
+        bleu_pairs = bleu_pairs[:config.num_bleu_sentences]
+
+    def run_eval(label: str, params: Any) -> None:
+      start = time.perf_counter()
+      scalars = evaluate(eval_step, params, eval_ds, mesh, config.num_eval_batches)
+      if bleu_pairs:
+        scores, hypotheses = translate_and_score(params, model_cfg, tokenizer, bleu_pairs,
+                                                 config.decode_batch_size, config.max_eval_len)
+        scalars['bleu'], scalars['bleu_tokenized'] = scores.sacrebleu, scores.tokenized
+        if is_main:
+          from transformer_jax import bleu
+          path = os.path.join(workdir, 'translations', f'{label}_step{step}.txt')
+          bleu.write_hypotheses(path, hypotheses)
+          logging.info('step %d %s on %d %s sentences: %s; translations in %s', step, label,
+                       len(bleu_pairs), config.bleu_split, bleu.format_scores(scores), path)
+      scalars['seconds'] = time.perf_counter() - start
+      writer.write(step, {**{f'{label}/{k}': v for k, v in scalars.items()},
+                          'train/minutes': train_seconds / 60})
+      line = f'step {step} ({train_seconds / 60:.1f} train min) {label}: ' + ', '.join(
+          f'{k} {v:.3f}' for k, v in scalars.items())
+      logging.info('%s', line)
+      if not bar.disable:
+        bar.write(line)
+
+    # The training seconds of earlier runs count against the budget (a preempted or
+    # finished run resumes with what is left of it, not a new budget).
+    interval, pending, eval_steps = _Interval(), None, []
+    train_seconds = float(ckpt.restored_progress.get('train_seconds', 0.0))
+    bar = _progress_bar(config, step, train_seconds,
+                        is_main and config.progress_bar and sys.stderr.isatty())
+    budget = config.train_minutes * 60 or float('inf')
+    eval_interval_s = config.eval_every_minutes * 60
+
+    def next_eval_after(seconds: float) -> float:  # the next multiple of the interval
+      return (seconds // eval_interval_s + 1) * eval_interval_s if eval_interval_s else float('inf')
+
+    next_eval_seconds = next_eval_after(train_seconds)
     last = time.perf_counter()
 
     def trained() -> float:  # seconds of training so far, the steps in flight included
