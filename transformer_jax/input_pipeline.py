@@ -267,9 +267,14 @@ def load_raw(config: ml_collections.ConfigDict, split: str) -> list[tuple[str, s
 # ---------------------------------------------------------------- vocabulary
 
 
+def vocab_path(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The run's SentencePiece model: config.vocab_path, default <workdir>/spm.model."""
+  return config.vocab_path or os.path.join(workdir, 'spm.model')
+
+
 def get_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> tokenizer_lib.Tokenizer:
-  """The tokenizer at config.vocab_path (default <workdir>/spm.model); trained if absent."""
-  path = config.vocab_path or os.path.join(workdir, 'spm.model')
+  """The tokenizer at `vocab_path(config, workdir)`; trained there first if absent."""
+  path = vocab_path(config, workdir)
 
   def sentences() -> Iterator[str]:
     for pair in iterate_pairs(raw_dataset(config, 'train')):

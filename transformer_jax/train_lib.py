@@ -573,9 +573,12 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
     model_cfg = model_config(config, config.vocab_size if tokenizer is None
                              else tokenizer.vocab_size)
     optimizer, schedule = create_optimizer(config, model_cfg.d_model)
-    vocab_path = config.vocab_path or os.path.join(workdir, 'spm.model')
-    metadata = ({'model_config': checkpoint.model_config_to_dict(model_cfg)} if tokenizer is None
-                else checkpoint.training_metadata(model_cfg, vocab_path))
+    if tokenizer is None:
+      metadata = {'model_config': checkpoint.model_config_to_dict(model_cfg)}
+    else:  # the vocabulary the tokenizer was loaded from (tf.data is set up: TF is here)
+      from transformer_jax import input_pipeline
+      metadata = checkpoint.training_metadata(model_cfg,
+                                              input_pipeline.vocab_path(config, workdir))
     ckpt = checkpoint.Checkpointer(
         workdir, save_every_steps=config.save_every_steps, keep=config.keep_checkpoints,
         async_save=config.async_checkpointing,
