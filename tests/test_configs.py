@@ -93,6 +93,14 @@ def test_out_of_range_values_are_rejected_with_their_names():
   config.max_len = 512
   with pytest.raises(ValueError, match=r'^config.max_len=512 exceeds config.model.max_len=256'):
     train_lib.validate_config(config)
+  # The model's values are TransformerConfig's to check, named by their config key.
+  for key, value, message in (('dropout_rate', 1.0, r'dropout_rate must be in \[0, 1\)'),
+                              ('num_heads', 0, 'num_heads must be a positive integer'),
+                              ('num_encoder_layers', 0, 'num_encoder_layers must be a positive')):
+    config = _load('tiny.py')
+    config.model[key] = value
+    with pytest.raises(ValueError, match=rf'^config.model: {message}'):
+      train_lib.validate_config(config)
 
 
 def _train_cli(*flags):

@@ -151,17 +151,16 @@ def _unknown_keys(config: Mapping[str, Any], reference: Mapping[str, Any],
   return unknown
 
 
-# Numeric keys checked by `validate_config`: the rule each value must satisfy.
+# Numeric keys checked by `validate_config`: the rule each value must satisfy (the model's
+# values are checked by TransformerConfig itself).
 _VALUE_RULES = (
     (('vocab_size', 'max_len', 'max_eval_len', 'batch_size', 'tokens_per_batch', 'shuffle_buffer',
       'warmup_steps', 'learning_rate_multiplier', 'grad_accum_steps', 'log_every_steps',
-      'eval_every_steps', 'save_every_steps', 'decode_batch_size', 'max_decode_len',
-      'model.d_model', 'model.d_ff', 'model.num_heads', 'model.max_len'),
+      'eval_every_steps', 'save_every_steps', 'decode_batch_size', 'max_decode_len'),
      '> 0', lambda v: v > 0),
     (('num_train_steps', 'train_minutes', 'eval_every_minutes', 'cooldown_steps',
       'grad_clip_norm', 'average_last'), '>= 0', lambda v: v >= 0),
-    (('label_smoothing', 'model.dropout_rate', 'model.attention_dropout_rate'),
-     'in [0, 1)', lambda v: 0 <= v < 1),
+    (('label_smoothing',), 'in [0, 1)', lambda v: 0 <= v < 1),
     (('num_eval_batches',), '-1 (all) or > 0', lambda v: v == -1 or v > 0),
     (('num_bleu_sentences',), '-1 (all) or >= 0', lambda v: v >= -1),
 )
@@ -178,6 +177,11 @@ def validate_config(config: Mapping[str, Any]) -> None:
   get = lambda key: functools.reduce(lambda c, k: c[k], key.split('.'), config)
   bad = [f'config.{key}={get(key)!r} must be {rule}' for keys, rule, ok in _VALUE_RULES
          for key in keys if not (isinstance(get(key), (int, float)) and ok(get(key)))]
+  if not bad:
+    try:  # TransformerConfig's own checks, before the (slow) data set-up
+      model_config(config, get('vocab_size'))
+    except ValueError as e:
+      bad = [str(e)]
   if not bad:  # the lengths are positive numbers: do they fit the position table?
     bad = [f'config.{key}={get(key)} exceeds config.model.max_len={get("model.max_len")}, '
            'the positions the model has' for key in ('max_len', 'max_eval_len')
@@ -187,13 +191,17 @@ def validate_config(config: Mapping[str, Any]) -> None:
 
 
 def model_config(config: Any, vocab_size: int) -> TransformerConfig:
-  """TransformerConfig from `config.model` and the tokenizer's vocabulary size."""
+  """TransformerConfig from `config.model` and the tokenizer's vocabulary size; a value
+  it refuses is a ValueError naming the config.model key."""
   values = dict(config.model.to_dict() if hasattr(config.model, 'to_dict') else config.model)
   for key in ('dtype', 'param_dtype'):
     if values[key] not in _DTYPES:
       raise ValueError(f'config.model.{key}={values[key]!r}: expected one of {sorted(_DTYPES)}')
     values[key] = _DTYPES[values[key]]
-  return TransformerConfig(vocab_size=vocab_size, **values)
+  try:
+    return TransformerConfig(vocab_size=vocab_size, **values)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f'config.model: {e}') from None
 
 
 # ------------------------------------------------------------------------- optimizer
