@@ -4,16 +4,18 @@ The paper's base dimensions (d_model 512, d_ff 2048, 8 heads, 6+6 layers, post-L
 sinusoidal positions, shared embeddings) with random weights, a shared vocabulary of
 `--vocab` (default 32000) pieces; a batch of 8 sentences x 32 source tokens; beam 4;
 exactly 64 output tokens per sentence (EOS banned until then) so that every system does
-the same work. The peers decode the same random source ids with the same dimensions:
-`MarianMTModel.generate` (PyTorch, float32) and CTranslate2 (that Marian model converted
-with `TransformersConverter`, float32 and int8). A missing peer package is skipped with
-a message. Each system runs once to warm up (compilation), then `--repeats` timed runs;
-the table reports the fastest run (wall clock) and its CPU time (all threads). By default
-every system uses all cores; `--single_thread` pins each to one thread (XLA, torch and
-CTranslate2 alike), which compares work rather than parallel scaling on a busy machine.
+the same work (`--batch` changes the 8). The peers decode the same random source ids with
+the same dimensions: `MarianMTModel.generate` (PyTorch, float32) and CTranslate2 (that
+Marian model converted with `TransformersConverter`, float32 and int8). A missing peer
+package is skipped with a message. Each system runs once to warm up (compilation), then
+`--repeats` timed runs; the table reports the fastest run (wall clock) and its CPU time
+(all threads). By default every system uses all cores; `--single_thread` pins each to one
+thread (XLA, torch and CTranslate2 alike), which compares work rather than parallel
+scaling on a busy machine. On a GPU host JAX uses the GPU and `--torch_device cuda` puts
+the HuggingFace model there too (CTranslate2 stays on the CPU).
 
   python benchmarks/bench_decode.py [--vocab 32000] [--repeats 3] [--single_thread]
-      [--systems jax,jax-bf16,hf,ct2] [--jax_cpu_devices 2]
+      [--systems jax,jax-bf16,hf,ct2] [--jax_cpu_devices 2] [--batch 8] [--torch_device cpu]
 
 Benchmark-only packages (torch, transformers, ctranslate2) are imported here only.
 """
@@ -31,7 +33,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-BATCH, SOURCE_LEN, OUTPUT_LEN, BEAM = 8, 32, 64, 4
+SOURCE_LEN, OUTPUT_LEN, BEAM = 32, 64, 4
 PAD, EOS = 0, 1
 
 
@@ -114,10 +116,11 @@ def build_marian(vocab: int) -> Any:
   return transformers.MarianMTModel(config).eval()
 
 
-def bench_hf(model: Any, source: np.ndarray, repeats: int) -> Result:
-  """MarianMTModel.generate: beam 4, min_new_tokens = max_new_tokens = 64."""
+def bench_hf(model: Any, source: np.ndarray, repeats: int, device: str) -> Result:
+  """MarianMTModel.generate on `device`: beam 4, min_new_tokens = max_new_tokens = 64."""
   import torch
-  input_ids = torch.as_tensor(source, dtype=torch.long)
+  model = model.to(device)
+  input_ids = torch.as_tensor(source, dtype=torch.long, device=device)
   mask = torch.ones_like(input_ids)
 
   def run() -> int:
@@ -125,9 +128,9 @@ def bench_hf(model: Any, source: np.ndarray, repeats: int) -> Result:
       out = model.generate(input_ids=input_ids, attention_mask=mask, num_beams=BEAM,
                            do_sample=False, min_new_tokens=OUTPUT_LEN,
                            max_new_tokens=OUTPUT_LEN)
-    return int((out[:, 1:] != model.config.pad_token_id).sum())  # without the start token
+    return int((out[:, 1:] != model.config.pad_token_id).sum())  # .sum() waits for the GPU
 
-  return time_runs(f'HuggingFace Marian (torch {torch.__version__})', run, repeats)
+  return time_runs(f'HuggingFace Marian (torch {torch.__version__}, {device})', run, repeats)
 
 
 class _Vocabulary:
@@ -191,6 +194,8 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser.add_argument('--single_thread', action='store_true', help='one thread per system')
   parser.add_argument('--jax_cpu_devices', type=int, default=1,
                       help='split the JAX batch over this many virtual CPU devices')
+  parser.add_argument('--batch', type=int, default=8, help='sentences per batch')
+  parser.add_argument('--torch_device', default='cpu', help="HuggingFace's device: cpu, cuda")
   args = parser.parse_args(argv)
   systems = args.systems.split(',')
   threads = 1 if args.single_thread else (os.cpu_count() or 1)
@@ -202,10 +207,11 @@ def main(argv: Optional[list[str]] = None) -> None:
                                f' --xla_force_host_platform_device_count={args.jax_cpu_devices}')
   import jax
   # Ids 3 .. vocab - 2: no padding, EOS or unk in any system's convention.
-  source = np.random.default_rng(0).integers(3, args.vocab - 1, (BATCH, SOURCE_LEN))
+  batch = args.batch
+  source = np.random.default_rng(0).integers(3, args.vocab - 1, (batch, SOURCE_LEN))
   print(f'machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}; '
         f'jax {jax.__version__} on {jax.devices()[0].platform}', flush=True)
-  print(f'base model, vocab {args.vocab}, batch {BATCH} x {SOURCE_LEN} source tokens, '
+  print(f'base model, vocab {args.vocab}, batch {batch} x {SOURCE_LEN} source tokens, '
         f'beam {BEAM}, {OUTPUT_LEN} output tokens forced, {threads} thread(s)', flush=True)
 
   results: list[Result] = []
@@ -223,8 +229,9 @@ def main(argv: Optional[list[str]] = None) -> None:
   elif peers:
     print(f'HuggingFace and CTranslate2 {reason}', flush=True)
   if marian is not None and 'hf' in systems:
-    results.append(bench_hf(marian, source, args.repeats))
-  if marian is not None and 'ct2' in systems:
+    results.append(bench_hf(marian, source, args.repeats, args.torch_device))
+  if marian is not None and 'ct2' in systems:  # converted from the CPU copy
+    marian = marian.to('cpu')
     if reason := _missing('ctranslate2'):
       print(f'CTranslate2 {reason}', flush=True)
     else:
@@ -240,9 +247,9 @@ def main(argv: Optional[list[str]] = None) -> None:
   for r in results:
     vs_hf = f'{r.tokens_per_second / hf.tokens_per_second:.2f}x' if hf else '-'
     runs = ' '.join(f'{s:.2f}' for s in r.seconds)
-    print(f'| {r.name} | {r.best:.2f} | {r.best_cpu:.2f} | {BATCH / r.best:.2f} | '
+    print(f'| {r.name} | {r.best:.2f} | {r.best_cpu:.2f} | {batch / r.best:.2f} | '
           f'{r.tokens_per_second:.0f} | {vs_hf} | {runs} |')
-  bad = [r.name for r in results if r.output_tokens != BATCH * OUTPUT_LEN]
+  bad = [r.name for r in results if r.output_tokens != batch * OUTPUT_LEN]
   if bad:
     print(f'warning: not exactly {OUTPUT_LEN} tokens per sentence from {bad}', file=sys.stderr)
 
