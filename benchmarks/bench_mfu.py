@@ -76,7 +76,8 @@ def bench(name: str, args: argparse.Namespace, mesh: jax.sharding.Mesh) -> dict:
   optimizer, schedule = train_lib.create_optimizer(RECIPE, cfg.d_model)
   step = train_lib.make_train_step(cfg, RECIPE, mesh, optimizer, schedule)  # traced once, below
   abstract = train_lib.abstract_train_state(cfg, optimizer, mesh)
-  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh))
+  batch_sharding = sharding.batch_sharding(mesh)
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
                     for k, v in batch.items()}
   start = time.perf_counter()
   compiled = step.lower(abstract, abstract_batch).compile()
@@ -207,8 +208,8 @@ def main() -> None:
   args = parser.parse_args()
   mesh = sharding.create_mesh(tuple(int(d) for d in args.mesh.split(',')))
   print('| model | device | remat | batch | step (s) | synced step (s) | target tok/s '
-        '| model TFLOP/s | MFU | peak GiB/device |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|',
-        flush=True)
+        '| model TFLOP/s | MFU | peak GiB/device |\n'
+        '|---|---|---|---|---:|---:|---:|---:|---:|---:|', flush=True)
   for name in args.models.split(','):
     result = bench(name, args, mesh)
     print(row(result), flush=True)

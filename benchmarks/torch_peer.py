@@ -191,7 +191,8 @@ def main() -> None:
       if trained >= marks[0] * 60:
         score = _bleu(model, sp, test_src, test_ref)
         record = {'system': 'torch', 'minutes': marks.pop(0), 'step': step, 'loss': loss,
-                  'test_bleu': score, 'test_verses': len(test_src), 'pre_norm': bool(args.pre_norm), 'warmup': args.warmup}
+                  'test_bleu': score, 'test_verses': len(test_src),
+                  'pre_norm': bool(args.pre_norm), 'warmup': args.warmup}
         print(json.dumps(record), flush=True)
         with open(args.out, 'a', encoding='utf-8') as f:
           f.write(json.dumps(record) + '\n')

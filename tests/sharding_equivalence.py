@@ -104,13 +104,14 @@ def main():
     mesh = sharding.create_mesh(shape)
     losses, state, specs = run(mesh)
     restored = ckpt.restore(train_lib.abstract_train_state(MODEL, optimizer, mesh))
+    probe = leaf(restored.params, next(iter(PROBES)))
     odd_vocab = nn.Partitioned(jax.ShapeDtypeStruct((37, 32), jnp.float32), ('vocab', 'embed'))
     print(json.dumps({
         'mesh': list(shape), 'losses': losses,
         'max_param_diff': max_diff(state.params, ref_state.params),
         'restore_diff': max_diff(restored, ref_state), 'specs': specs,
-        'restored_spec': list(leaf(restored.params, next(iter(PROBES))).sharding.spec),
-        'restored_mesh': list(leaf(restored.params, next(iter(PROBES))).sharding.mesh.shape.values()),
+        'restored_spec': list(probe.sharding.spec),
+        'restored_mesh': list(probe.sharding.mesh.shape.values()),
         'constraint': constraint_spec(mesh),
         'odd_vocab': list(sharding.tree_shardings(odd_vocab, mesh).spec),
         'padded_batch': np.asarray(sharding.shard_batch(

@@ -174,7 +174,8 @@ def test_translate_batch_and_trim(tiny_config, params, sources):
 
 def test_beam_search_finds_the_exhaustive_optimum():
   """Vocabulary 6 (4 real words + pad + EOS), outputs of at most 4 tokens: a beam of 320
-  keeps every candidate of every step, so beam search must return the best-scoring sequence overall."""
+  keeps every candidate of every step, so beam search must return the best-scoring
+  sequence overall."""
   config = TransformerConfig(vocab_size=6, d_model=16, d_ff=32, num_heads=2,
                              num_encoder_layers=1, num_decoder_layers=1, max_len=16,
                              dropout_rate=0.0, logits_via_embedding=False)

@@ -55,7 +55,8 @@ def multi_head(p, xq, xkv, allowed):
 
 def feed_forward(p, x):
   """§3.3: max(0, x W1 + b1) W2 + b2."""
-  return np.maximum(0, x @ p['wi']['kernel'] + p['wi']['bias']) @ p['wo']['kernel'] + p['wo']['bias']
+  hidden = np.maximum(0, x @ p['wi']['kernel'] + p['wi']['bias'])
+  return hidden @ p['wo']['kernel'] + p['wo']['bias']
 
 
 def sublayer(x, p_norm, f, cfg):

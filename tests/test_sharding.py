@@ -13,8 +13,8 @@ from transformer_jax import sharding
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MESHES = ((8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 1, 8))
-CONSTRAINED = {(8, 1, 1): ['data'], (1, 8, 1): ['fsdp'], (2, 2, 2): [['data', 'fsdp'], None, 'tensor'],
-               (1, 1, 8): [None, None, 'tensor']}
+CONSTRAINED = {(8, 1, 1): ['data'], (1, 8, 1): ['fsdp'],
+               (2, 2, 2): [['data', 'fsdp'], None, 'tensor'], (1, 1, 8): [None, None, 'tensor']}
 
 
 @pytest.mark.parametrize('shape,devices,expected', [
