@@ -99,8 +99,8 @@ def bench(name: str, args: argparse.Namespace, mesh: jax.sharding.Mesh) -> dict:
   state = train_lib.create_train_state(cfg, optimizer, mesh, seed=0)
   global_batch = sharding.shard_batch(batch, mesh)
   for _ in range(args.warmup):
-    state, out = compiled(state, global_batch)
-  jax.block_until_ready((state, out))
+    state, _ = compiled(state, global_batch)
+  jax.block_until_ready(state)
   synced = []  # each step waited for: pays the host's dispatch of every kernel in full
   for _ in range(args.steps):
     begin = time.perf_counter()
@@ -197,7 +197,7 @@ def main() -> None:
   parser.add_argument('--steps', type=int, default=10,
                       help='steps per timed round: 3 rounds of back-to-back steps, the median '
                            'round reported (and the median of as many steps each waited for)')
-  parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--warmup', type=int, default=2, help='untimed steps first (0: none)')
   parser.add_argument('--peak_tflops', type=float, default=0.0,
                       help='device peak TFLOP/s for MFU (0: by device kind)')
   parser.add_argument('--memory_only', action='store_true',
@@ -206,6 +206,8 @@ def main() -> None:
                       help='trace 3 more steps into this folder and report device time by op')
   parser.add_argument('--out', default='', help='append JSON lines here')
   args = parser.parse_args()
+  if args.steps < 1 or args.warmup < 0:
+    parser.error(f'--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}')
   mesh = sharding.create_mesh(tuple(int(d) for d in args.mesh.split(',')))
   print('| model | device | remat | batch | step (s) | synced step (s) | target tok/s '
         '| model TFLOP/s | MFU | peak GiB/device |\n'
