@@ -133,7 +133,7 @@ def test_cached_decoding_equals_full_forward(tiny_config, pre_norm):
   full = jax.jit(model.apply)({'params': params}, jnp.repeat(src, 2, axis=0), hyps)
   step = _cached_step(model, params, src)
   cache = init_cache(cfg, 2, T, S, beam_size=2)
-  assert cache['decoder']['layer_0']['cross_attention']['cached_key'].shape[0] == 2
+  assert 'cross_attention' not in cache['decoder']['layer_0']  # recomputed, hoisted by XLA
   heads, d_k = cfg.num_heads, cfg.qk_dim
   assert cache['decoder']['layer_0']['self_attention']['cached_key'].shape == (2, heads, d_k,
                                                                                T * 2)

@@ -152,16 +152,20 @@ class MultiHeadAttention(nn.Module):
         beams are reordered by changing `mask` [B, 1, G, max_len·G], which says which
         slots each hypothesis reads (see `model.slot_mask`); sown attention weights
         are then over the slots, [B·G, N, 1, max_len·G].
-      'cross': encoder-decoder attention. The encoder keys/values are projected
-        once, on the call with cache_index == 0, and reused afterwards. `inputs_kv`
-        may have fewer rows than `inputs_q` (one per sentence, beams grouped after it).
+      'cross': encoder-decoder attention; nothing is cached. The encoder keys/values
+        are projected at every call: inside a jit-compiled decoding loop they do not
+        change from step to step, and XLA's loop-invariant code motion computes them
+        once before the loop (cheaper than a per-step conditional that reads them back
+        from a cache). `inputs_kv` may have fewer rows than `inputs_q` (one per
+        sentence, its hypotheses grouped after it).
     At initialisation (no cache yet) the cache is created with the call's shapes.
     """
     query = self._project(inputs_q, self.qk_dim, 'query')
     want_weights = self.is_mutable_collection('intermediates')
     if cache_mode is not None:
-      if cache_mode == 'cross':
-        key, value = self._cross_cache(inputs_kv, cache_index)
+      if cache_mode == 'cross':  # loop-invariant: XLA hoists it out of a decoding loop
+        key, value = _cache_layout(self._project(inputs_kv, self.qk_dim, 'key'),
+                                   self._project(inputs_kv, self.v_dim, 'value'))
       else:
         key, value, mask = self._self_cache(self._project(inputs_kv, self.qk_dim, 'key'),
                                             self._project(inputs_kv, self.v_dim, 'value'),
@@ -215,25 +219,3 @@ class MultiHeadAttention(nn.Module):
     cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, 0, 0, slot))
     cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, 0, slot, 0))
     return cached_key.value, cached_value.value, mask
-
-  def _cross_cache(self, inputs_kv: Array, cache_index: Optional[Array]) -> tuple[Array, Array]:
-    """Project encoder states [B, K, D] once and keep them in the cache (cache layout)."""
-    initializing = not self.has_variable('cache', 'cached_key')
-    if initializing:
-      key, value = _cache_layout(self._project(inputs_kv, self.qk_dim, 'key'),
-                                 self._project(inputs_kv, self.v_dim, 'value'))
-      self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
-      self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
-      return key, value
-
-    def compute(mdl: 'MultiHeadAttention', x: Array) -> tuple[Array, Array]:
-      return _cache_layout(mdl._project(x, mdl.qk_dim, 'key'), mdl._project(x, mdl.v_dim, 'value'))
-
-    def reuse(mdl: 'MultiHeadAttention', x: Array) -> tuple[Array, Array]:
-      del x
-      return mdl.get_variable('cache', 'cached_key'), mdl.get_variable('cache', 'cached_value')
-
-    key, value = nn.cond(cache_index == 0, compute, reuse, self, inputs_kv)
-    self.put_variable('cache', 'cached_key', key)
-    self.put_variable('cache', 'cached_value', value)
-    return key, value

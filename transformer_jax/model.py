@@ -413,9 +413,8 @@ def init_cache(config: TransformerConfig, batch_size: int, max_decode_len: int,
   Decoder rows are sentence-major (row b·beam_size + j is hypothesis j of sentence b):
   self-attention caches hold one slot per step and beam, keys [B, N, d_k, L·beam] and
   values [B, N, L·beam, d_v] (L = max_decode_len), with the slot history
-  `decoder/history` [B, beam, L] (see `reorder_beams`); cross-attention caches hold the
-  projected encoder states once per sentence, [B, N, d_k, source_len] and
-  [B, N, source_len, d_v]. Decode with targets [B·beam, 1] and encoder states / source
+  `decoder/history` [B, beam, L] (see `reorder_beams`). Cross-attention keeps no cache
+  (see `MultiHeadAttention`). Decode with targets [B·beam, 1] and encoder states / source
   ids of [B] rows. Every leaf but the scalar `index` has the sentences first.
   """
   if max(max_decode_len, source_len) > config.max_len:
