@@ -161,21 +161,18 @@ class MultiHeadAttention(nn.Module):
     At initialisation (no cache yet) the cache is created with the call's shapes.
     """
     query = self._project(inputs_q, self.qk_dim, 'query')
+    key = self._project(inputs_kv, self.qk_dim, 'key')
+    value = self._project(inputs_kv, self.v_dim, 'value')
     want_weights = self.is_mutable_collection('intermediates')
     if cache_mode is not None:
       if cache_mode == 'cross':  # loop-invariant: XLA hoists it out of a decoding loop
-        key, value = _cache_layout(self._project(inputs_kv, self.qk_dim, 'key'),
-                                   self._project(inputs_kv, self.v_dim, 'value'))
+        key, value = _cache_layout(key, value)
       else:
-        key, value, mask = self._self_cache(self._project(inputs_kv, self.qk_dim, 'key'),
-                                            self._project(inputs_kv, self.v_dim, 'value'),
-                                            mask, cache_index)
+        key, value, mask = self._self_cache(key, value, mask, cache_index)
       out, weights = _attend_cache(query, key, value, mask, self)
     else:
-      key = nn.with_logical_constraint(self._project(inputs_kv, self.qk_dim, 'key'),
-                                       ('batch', 'length', 'heads', 'kv'))
-      value = nn.with_logical_constraint(self._project(inputs_kv, self.v_dim, 'value'),
-                                         ('batch', 'length', 'heads', 'kv'))
+      key = nn.with_logical_constraint(key, ('batch', 'length', 'heads', 'kv'))
+      value = nn.with_logical_constraint(value, ('batch', 'length', 'heads', 'kv'))
       # jax.nn.dot_product_attention needs d_v == d_k (Table 3 row B varies d_k alone).
       fused = self.qk_dim == self.v_dim and not want_weights
       if not fused or (not deterministic and self.dropout_rate > 0.0):
