@@ -36,10 +36,10 @@ MODEL = TransformerConfig(vocab_size=64, d_model=32, d_ff=64, num_heads=8,
                           dropout_rate=0.1)
 PROBES = {  # leaf path -> what LOGICAL_AXIS_RULES say its PartitionSpec is.
     'source_embed/embedding': ('tensor', 'fsdp'),
-    'encoder/layer_0/ffn/wi/kernel': ('fsdp', 'tensor'),
-    'encoder/layer_0/ffn/wo/kernel': ('tensor', 'fsdp'),
-    'decoder/layer_0/self_attention/query/kernel': ('fsdp', 'tensor', None),
-    'decoder/layer_0/cross_attention/out/kernel': ('tensor', None, 'fsdp'),
+    'encoder/layer_0/ffn/wi/kernel': ('tensor', 'fsdp'),
+    'encoder/layer_0/ffn/wo/kernel': ('fsdp', 'tensor'),
+    'decoder/layer_0/self_attention/query/kernel': ('tensor', None, 'fsdp'),
+    'decoder/layer_0/cross_attention/out/kernel': ('fsdp', 'tensor', None),
 }
 
 

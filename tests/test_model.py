@@ -287,5 +287,5 @@ def test_explicit_and_fused_attention_agree_and_d_v_may_differ(tiny_config, tiny
   cfg = tiny_config.replace(d_k=4, d_v=12)
   model = Transformer(cfg)
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), src, tgt)['params'])
-  assert params['encoder']['layer_0']['self_attention']['value']['kernel'].shape == (32, 4, 12)
+  assert params['encoder']['layer_0']['self_attention']['value']['kernel'].shape == (4, 12, 32)
   assert jax.jit(model.apply)({'params': params}, src, tgt).shape == (2, T, 40)

@@ -43,20 +43,20 @@ def softmax(x):
 def multi_head(p, xq, xkv, allowed):
   """§3.2.2 for one sentence: xq [Q, D], xkv [K, D], allowed [Q, K] -> [Q, D]."""
   heads = []
-  for n in range(p['query']['kernel'].shape[1]):
-    q = xq @ p['query']['kernel'][:, n] + p['query']['bias'][n]
-    k = xkv @ p['key']['kernel'][:, n] + p['key']['bias'][n]
-    v = xkv @ p['value']['kernel'][:, n] + p['value']['bias'][n]
+  for n in range(p['query']['kernel'].shape[0]):  # kernels are [N, H, D]
+    q = xq @ p['query']['kernel'][n].T + p['query']['bias'][n]
+    k = xkv @ p['key']['kernel'][n].T + p['key']['bias'][n]
+    v = xkv @ p['value']['kernel'][n].T + p['value']['bias'][n]
     scores = np.where(allowed, q @ k.T / np.sqrt(k.shape[-1]), NEG)
     heads.append(softmax(scores) @ v)
-  w_o = p['out']['kernel'].reshape(-1, p['out']['kernel'].shape[-1])  # [N·d_v, D]
+  w_o = p['out']['kernel'].reshape(p['out']['kernel'].shape[0], -1).T  # [D, N, d_v] -> [N·d_v, D]
   return np.concatenate(heads, axis=-1) @ w_o + p['out']['bias']
 
 
 def feed_forward(p, x):
   """§3.3: max(0, x W1 + b1) W2 + b2."""
-  hidden = np.maximum(0, x @ p['wi']['kernel'] + p['wi']['bias'])
-  return hidden @ p['wo']['kernel'] + p['wo']['bias']
+  hidden = np.maximum(0, x @ p['wi']['kernel'].T + p['wi']['bias'])  # kernels [out, in]
+  return hidden @ p['wo']['kernel'].T + p['wo']['bias']
 
 
 def sublayer(x, p_norm, f, cfg):

@@ -84,10 +84,10 @@ def test_meshes_match_one_device():
     assert r['specs'] == {
         'source_embed/embedding': ['tensor', 'fsdp'],
         'opt_mu/source_embed/embedding': ['tensor', 'fsdp'],
-        'encoder/layer_0/ffn/wi/kernel': ['fsdp', 'tensor'],
-        'encoder/layer_0/ffn/wo/kernel': ['tensor', 'fsdp'],
-        'decoder/layer_0/self_attention/query/kernel': ['fsdp', 'tensor', None],
-        'decoder/layer_0/cross_attention/out/kernel': ['tensor', None, 'fsdp'],
+        'encoder/layer_0/ffn/wi/kernel': ['tensor', 'fsdp'],
+        'encoder/layer_0/ffn/wo/kernel': ['fsdp', 'tensor'],
+        'decoder/layer_0/self_attention/query/kernel': ['tensor', None, 'fsdp'],
+        'decoder/layer_0/cross_attention/out/kernel': ['fsdp', 'tensor', None],
     }, mesh
     # An activation constrained to ('batch', 'length', 'mlp') under use_mesh
     # (XLA drops mesh axes of size 1 from the resulting spec).

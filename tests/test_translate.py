@@ -176,7 +176,9 @@ def test_end_to_end_cli_matches_library(workdir, tmp_path):
   assert result.returncode == 0, result.stderr
   lines = output.read_text(encoding='utf-8').split('\n')
   assert lines[-1] == '' and len(lines[:-1]) == len(LINES)
-  assert [bool(x) for x in lines[:-1]] == [bool(x.strip()) for x in LINES]
+  # Blank inputs give empty lines; the (untrained) model may also end a real one at once.
+  assert all(out == '' for out, line in zip(lines, LINES) if not line.strip())
+  assert any(lines[:-1])
   # --reference: both BLEU scores of the written output, side by side, on stderr.
   scores = bleu.format_scores(bleu.corpus_bleu(lines[:-1], LINES))
   assert scores in result.stderr.splitlines(), result.stderr

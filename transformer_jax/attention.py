@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from transformer_jax.linear import Linear
+
 Array = jax.Array
 Dtype = Any
 
@@ -127,14 +129,9 @@ class MultiHeadAttention(nn.Module):
   implementation: Optional[str] = None
 
   def _project(self, x: Array, head_dim: int, name: str) -> Array:
-    """[B, L, D] -> [B, L, N, head_dim]."""
-    init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
-    return nn.Einsum(
-        (x.shape[-1], self.num_heads, head_dim), 'bld,dnh->blnh', use_bias=True,
-        dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.with_logical_partitioning(init, ('embed', 'heads', 'kv')),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('heads', 'kv')),
-        name=name)(x)
+    """[B, L, D] -> [B, L, N, head_dim] (kernel [N, head_dim, D])."""
+    return Linear((self.num_heads, head_dim), ('heads', 'kv', 'embed'), dtype=self.dtype,
+                  param_dtype=self.param_dtype, name=name)(x)
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array] = None,
@@ -186,13 +183,8 @@ class MultiHeadAttention(nn.Module):
             query, key, value, mask=mask, implementation=self.implementation), None
     if want_weights and weights is not None:
       self.sow('intermediates', 'attention_weights', weights)
-    init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
-    return nn.Einsum(
-        (self.num_heads, out.shape[-1], self.out_dim), 'blnh,nhd->bld', use_bias=True,
-        dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.with_logical_partitioning(init, ('heads', 'kv', 'embed')),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
-        name='out')(out)
+    return Linear((self.out_dim,), ('embed', 'heads', 'kv'), num_in=2, dtype=self.dtype,
+                  param_dtype=self.param_dtype, name='out')(out)
 
   def _self_cache(self, key: Array, value: Array, mask: Array, cache_index: Optional[Array]
                   ) -> tuple[Array, Array, Optional[Array]]:

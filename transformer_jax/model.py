@@ -23,6 +23,7 @@ from jax import lax
 
 from transformer_jax.attention import (MultiHeadAttention, causal_mask, combine_masks,
                                        padding_mask, segment_mask)
+from transformer_jax.linear import Linear, project
 
 Array = jax.Array
 
@@ -174,7 +175,7 @@ class Embed(nn.Module):
     Not rescaled: with the N(0, D^-0.5) init a unit-variance `x` gives logits of
     std ~1 (the input side multiplies by sqrt(D) instead, as in the paper, §3.4).
     """
-    return jnp.einsum('bld,vd->blv', x, jnp.asarray(self.embedding, self.config.dtype))
+    return project(x, jnp.asarray(self.embedding, self.config.dtype))
 
 
 class FeedForward(nn.Module):
@@ -184,16 +185,11 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     cfg = self.config
-    init = nn.initializers.xavier_uniform()
-    h = nn.Dense(cfg.d_ff, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                 kernel_init=nn.with_logical_partitioning(init, ('embed', 'mlp')),
-                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)),
-                 name='wi')(x)
+    h = Linear((cfg.d_ff,), ('mlp', 'embed'), dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+               name='wi')(x)
     h = nn.with_logical_constraint(nn.relu(h), ('batch', 'length', 'mlp'))
-    return nn.Dense(cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                    kernel_init=nn.with_logical_partitioning(init, ('mlp', 'embed')),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
-                    name='wo')(h)
+    return Linear((cfg.d_model,), ('embed', 'mlp'), dtype=cfg.dtype,
+                  param_dtype=cfg.param_dtype, name='wo')(h)
 
 
 def _layer_norm(cfg: TransformerConfig, name: str) -> nn.LayerNorm:
@@ -348,11 +344,8 @@ class Decoder(nn.Module):
     if cfg.logits_via_embedding:
       logits = self.embed.attend(y)
     else:
-      logits = nn.Dense(cfg.output_vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                        kernel_init=nn.with_logical_partitioning(
-                            nn.initializers.xavier_uniform(), ('embed', 'vocab')),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
-                        name='logits')(y)
+      logits = Linear((cfg.output_vocab_size,), ('vocab', 'embed'), dtype=cfg.dtype,
+                      param_dtype=cfg.param_dtype, name='logits')(y)
     logits = nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
     return logits.astype(jnp.float32)
 
