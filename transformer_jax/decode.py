@@ -49,12 +49,13 @@ def _decode_step(params: Params, config: TransformerConfig, cache: Any, encoded:
   return logits[:, 0], state['cache']
 
 
-def _log_probs(logits: Array, length: Array, min_len: Array, eos_id: int) -> Array:
-  """Log-softmax of [..., V] logits for the `length`-th output token, with padding banned
-  and EOS banned until `min_len` tokens precede it."""
+def _masked_logits(logits: Array, length: Array, min_len: Array, eos_id: int) -> Array:
+  """[..., V] logits for the `length`-th output token with padding banned (-inf), and EOS
+  banned until `min_len` tokens precede it. Log-probabilities are these minus their
+  logsumexp."""
   vocab = jnp.arange(logits.shape[-1])
   banned = (vocab == PAD_ID) | ((vocab == eos_id) & (length <= min_len))
-  return jax.nn.log_softmax(jnp.where(banned, NEG_INF, logits), axis=-1)
+  return jnp.where(banned, NEG_INF, logits)
 
 
 def _length_limits(inputs: Array, max_extra_len: Array, max_decode_len: int) -> Array:
@@ -103,14 +104,15 @@ def _sample_loop(params: Params, config: TransformerConfig, inputs: Array, rng: 
   def body(state):
     step, tokens, previous, done, scores, cache = state
     logits, cache = _decode_step(params, config, cache, encoded, inputs, previous)
-    log_probs = _log_probs(logits, step + 1, min_len, eos_id)
+    logits = _masked_logits(logits, step + 1, min_len, eos_id)
     if greedy:
-      token = jnp.argmax(log_probs, axis=-1)
-    else:
+      token = jnp.argmax(logits, axis=-1)
+    else:  # sampling is invariant to the logsumexp shift: no need to normalise first
       key = jax.random.fold_in(rng, step)
-      token = jax.random.categorical(key, filter_logits(log_probs, temperature, top_k))
+      token = jax.random.categorical(key, filter_logits(logits, temperature, top_k))
     token = jnp.where(done, PAD_ID, token).astype(jnp.int32)
-    token_log_prob = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
+    token_log_prob = (jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0]
+                      - jax.nn.logsumexp(logits, axis=-1))
     scores = scores + jnp.where(done, 0.0, token_log_prob)
     tokens = lax.dynamic_update_slice(tokens, token[:, None], (0, step))
     done = done | (token == eos_id) | (step + 1 >= limits)
@@ -178,12 +180,17 @@ def _beam_search(params: Params, config: TransformerConfig, inputs: Array, alpha
                                         keepdims=False)
     previous = jnp.where(step > 0, previous, PAD_ID).reshape(batch * k)
     logits, cache = _decode_step(params, config, cache, encoded, inputs, previous)
-    log_probs = _log_probs(logits, step + 1, min_len, eos_id).reshape(batch, k, -1)
-    vocab = log_probs.shape[-1]
-    candidates = (alive_log_probs[:, :, None] + log_probs).reshape(batch, k * vocab)
+    logits = _masked_logits(logits, step + 1, min_len, eos_id)  # [B·K, V]
+    # The 2K best continuations of a sentence are among the 2K best of each of its
+    # hypotheses: rank those (K·2K candidates, not K·V), then normalise only them.
+    width = min(2 * k, logits.shape[-1])
+    beam_logits, beam_tokens = lax.top_k(logits, width)
+    beam_log_probs = beam_logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    candidates = alive_log_probs[:, :, None] + beam_log_probs.reshape(batch, k, width)
     # 2K candidates: at most K of them end in EOS, so K can stay alive.
-    top_log_probs, top_index = lax.top_k(candidates, 2 * k)
-    origin, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
+    top_log_probs, top_index = lax.top_k(candidates.reshape(batch, k * width), 2 * k)
+    origin = top_index // width
+    token = jnp.take_along_axis(beam_tokens.reshape(batch, k * width), top_index, axis=1)
     top_seq = jnp.take_along_axis(alive_seq, origin[:, :, None], axis=1)
     top_seq = lax.dynamic_update_slice(top_seq, token[:, :, None], (0, 0, step))
     is_eos = token == eos_id
