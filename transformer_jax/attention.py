@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from transformer_jax.linear import Linear
+from transformer_jax.linear import Linear, project
 
 Array = jax.Array
 Dtype = Any
@@ -128,10 +128,24 @@ class MultiHeadAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
   implementation: Optional[str] = None
 
-  def _project(self, x: Array, head_dim: int, name: str) -> Array:
-    """[B, L, D] -> [B, L, N, head_dim] (kernel [N, head_dim, D])."""
-    return Linear((self.num_heads, head_dim), ('heads', 'kv', 'embed'), dtype=self.dtype,
-                  param_dtype=self.param_dtype, name=name)(x)
+  def _projections(self, inputs_q: Array, inputs_kv: Array, fused: bool
+                   ) -> tuple[Array, Array, Array]:
+    """Queries [B, Q, N, d_k], keys [B, K, N, d_k], values [B, K, N, d_v]; kernels
+    [N, head_dim, D]. `fused` (self-attention decoding: one input) computes all three
+    with one product over the kernels side by side (one weight stream, not three)."""
+    layers = [Linear((self.num_heads, dim), ('heads', 'kv', 'embed'), dtype=self.dtype,
+                     param_dtype=self.param_dtype, name=name)
+              for name, dim in (('query', self.qk_dim), ('key', self.qk_dim),
+                                ('value', self.v_dim))]
+    if not fused:
+      return tuple(layer(x) for layer, x in zip(layers, (inputs_q, inputs_kv, inputs_kv)))
+    weights = [layer.weights(inputs_q.shape[-1:]) for layer in layers]
+    kernel = jnp.concatenate([k.reshape(-1, k.shape[-1]) for k, _ in weights])
+    bias = jnp.concatenate([b.reshape(-1) for _, b in weights])
+    y = project(jnp.asarray(inputs_q, self.dtype), kernel) + bias
+    sizes = [self.num_heads * dim for dim in (self.qk_dim, self.qk_dim, self.v_dim)]
+    parts = jnp.split(y, [sizes[0], sizes[0] + sizes[1]], axis=-1)
+    return tuple(p.reshape(*p.shape[:-1], self.num_heads, -1) for p in parts)
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array] = None,
@@ -157,9 +171,7 @@ class MultiHeadAttention(nn.Module):
         sentence, its hypotheses grouped after it).
     At initialisation (no cache yet) the cache is created with the call's shapes.
     """
-    query = self._project(inputs_q, self.qk_dim, 'query')
-    key = self._project(inputs_kv, self.qk_dim, 'key')
-    value = self._project(inputs_kv, self.v_dim, 'value')
+    query, key, value = self._projections(inputs_q, inputs_kv, fused=cache_mode == 'self')
     want_weights = self.is_mutable_collection('intermediates')
     if cache_mode is not None:
       if cache_mode == 'cross':  # loop-invariant: XLA hoists it out of a decoding loop

@@ -74,9 +74,11 @@ class Linear(nn.Module):
   kernel_init: Optional[Callable[..., Array]] = None
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def weights(self, in_shape: Sequence[int]) -> tuple[Array, Optional[Array]]:
+    """The kernel [*features, *in_shape] and bias [*features] (None without bias) in the
+    compute dtype, created at initialisation."""
     features = tuple(self.features)
-    shape = features + x.shape[x.ndim - self.num_in:]
+    shape = features + tuple(in_shape)
     init = self.kernel_init or nn.initializers.xavier_uniform(
         in_axis=tuple(range(len(features), len(shape))), out_axis=tuple(range(len(features))))
     axes = tuple(self.kernel_axes) or (None,) * len(shape)
@@ -87,6 +89,10 @@ class Linear(nn.Module):
       bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros,
                                                              axes[:len(features)]),
                         features, self.param_dtype)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = project(x, kernel, self.num_in)
+    _, kernel, bias = nn.dtypes.promote_dtype(None, kernel, bias, dtype=self.dtype)
+    return kernel, bias
+
+  def __call__(self, x: Array) -> Array:
+    kernel, bias = self.weights(x.shape[x.ndim - self.num_in:])
+    y = project(jnp.asarray(x, self.dtype), kernel, self.num_in)
     return y if bias is None else y + bias
