@@ -175,7 +175,9 @@ class MultiHeadAttention(nn.Module):
     want_weights = self.is_mutable_collection('intermediates')
     if cache_mode is not None:
       if cache_mode == 'cross':  # loop-invariant: XLA hoists it out of a decoding loop
-        key, value = _cache_layout(key, value)
+        # The barrier makes the re-layout go with it: XLA's loop-invariant code motion
+        # does not hoist a lone transpose, which then ran at every step.
+        key, value = jax.lax.optimization_barrier(_cache_layout(key, value))
       else:
         key, value, mask = self._self_cache(key, value, mask, cache_index)
       out, weights = _attend_cache(query, key, value, mask, self)
