@@ -154,6 +154,20 @@ def test_filter_logits_matches_temperature_and_top_k():
   np.testing.assert_array_equal(decode.filter_logits(logits, 1.0, 10), logits)  # top_k > V
 
 
+def test_chunked_top_k_equals_lax_top_k_with_ties_and_minus_inf():
+  """Beam search ranks a hypothesis' tokens through `_top_k` (chunk maxima first): it must
+  give lax.top_k's values, indices and tie order, including many equal values."""
+  rng = np.random.default_rng(0)
+  top_k = jax.jit(decode._top_k, static_argnums=(1, 2))
+  for k, chunk in ((1, 4), (3, 4), (5, 8), (8, 4)):
+    ties = rng.integers(-3, 3, (6, 64)).astype(np.float32)  # many ties across chunks
+    ties[:, ::7] = -np.inf
+    for x in (ties, rng.normal(size=(6, 64)).astype(np.float32)):
+      want, got = jax.lax.top_k(x, k), top_k(x, k, chunk)
+      np.testing.assert_array_equal(got[0], want[0])
+      np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_translation_ignores_batch_neighbours_and_padding(tiny_config, params, sources):
   batch, batch_scores = decode.beam_search(params, tiny_config, sources, max_extra_len=4)
   for row in range(3):
