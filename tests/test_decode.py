@@ -155,15 +155,16 @@ def test_filter_logits_matches_temperature_and_top_k():
 
 
 def test_chunked_top_k_equals_lax_top_k_with_ties_and_minus_inf():
-  """Beam search ranks a hypothesis' tokens through `_top_k` (chunk maxima first): it must
-  give lax.top_k's values, indices and tie order, including many equal values."""
+  """Beam search ranks a hypothesis' tokens through `_top_k` (chunk maxima first, on
+  vocabulary-major logits): it must give lax.top_k's values, indices and tie order,
+  including many equal values."""
   rng = np.random.default_rng(0)
   top_k = jax.jit(decode._top_k, static_argnums=(1, 2))
   for k, chunk in ((1, 4), (3, 4), (5, 8), (8, 4)):
     ties = rng.integers(-3, 3, (6, 64)).astype(np.float32)  # many ties across chunks
     ties[:, ::7] = -np.inf
     for x in (ties, rng.normal(size=(6, 64)).astype(np.float32)):
-      want, got = jax.lax.top_k(x, k), top_k(x, k, chunk)
+      want, got = jax.lax.top_k(x, k), top_k(x.T, k, chunk)  # _top_k reads [V, R]
       np.testing.assert_array_equal(got[0], want[0])
       np.testing.assert_array_equal(got[1], want[1])
 

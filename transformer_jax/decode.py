@@ -49,26 +49,29 @@ def _decode_step(params: Params, config: TransformerConfig, cache: Any, encoded:
   return logits[:, 0], state['cache']
 
 
-def _masked_logits(logits: Array, length: Array, min_len: Array, eos_id: int) -> Array:
-  """[..., V] logits for the `length`-th output token with padding banned (-inf), and EOS
-  banned until `min_len` tokens precede it. Log-probabilities are these minus their
-  logsumexp."""
-  vocab = jnp.arange(logits.shape[-1])
+def _masked_logits(logits: Array, length: Array, min_len: Array, eos_id: int,
+                   axis: int = -1) -> Array:
+  """Logits (vocabulary along `axis`) for the `length`-th output token with padding banned
+  (-inf), and EOS banned until `min_len` tokens precede it. Log-probabilities are these
+  minus their logsumexp."""
+  vocab = lax.broadcasted_iota(jnp.int32, logits.shape, axis % logits.ndim)
   banned = (vocab == PAD_ID) | ((vocab == eos_id) & (length <= min_len))
   return jnp.where(banned, NEG_INF, logits)
 
 
 def _top_k(x: Array, k: int, chunk: int = 128) -> tuple[Array, Array]:
-  """`lax.top_k` over the last axis of [R, V] (same values, indices and tie order), found
-  among the k chunks of `chunk` entries with the largest maxima: one pass over x and a
-  top-k over [R, k·chunk], instead of XLA:CPU's slow top-k over the whole axis."""
-  rows, vocab = x.shape
+  """`lax.top_k` of the columns of a vocabulary-major [V, R] array -> values and indices
+  [R, k] (same values, indices and tie order), found among the k chunks of `chunk` entries
+  with the largest maxima: one pass over x and a top-k over [R, k·chunk], instead of
+  XLA:CPU's slow top-k over the whole vocabulary."""
+  vocab, rows = x.shape
   if vocab % chunk or vocab // chunk <= k:
-    return lax.top_k(x, k)
-  chunks = x.reshape(rows, vocab // chunk, chunk)
+    return lax.top_k(x.T, k)
+  chunks = x.reshape(vocab // chunk, chunk, rows)
   # Ascending chunk ids keep the candidates in vocabulary order, so ties break as in top_k.
-  best = jnp.sort(lax.top_k(jnp.max(chunks, axis=-1), k)[1], axis=-1)  # [R, k]
-  candidates = jnp.take_along_axis(chunks, best[:, :, None], axis=1).reshape(rows, -1)
+  best = jnp.sort(lax.top_k(jnp.max(chunks, axis=1).T, k)[1], axis=-1)  # [R, k]
+  candidates = jnp.take_along_axis(chunks.transpose(2, 0, 1), best[:, :, None],
+                                   axis=1).reshape(rows, -1)
   values, position = lax.top_k(candidates, k)
   index = jnp.take_along_axis(best, position // chunk, axis=1) * chunk + position % chunk
   return values, index
@@ -196,12 +199,14 @@ def _beam_search(params: Params, config: TransformerConfig, inputs: Array, alpha
                                         keepdims=False)
     previous = jnp.where(step > 0, previous, PAD_ID).reshape(batch * k)
     logits, cache = _decode_step(params, config, cache, encoded, inputs, previous)
-    logits = _masked_logits(logits, step + 1, min_len, eos_id)  # [B·K, V]
+    # Vocabulary-major [V, B·K]: on CPU the output projection computes the logits in that
+    # layout (see `linear.project`), so every pass below reads them without a transpose.
+    logits = _masked_logits(logits.T, step + 1, min_len, eos_id, axis=0)
     # The 2K best continuations of a sentence are among the 2K best of each of its
     # hypotheses: rank those (K·2K candidates, not K·V), then normalise only them.
-    width = min(2 * k, logits.shape[-1])
+    width = min(2 * k, logits.shape[0])
     beam_logits, beam_tokens = _top_k(logits, width)
-    beam_log_probs = beam_logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    beam_log_probs = beam_logits - jax.nn.logsumexp(logits, axis=0)[:, None]
     candidates = alive_log_probs[:, :, None] + beam_log_probs.reshape(batch, k, width)
     # 2K candidates: at most K of them end in EOS, so K can stay alive.
     top_log_probs, top_index = lax.top_k(candidates.reshape(batch, k * width), 2 * k)
