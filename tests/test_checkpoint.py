@@ -219,6 +219,26 @@ def test_different_model_config_or_vocabulary_is_refused(tmp_path, tiny_params, 
   assert_trees_equal(c.restore(abstract), make_state(tiny_params, 1))
 
 
+def test_kernels_of_another_layout_are_refused_in_one_line(tmp_path, tiny_params, metadata):
+  """A checkpoint whose kernels have other shapes (transformer_jax < 0.2 saved them
+  [in, out]) is refused by name and shapes, on resume and for inference, and kept."""
+  def old_layout(path, x):  # [out..., in...] -> [in..., out...]
+    if path[-1].key != 'kernel':
+      return x
+    return np.moveaxis(x, 0, -1) if path[-2].key == 'out' else np.moveaxis(x, -1, 0)
+  old_params = jax.tree_util.tree_map_with_path(old_layout, jax.device_get(tiny_params))
+  save_steps(str(tmp_path), old_params, metadata, [1])
+  c = ckpt.Checkpointer(str(tmp_path), save_every_steps=1, keep=10, metadata=metadata)
+  message = (r'cross_attention/key/kernel has shape \(32, 4, 8\) in the checkpoint, '
+             r'\(4, 8, 32\) here')
+  for load in (lambda: c.restore(abstract_of(make_state(tiny_params, 0))),
+               lambda: ckpt.load_for_inference(str(tmp_path))):
+    with pytest.raises(ckpt.CheckpointError, match=message) as info:
+      load()
+    assert '\n' not in str(info.value) and '< 0.2 store kernels [in, out]' in str(info.value)
+  assert c.all_steps() == [1]
+
+
 def test_resume_without_saved_data_position_is_refused(tmp_path, tiny_params, metadata):
   save_steps(str(tmp_path), tiny_params, metadata, [1])
   c = ckpt.Checkpointer(str(tmp_path), save_every_steps=1, keep=10, metadata=metadata)

@@ -13,7 +13,7 @@ from transformer_jax.model import (Decoder, DecoderLayer, Embed, Encoder, Encode
                                    init_cache, reorder_beams, shift_right,
                                    sinusoidal_positions, slot_mask)
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
 __all__ = [
     'Decoder', 'DecoderLayer', 'Embed', 'Encoder', 'EncoderLayer', 'FeedForward',

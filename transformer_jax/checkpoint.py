@@ -27,9 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import linen as nn
 from jax.experimental import multihost_utils
 
-from transformer_jax.model import TransformerConfig
+from transformer_jax.model import Transformer, TransformerConfig
 
 PyTree = Any
 _DTYPE_FIELDS = ('dtype', 'param_dtype')
@@ -224,6 +225,26 @@ def _structure_mismatch(saved: Mapping[str, Any], abstract_state: PyTree) -> lis
       [f'state arrays not in the checkpoint: {extra[:3]}'] if extra else [])
 
 
+def _shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
+  return {_path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _shape_mismatch(saved: PyTree, expected: PyTree) -> list[str]:
+  """Arrays (leaves with `.shape`: arrays, orbax metadata, ShapeDtypeStructs) that the
+  checkpoint has with another shape than expected, or lacks; e.g. kernels saved [in, out]
+  by transformer_jax < 0.2, which now stores them [out, in]."""
+  have, want = _shapes(saved), _shapes(expected)
+  diffs = [f'{name} has shape {have[name]} in the checkpoint, {want[name]} here'
+           for name in sorted(have.keys() & want.keys()) if have[name] != want[name]]
+  if len(diffs) > 2:
+    diffs = diffs[:2] + [f'{len(diffs) - 2} more arrays differ in shape']
+  missing = sorted(want.keys() - have.keys())
+  diffs += [f'arrays not in the checkpoint: {missing[:3]}'] if missing else []
+  if diffs and any(name.endswith('kernel') for name in have):
+    diffs.append('checkpoints of transformer_jax < 0.2 store kernels [in, out]')
+  return diffs
+
+
 def _encode_data_state(state: Any) -> dict[str, Any]:
   if isinstance(state, (bytes, bytearray)):
     return {'bytes_b64': base64.b64encode(bytes(state)).decode('ascii')}
@@ -351,8 +372,17 @@ class Checkpointer:
                         _describe(e))
         continue
       diffs = _mismatch(saved, self._metadata) + _structure_mismatch(saved, abstract_state)
+      if not diffs:
+        try:
+          diffs = _shape_mismatch(self._manager.item_metadata(step)['state'].tree,
+                                  abstract_state)
+        except Exception as e:  # noqa: BLE001 - unreadable array metadata = corrupt step.
+          errors.append((step, f'{where}: unreadable array metadata ({_describe(e)})'))
+          logging.warning('checkpoint %s is unreadable, trying an older one: %s', where,
+                          _describe(e))
+          continue
       if diffs:
-        raise CheckpointError(f'{where} was saved by a different run ({"; ".join(diffs[:4])}); '
+        raise CheckpointError(f'{where} was saved by a different run ({"; ".join(diffs[:5])}); '
                               'use a new --workdir or restore the original config/vocabulary')
       try:
         state, data = self._restore_step(step, abstract_state, saved, where)
@@ -577,6 +607,11 @@ def load_for_inference(workdir: str) -> tuple[PyTree, TransformerConfig, str]:
       raise CheckpointError(f'{config_path} disagrees with {where}: {diffs[0]}')
   else:
     cfg = load_model_config(workdir)
+  ones = jnp.ones((1, 1), jnp.int32)
+  expected = jax.eval_shape(lambda: nn.meta.unbox(
+      Transformer(cfg).init(jax.random.key(0), ones, ones)['params']))
+  if diffs := _shape_mismatch(params, expected):
+    raise CheckpointError(f'{where} does not fit the model of its config: {"; ".join(diffs)}')
   vocab_path = vocab_path_for(workdir)
   if 'vocab_sha256' in metadata and file_sha256(vocab_path) != metadata['vocab_sha256']:
     raise CheckpointError(f'{vocab_path} is not the vocabulary {where} was trained with '
