@@ -195,7 +195,8 @@ def test_beam_search_finds_the_exhaustive_optimum():
                              num_encoder_layers=1, num_decoder_layers=1, max_len=16,
                              dropout_rate=0.0, logits_via_embedding=False)
   ones = jnp.ones((1, 4), jnp.int32)
-  params = nn.meta.unbox(jax.jit(Transformer(config).init)(jax.random.key(77), ones, ones)['params'])
+  init = jax.jit(Transformer(config).init)
+  params = nn.meta.unbox(init(jax.random.key(77), ones, ones)['params'])
   logits_layer = params['decoder']['logits']  # sharper outputs: a less flat search space
   params['decoder']['logits'] = {**logits_layer, 'kernel': 2.0 * logits_layer['kernel']}
   src = jnp.array([[3, 4, 5, 0]])
