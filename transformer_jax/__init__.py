@@ -8,6 +8,7 @@ never pay for TensorFlow.
 
 from transformer_jax.attention import (MultiHeadAttention, causal_mask, combine_masks,
                                        padding_mask, segment_mask)
+from transformer_jax.linear import Linear
 from transformer_jax.model import (Decoder, DecoderLayer, Embed, Encoder, EncoderLayer,
                                    FeedForward, Transformer, TransformerConfig, count_params,
                                    init_cache, reorder_beams, shift_right,
@@ -16,7 +17,7 @@ from transformer_jax.model import (Decoder, DecoderLayer, Embed, Encoder, Encode
 __version__ = '0.2.0'
 
 __all__ = [
-    'Decoder', 'DecoderLayer', 'Embed', 'Encoder', 'EncoderLayer', 'FeedForward',
+    'Decoder', 'DecoderLayer', 'Embed', 'Encoder', 'EncoderLayer', 'FeedForward', 'Linear',
     'MultiHeadAttention', 'Transformer', 'TransformerConfig', 'causal_mask', 'combine_masks',
     'count_params', 'init_cache', 'padding_mask', 'reorder_beams', 'segment_mask',
     'shift_right', 'sinusoidal_positions', 'slot_mask',
