@@ -134,7 +134,7 @@ def _train_vocab(path):
 def workdir(tmp_path_factory, tiny_config):
   """A training workdir with one checkpoint of a random 16-piece model and its vocabulary.
 
-  The EOS logit is lowered by about 3 (through the bias of the last, post-LN, LayerNorm
+  The EOS logit is lowered by about 5 (through the bias of the last, post-LN, LayerNorm
   along the tied EOS embedding) so that the random model writes non-empty outputs.
   """
   root = tmp_path_factory.mktemp('workdir')
@@ -144,7 +144,7 @@ def workdir(tmp_path_factory, tiny_config):
   params = nn.meta.unbox(jax.jit(Transformer(config).init)(jax.random.key(0), ones, ones)['params'])
   eos = params['source_embed']['embedding'][1]
   norm = params['decoder']['layer_1']['ffn_block']['norm']
-  norm['bias'] = norm['bias'] - 3.0 * eos / jnp.sum(eos ** 2)
+  norm['bias'] = norm['bias'] - 5.0 * eos / jnp.sum(eos ** 2)
   checkpoint.save_model_config(str(root), config)
   metadata = checkpoint.training_metadata(config, str(root / 'spm.model'))
   with checkpoint.Checkpointer(str(root), save_every_steps=1, keep=1, metadata=metadata) as c:
@@ -176,9 +176,7 @@ def test_end_to_end_cli_matches_library(workdir, tmp_path):
   assert result.returncode == 0, result.stderr
   lines = output.read_text(encoding='utf-8').split('\n')
   assert lines[-1] == '' and len(lines[:-1]) == len(LINES)
-  # Blank inputs give empty lines; the (untrained) model may also end a real one at once.
-  assert all(out == '' for out, line in zip(lines, LINES) if not line.strip())
-  assert any(lines[:-1])
+  assert [bool(x) for x in lines[:-1]] == [bool(x.strip()) for x in LINES]
   # --reference: both BLEU scores of the written output, side by side, on stderr.
   scores = bleu.format_scores(bleu.corpus_bleu(lines[:-1], LINES))
   assert scores in result.stderr.splitlines(), result.stderr
