@@ -234,13 +234,13 @@ def _shape_mismatch(saved: PyTree, expected: PyTree) -> list[str]:
   checkpoint has with another shape than expected, or lacks; e.g. kernels saved [in, out]
   by transformer_jax < 0.2, which now stores them [out, in]."""
   have, want = _shapes(saved), _shapes(expected)
+  differ = [name for name in sorted(have.keys() & want.keys()) if have[name] != want[name]]
   diffs = [f'{name} has shape {have[name]} in the checkpoint, {want[name]} here'
-           for name in sorted(have.keys() & want.keys()) if have[name] != want[name]]
-  if len(diffs) > 2:
-    diffs = diffs[:2] + [f'{len(diffs) - 2} more arrays differ in shape']
+           for name in differ[:2]]
+  diffs += [f'{len(differ) - 2} more arrays differ in shape'] if len(differ) > 2 else []
   missing = sorted(want.keys() - have.keys())
   diffs += [f'arrays not in the checkpoint: {missing[:3]}'] if missing else []
-  if diffs and any(name.endswith('kernel') for name in have):
+  if any(name.endswith('kernel') for name in differ):
     diffs.append('checkpoints of transformer_jax < 0.2 store kernels [in, out]')
   return diffs
 

@@ -89,7 +89,7 @@ class Linear(nn.Module):
       bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros,
                                                              axes[:len(features)]),
                         features, self.param_dtype)
-    _, kernel, bias = nn.dtypes.promote_dtype(None, kernel, bias, dtype=self.dtype)
+    kernel, bias = nn.dtypes.promote_dtype(kernel, bias, dtype=self.dtype)
     return kernel, bias
 
   def __call__(self, x: Array) -> Array:
