@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from transformer_jax import linear
 from transformer_jax import (Transformer, TransformerConfig, count_params, init_cache,
                              reorder_beams, shift_right, sinusoidal_positions)
 
@@ -289,3 +290,17 @@ def test_explicit_and_fused_attention_agree_and_d_v_may_differ(tiny_config, tiny
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), src, tgt)['params'])
   assert params['encoder']['layer_0']['self_attention']['value']['kernel'].shape == (4, 12, 32)
   assert jax.jit(model.apply)({'params': params}, src, tgt).shape == (2, T, 40)
+
+
+@pytest.mark.parametrize('rows', [linear.WEIGHTS_MAJOR_MAX_ROWS, linear.WEIGHTS_MAJOR_MAX_ROWS + 1])
+def test_project_is_x_times_kernel_transposed_on_both_paths(rows):
+  """linear.project takes the weights-major path up to WEIGHTS_MAJOR_MAX_ROWS rows on CPU
+  and the plain dot beyond: both must compute x · Wᵀ over the trailing input axes."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(rows, 1, 4, 3)).astype(np.float32)
+  kernel = rng.normal(size=(5, 4, 3)).astype(np.float32)  # [out, *in]
+  want = np.einsum('blnh,dnh->bld', x, kernel)
+  np.testing.assert_allclose(jax.jit(linear.project, static_argnums=2)(x, kernel, 2), want,
+                             rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match=r'input axes \(4, 3\) do not match kernel \(5, 3, 4\)'):
+    linear.project(x, kernel.transpose(0, 2, 1), 2)
