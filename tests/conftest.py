@@ -16,6 +16,9 @@ _CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 jax.config.update('jax_compilation_cache_dir', _CACHE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+# Start JAX now: a CLI's main() called in-process asks for CPU devices before JAX's first
+# computation, which must not change the device count of the tests that follow.
+jax.devices()
 
 
 def pytest_collection_modifyitems(items):

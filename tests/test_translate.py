@@ -93,6 +93,17 @@ def _run(*command, stdin=''):
                         text=True, timeout=300, env=env, cwd=ROOT)
 
 
+def test_cpu_devices_apply_before_jax_starts_and_not_after(caplog):
+  code = ('from transformer_jax import translate; translate.use_cpu_devices(2)\n'
+          'import jax; print(jax.device_count(), jax.devices()[0].platform)')
+  result = _run('-c', code)
+  assert result.stdout.split() == ['2', 'cpu'], result.stderr
+  translate.use_cpu_devices(3)  # this process has started JAX (conftest): a warning only
+  assert jax.device_count() == 1
+  assert caplog.records[0].getMessage() == (
+      '--cpu_devices 3 not applied: JAX has already started with 1 CPU device(s)')
+
+
 def test_missing_workdir_is_a_one_line_error(tmp_path):
   result = _run('-m', 'transformer_jax.translate', '--workdir', str(tmp_path / 'nope'),
                 stdin='hello\n')
@@ -108,7 +119,8 @@ def test_empty_workdir_is_a_clear_error(tmp_path, capsys):
   assert err.count('\n') == 1
 
 
-@pytest.mark.parametrize('option', [('--alpha', '-0.5'), ('--alpha', 'nan'), ('--beam_size', '0')])
+@pytest.mark.parametrize('option', [('--alpha', '-0.5'), ('--alpha', 'nan'), ('--beam_size', '0'),
+                                    ('--cpu_devices', '0')])
 def test_invalid_search_options_are_one_line_errors(tmp_path, capsys, option):
   assert translate.main(['--workdir', str(tmp_path), *option]) == 2
   err = capsys.readouterr().err
@@ -170,10 +182,13 @@ def test_end_to_end_cli_matches_library(workdir, tmp_path):
           'try:\n  runpy.run_module("transformer_jax.translate", run_name="__main__")\n'
           'except SystemExit as e:\n  code = e.code\n'
           'assert "tensorflow" not in sys.modules, "tensorflow imported"\nsys.exit(code)')
+  # Batches of 3 rows split over 2 CPU devices (completed with an empty row), compared
+  # below with the library decoding batches of 4 rows on one device.
   result = _run('-c', code, '--workdir', str(workdir), '--input', str(source),
                 '--output', str(output), '--batch_size', '3', '--max_extra_len', '5',
-                '--reference', str(source), '--no_progress')
+                '--reference', str(source), '--no_progress', '--cpu_devices', '2')
   assert result.returncode == 0, result.stderr
+  assert 'not applied' not in result.stderr
   lines = output.read_text(encoding='utf-8').split('\n')
   assert lines[-1] == '' and len(lines[:-1]) == len(LINES)
   assert [bool(x) for x in lines[:-1]] == [bool(x.strip()) for x in LINES]
