@@ -4,18 +4,24 @@ The paper's base dimensions (d_model 512, d_ff 2048, 8 heads, 6+6 layers, post-L
 sinusoidal positions, shared embeddings) with random weights, a shared vocabulary of
 `--vocab` (default 32000) pieces; a batch of 8 sentences x 32 source tokens; beam 4;
 exactly 64 output tokens per sentence (EOS banned until then) so that every system does
-the same work (`--batch` changes the 8). The peers decode the same random source ids with
+the same work (`--batch` changes the 8). transformer_jax runs in a child process per entry
+of `--jax_cpu_devices` (on a CPU host, JAX presents the CPU as that many devices and the
+batch is split over them, as the translate CLI does; 2 devices: two decoding loops side
+by side). The peers decode the same random source ids with
 the same dimensions: `MarianMTModel.generate` (PyTorch, float32) and CTranslate2 (that
-Marian model converted with `TransformersConverter`, float32 and int8). A missing peer
+Marian model converted with `TransformersConverter`, float32 and int8; for each
+`--jax_cpu_devices` entry N > 1 also with its own data parallelism, N workers of
+threads / N threads each, the batch split into N). A missing peer
 package is skipped with a message. Each system runs once to warm up (compilation), then
-`--repeats` timed runs; the table reports the fastest run (wall clock) and its CPU time
-(all threads). By default every system uses all cores; `--single_thread` pins each to one
+`--repeats` rounds run every system once in turn (this VM's speed drifts by +-20% over
+minutes; taking turns exposes all systems to the same drift); the table reports each
+one's fastest run (wall clock), its CPU time (all threads) and its median run. By default every system uses all cores; `--single_thread` pins each to one
 thread (XLA, torch and CTranslate2 alike), which compares work rather than parallel
 scaling on a busy machine. On a GPU host JAX uses the GPU and `--torch_device cuda` puts
 the HuggingFace model there too (CTranslate2 stays on the CPU).
 
   python benchmarks/bench_decode.py [--vocab 32000] [--repeats 3] [--single_thread]
-      [--systems jax,jax-bf16,hf,ct2] [--jax_cpu_devices 2] [--batch 8] [--torch_device cpu]
+      [--systems jax,jax-bf16,hf,ct2] [--jax_cpu_devices 1,2] [--batch 8] [--torch_device cpu]
 
 Benchmark-only packages (torch, transformers, ctranslate2) are imported here only.
 """
@@ -24,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +43,10 @@ import numpy as np
 
 SOURCE_LEN, OUTPUT_LEN, BEAM = 32, 64, 4
 PAD, EOS = 0, 1
+
+
+# One timed run of a system -> (wall seconds, CPU seconds of all threads, output tokens).
+Run = Callable[[], tuple[float, float, int]]
 
 
 @dataclasses.dataclass
@@ -57,38 +69,45 @@ class Result:
     return self.output_tokens / self.best
 
 
-def time_runs(name: str, run: Callable[[], int], repeats: int) -> Result:
-  """One warm-up call, then `repeats` timed calls; `run` returns the output-token count."""
-  tokens = run()
-  seconds, cpu_seconds = [], []
-  for _ in range(repeats):
+def timed(run: Callable[[], int]) -> Run:
+  """Wrap `run` (-> output-token count) to also measure it in this process."""
+  def timed_run() -> tuple[float, float, int]:
     start, start_cpu = time.perf_counter(), time.process_time()
     tokens = run()
-    seconds.append(time.perf_counter() - start)
-    cpu_seconds.append(time.process_time() - start_cpu)
-  print(f'{name}: ' + ' '.join(f'{s:.2f}s' for s in seconds), flush=True)
-  return Result(name, seconds, cpu_seconds, tokens)
+    return time.perf_counter() - start, time.process_time() - start_cpu, tokens
+  return timed_run
 
 
-def bench_jax(source: np.ndarray, vocab: int, dtype_name: str, repeats: int) -> Result:
-  """transformer_jax.decode.beam_search, jit-compiled, 64 forced output tokens."""
+def take_turns(systems: dict[str, Run], repeats: int) -> list[Result]:
+  """One warm-up run of each system, then `repeats` rounds of one run of each in turn."""
+  for name, run in systems.items():
+    run()
+    print(f'{name}: warmed up', flush=True)
+  runs = {name: [] for name in systems}
+  for _ in range(repeats):
+    for name, run in systems.items():
+      runs[name].append(run())
+  return [Result(name, [r[0] for r in rs], [r[1] for r in rs], rs[-1][2])
+          for name, rs in runs.items()]
+
+
+def jax_run(source: np.ndarray, vocab: int, dtype_name: str) -> tuple[str, Run]:
+  """transformer_jax.decode.beam_search, jit-compiled, 64 forced output tokens, the batch
+  split over all of JAX's devices -> (name, timed run)."""
   import jax
   import jax.numpy as jnp
   from flax import linen as nn
 
-  from transformer_jax import Transformer, TransformerConfig, decode
+  from transformer_jax import Transformer, TransformerConfig, decode, sharding
   dtype = jnp.dtype(dtype_name)
   config = TransformerConfig.base(vocab, dropout_rate=0.0, max_len=256, dtype=dtype)
   ones = jnp.ones((1, 8), jnp.int32)
   # Weights stored in the compute dtype (cast once, not at every step).
   params = jax.jit(lambda key: jax.tree.map(lambda x: x.astype(dtype), nn.meta.unbox(
       Transformer(config).init(key, ones, ones)['params'])))(jax.random.key(0))
-  inputs = jnp.asarray(source, jnp.int32)
-  if len(jax.devices()) > 1:  # --jax_cpu_devices: the batch split over a 'data' mesh axis
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-    mesh = Mesh(np.array(jax.devices()), ('data',))
-    inputs = jax.device_put(inputs, NamedSharding(mesh, PartitionSpec('data')))
-    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+  mesh = sharding.create_mesh()
+  inputs = sharding.shard_batch({'inputs': source.astype(np.int32)}, mesh)['inputs']
+  params = jax.device_put(params, sharding.replicated(mesh))
 
   def run() -> int:
     tokens, _ = decode.beam_search(params, config, inputs, beam_size=BEAM,
@@ -96,8 +115,36 @@ def bench_jax(source: np.ndarray, vocab: int, dtype_name: str, repeats: int) -> 
                                    max_decode_len=OUTPUT_LEN, min_len=OUTPUT_LEN)
     return int(np.sum(np.asarray(tokens) != PAD))
 
-  where = f'{len(jax.devices())} x {jax.devices()[0].platform}'
-  return time_runs(f'transformer_jax {dtype_name} ({where})', run, repeats)
+  where = f'jax {jax.__version__}, {len(jax.devices())} x {jax.devices()[0].platform}'
+  return f'transformer_jax {dtype_name} ({where})', timed(run)
+
+
+def jax_worker(source: np.ndarray, vocab: int, dtype_name: str) -> None:
+  """Child process: print the system's name, then a JSON line of (wall s, CPU s, tokens)
+  for each line read from stdin."""
+  name, run = jax_run(source, vocab, dtype_name)
+  print(name, flush=True)
+  for _ in sys.stdin:
+    print(json.dumps(run()), flush=True)
+
+
+def jax_process(devices: int, dtype_name: str, args: argparse.Namespace) -> tuple[str, Run]:
+  """`jax_run` in a child process whose JAX presents the CPU as `devices` devices; it runs
+  once per call of the returned function and stops with this process."""
+  command = [sys.executable, os.path.abspath(__file__), '--jax_worker', dtype_name,
+             '--vocab', str(args.vocab), '--batch', str(args.batch)]
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices))
+  child = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           text=True)
+  name = child.stdout.readline().strip()
+  if not name:
+    raise RuntimeError(f'the transformer_jax worker ({devices} devices) failed: see above')
+
+  def run() -> tuple[float, float, int]:
+    child.stdin.write('run\n')
+    child.stdin.flush()
+    return tuple(json.loads(child.stdout.readline()))
+  return name, run
 
 
 def build_marian(vocab: int) -> Any:
@@ -116,7 +163,7 @@ def build_marian(vocab: int) -> Any:
   return transformers.MarianMTModel(config).eval()
 
 
-def bench_hf(model: Any, source: np.ndarray, repeats: int, device: str) -> Result:
+def hf_run(model: Any, source: np.ndarray, device: str) -> tuple[str, Run]:
   """MarianMTModel.generate on `device`: beam 4, min_new_tokens = max_new_tokens = 64."""
   import torch
   model = model.to(device)
@@ -130,7 +177,7 @@ def bench_hf(model: Any, source: np.ndarray, repeats: int, device: str) -> Resul
                            max_new_tokens=OUTPUT_LEN)
     return int((out[:, 1:] != model.config.pad_token_id).sum())  # .sum() waits for the GPU
 
-  return time_runs(f'HuggingFace Marian (torch {torch.__version__}, {device})', run, repeats)
+  return f'HuggingFace Marian (torch {torch.__version__}, {device})', timed(run)
 
 
 class _Vocabulary:
@@ -161,20 +208,25 @@ def convert_to_ct2(model: Any, vocab: int, directory: str) -> tuple[str, list[st
   return out_dir, tokens.tokens
 
 
-def bench_ct2(model_dir: str, vocabulary: list[str], source: np.ndarray, compute_type: str,
-              threads: int, repeats: int) -> Result:
-  """ctranslate2.Translator.translate_batch: beam 4, exactly 64 decoding steps."""
+def ct2_run(model_dir: str, vocabulary: list[str], source: np.ndarray, compute_type: str,
+            threads: int, workers: int = 1) -> tuple[str, Run]:
+  """ctranslate2.Translator.translate_batch: beam 4, exactly 64 decoding steps; with
+  `workers` > 1, that many replicas of threads / workers threads decode parts of the batch."""
   import ctranslate2
   translator = ctranslate2.Translator(model_dir, device='cpu', compute_type=compute_type,
-                                      intra_threads=threads)
+                                      inter_threads=workers,
+                                      intra_threads=max(1, threads // workers))
   batch = [[vocabulary[i] for i in row] for row in source]
+  part = -(-len(batch) // workers)
 
   def run() -> int:
-    results = translator.translate_batch(batch, beam_size=BEAM, max_decoding_length=OUTPUT_LEN,
+    results = translator.translate_batch(batch, max_batch_size=part, beam_size=BEAM,
+                                         max_decoding_length=OUTPUT_LEN,
                                          min_decoding_length=OUTPUT_LEN)
     return sum(len(r.hypotheses[0]) for r in results)
 
-  return time_runs(f'CTranslate2 {ctranslate2.__version__} {compute_type}', run, repeats)
+  how = f' ({workers} workers)' if workers > 1 else ''
+  return f'CTranslate2 {ctranslate2.__version__} {compute_type}{how}', timed(run)
 
 
 def _missing(package: str) -> Optional[str]:
@@ -192,33 +244,34 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser.add_argument('--systems', default='jax,jax-bf16,hf,ct2',
                       help='comma-separated: jax, jax-bf16, hf, ct2')
   parser.add_argument('--single_thread', action='store_true', help='one thread per system')
-  parser.add_argument('--jax_cpu_devices', type=int, default=1,
-                      help='split the JAX batch over this many virtual CPU devices')
+  parser.add_argument('--jax_cpu_devices', default='1',
+                      help='comma-separated: run transformer_jax once per entry, its batch '
+                      'split over that many CPU devices (CTranslate2 too, with as many workers)')
   parser.add_argument('--batch', type=int, default=8, help='sentences per batch')
   parser.add_argument('--torch_device', default='cpu', help="HuggingFace's device: cpu, cuda")
+  parser.add_argument('--jax_worker', help=argparse.SUPPRESS)  # child process: a dtype
   args = parser.parse_args(argv)
+  # Ids 3 .. vocab - 2: no padding, EOS or unk in any system's convention.
+  source = np.random.default_rng(0).integers(3, args.vocab - 1, (args.batch, SOURCE_LEN))
+  if args.jax_worker:
+    jax_worker(source, args.vocab, args.jax_worker)
+    return
+  device_counts = [int(n) for n in args.jax_cpu_devices.split(',')]
   systems = args.systems.split(',')
   threads = 1 if args.single_thread else (os.cpu_count() or 1)
-  if args.single_thread:  # read by XLA when jax is first imported, below
+  if args.single_thread:  # read by XLA in the child processes
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                                ' --xla_cpu_multi_thread_eigen=false')
-  if args.jax_cpu_devices > 1:
-    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                               f' --xla_force_host_platform_device_count={args.jax_cpu_devices}')
-  import jax
-  # Ids 3 .. vocab - 2: no padding, EOS or unk in any system's convention.
   batch = args.batch
-  source = np.random.default_rng(0).integers(3, args.vocab - 1, (batch, SOURCE_LEN))
-  print(f'machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}; '
-        f'jax {jax.__version__} on {jax.devices()[0].platform}', flush=True)
+  print(f'machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}',
+        flush=True)
   print(f'base model, vocab {args.vocab}, batch {batch} x {SOURCE_LEN} source tokens, '
         f'beam {BEAM}, {OUTPUT_LEN} output tokens forced, {threads} thread(s)', flush=True)
 
-  results: list[Result] = []
-  if 'jax' in systems:
-    results.append(bench_jax(source, args.vocab, 'float32', args.repeats))
-  if 'jax-bf16' in systems:
-    results.append(bench_jax(source, args.vocab, 'bfloat16', args.repeats))
+  runs: list[tuple[str, Run]] = []
+  for system, dtype_name in (('jax', 'float32'), ('jax-bf16', 'bfloat16')):
+    if system in systems:
+      runs.extend(jax_process(n, dtype_name, args) for n in device_counts)
   peers = [s for s in systems if s in ('hf', 'ct2')]
   marian = None
   if peers and not (reason := _missing('torch') or _missing('transformers')):
@@ -229,26 +282,28 @@ def main(argv: Optional[list[str]] = None) -> None:
   elif peers:
     print(f'HuggingFace and CTranslate2 {reason}', flush=True)
   if marian is not None and 'hf' in systems:
-    results.append(bench_hf(marian, source, args.repeats, args.torch_device))
-  if marian is not None and 'ct2' in systems:  # converted from the CPU copy
-    marian = marian.to('cpu')
-    if reason := _missing('ctranslate2'):
-      print(f'CTranslate2 {reason}', flush=True)
-    else:
-      with tempfile.TemporaryDirectory() as tmp:
-        model_dir, vocabulary = convert_to_ct2(marian, args.vocab, tmp)
-        for compute_type in ('float32', 'int8'):
-          results.append(bench_ct2(model_dir, vocabulary, source, compute_type, threads,
-                                   args.repeats))
+    runs.append(hf_run(marian, source, args.torch_device))
+  with tempfile.TemporaryDirectory() as tmp:
+    if marian is not None and 'ct2' in systems:  # converted from the CPU copy
+      if reason := _missing('ctranslate2'):
+        print(f'CTranslate2 {reason}', flush=True)
+      else:
+        model_dir, vocabulary = convert_to_ct2(marian.to('cpu'), args.vocab, tmp)
+        runs.extend(ct2_run(model_dir, vocabulary, source, compute_type, threads, workers)
+                    for compute_type in ('float32', 'int8') for workers in device_counts)
+    results = take_turns(dict(runs), args.repeats)
 
   hf = next((r for r in results if r.name.startswith('HuggingFace')), None)
-  print('\n| system | best s/run | CPU s | sentences/s | output tokens/s | vs HF | runs (s) |')
-  print('|---|---|---|---|---|---|---|')
+  print('\n| system | best s/run | CPU s | sentences/s | output tokens/s | vs HF | median s '
+        '| vs HF (medians) | runs (s) |')
+  print('|---|---|---|---|---|---|---|---|---|')
   for r in results:
+    median = float(np.median(r.seconds))
     vs_hf = f'{r.tokens_per_second / hf.tokens_per_second:.2f}x' if hf else '-'
+    vs_hf_median = f'{np.median(hf.seconds) / median:.2f}x' if hf else '-'
     runs = ' '.join(f'{s:.2f}' for s in r.seconds)
     print(f'| {r.name} | {r.best:.2f} | {r.best_cpu:.2f} | {batch / r.best:.2f} | '
-          f'{r.tokens_per_second:.0f} | {vs_hf} | {runs} |')
+          f'{r.tokens_per_second:.0f} | {vs_hf} | {median:.2f} | {vs_hf_median} | {runs} |')
   bad = [r.name for r in results if r.output_tokens != batch * OUTPUT_LEN]
   if bad:
     print(f'warning: not exactly {OUTPUT_LEN} tokens per sentence from {bad}', file=sys.stderr)
