@@ -4,18 +4,20 @@ The paper's base dimensions (d_model 512, d_ff 2048, 8 heads, 6+6 layers, post-L
 sinusoidal positions, shared embeddings) with random weights, a shared vocabulary of
 `--vocab` (default 32000) pieces; a batch of 8 sentences x 32 source tokens; beam 4;
 exactly 64 output tokens per sentence (EOS banned until then) so that every system does
-the same work (`--batch` changes the 8). transformer_jax runs in a child process per entry
-of `--jax_cpu_devices` (on a CPU host, JAX presents the CPU as that many devices and the
-batch is split over them, as the translate CLI does; 2 devices: two decoding loops side
-by side). The peers decode the same random source ids with
-the same dimensions: `MarianMTModel.generate` (PyTorch, float32) and CTranslate2 (that
-Marian model converted with `TransformersConverter`, float32 and int8; for each
-`--jax_cpu_devices` entry N > 1 also with its own data parallelism, N workers of
-threads / N threads each, the batch split into N). A missing peer
-package is skipped with a message. Each system runs once to warm up (compilation), then
-`--repeats` rounds run every system once in turn (this VM's speed drifts by +-20% over
-minutes; taking turns exposes all systems to the same drift); the table reports each
-one's fastest run (wall clock), its CPU time (all threads) and its median run. By default every system uses all cores; `--single_thread` pins each to one
+the same work (`--batch` changes the 8). The peers decode the same random source ids
+with the same dimensions: `MarianMTModel.generate` (PyTorch, float32) and CTranslate2
+(that Marian model converted with `TransformersConverter`, float32 and int8).
+transformer_jax runs once per entry N of `--jax_cpu_devices`: on a CPU host JAX presents
+the CPU as N devices and the batch is split over them, as the translate CLI does (N = 2:
+two decoding loops side by side); CTranslate2 likewise with N workers of threads / N
+threads each. A missing peer package is skipped with a message.
+
+Every system runs in a child process of its own (two OpenMP runtimes in one process slow
+each other down). Each runs once to warm up (compilation), then `--repeats` rounds run
+every system once in turn, with a pause between runs (this VM's speed drifts by +-20%
+over minutes; taking turns exposes all systems to the same drift); the table reports
+each one's fastest run (wall clock), that run's CPU time (all threads of its process)
+and its median run. By default every system uses all cores; `--single_thread` pins each to one
 thread (XLA, torch and CTranslate2 alike), which compares work rather than parallel
 scaling on a busy machine. On a GPU host JAX uses the GPU and `--torch_device cuda` puts
 the HuggingFace model there too (CTranslate2 stays on the CPU).
@@ -43,9 +45,9 @@ import numpy as np
 
 SOURCE_LEN, OUTPUT_LEN, BEAM = 32, 64, 4
 PAD, EOS = 0, 1
+PAUSE_SECONDS = 0.5  # between runs: threads spinning after a run fall asleep
 
-
-# One timed run of a system -> (wall seconds, CPU seconds of all threads, output tokens).
+# One timed run of a system -> (wall seconds, CPU seconds of its process, output tokens).
 Run = Callable[[], tuple[float, float, int]]
 
 
@@ -65,12 +67,16 @@ class Result:
     return self.cpu_seconds[self.seconds.index(self.best)]
 
   @property
+  def median(self) -> float:
+    return float(np.median(self.seconds))
+
+  @property
   def tokens_per_second(self) -> float:
     return self.output_tokens / self.best
 
 
 def timed(run: Callable[[], int]) -> Run:
-  """Wrap `run` (-> output-token count) to also measure it in this process."""
+  """Wrap `run` (-> output-token count) to also measure it."""
   def timed_run() -> tuple[float, float, int]:
     start, start_cpu = time.perf_counter(), time.process_time()
     tokens = run()
@@ -86,6 +92,7 @@ def take_turns(systems: dict[str, Run], repeats: int) -> list[Result]:
   runs = {name: [] for name in systems}
   for _ in range(repeats):
     for name, run in systems.items():
+      time.sleep(PAUSE_SECONDS)
       runs[name].append(run())
   return [Result(name, [r[0] for r in rs], [r[1] for r in rs], rs[-1][2])
           for name, rs in runs.items()]
@@ -119,34 +126,6 @@ def jax_run(source: np.ndarray, vocab: int, dtype_name: str) -> tuple[str, Run]:
   return f'transformer_jax {dtype_name} ({where})', timed(run)
 
 
-def jax_worker(source: np.ndarray, vocab: int, dtype_name: str) -> None:
-  """Child process: print the system's name, then a JSON line of (wall s, CPU s, tokens)
-  for each line read from stdin."""
-  name, run = jax_run(source, vocab, dtype_name)
-  print(name, flush=True)
-  for _ in sys.stdin:
-    print(json.dumps(run()), flush=True)
-
-
-def jax_process(devices: int, dtype_name: str, args: argparse.Namespace) -> tuple[str, Run]:
-  """`jax_run` in a child process whose JAX presents the CPU as `devices` devices; it runs
-  once per call of the returned function and stops with this process."""
-  command = [sys.executable, os.path.abspath(__file__), '--jax_worker', dtype_name,
-             '--vocab', str(args.vocab), '--batch', str(args.batch)]
-  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices))
-  child = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                           text=True)
-  name = child.stdout.readline().strip()
-  if not name:
-    raise RuntimeError(f'the transformer_jax worker ({devices} devices) failed: see above')
-
-  def run() -> tuple[float, float, int]:
-    child.stdin.write('run\n')
-    child.stdin.flush()
-    return tuple(json.loads(child.stdout.readline()))
-  return name, run
-
-
 def build_marian(vocab: int) -> Any:
   """A randomly initialised MarianMTModel with the base dimensions, in eval mode.
 
@@ -163,10 +142,12 @@ def build_marian(vocab: int) -> Any:
   return transformers.MarianMTModel(config).eval()
 
 
-def hf_run(model: Any, source: np.ndarray, device: str) -> tuple[str, Run]:
+def hf_run(model_dir: str, source: np.ndarray, device: str, threads: int) -> tuple[str, Run]:
   """MarianMTModel.generate on `device`: beam 4, min_new_tokens = max_new_tokens = 64."""
   import torch
-  model = model.to(device)
+  import transformers
+  torch.set_num_threads(threads)
+  model = transformers.MarianMTModel.from_pretrained(model_dir).eval().to(device)
   input_ids = torch.as_tensor(source, dtype=torch.long, device=device)
   mask = torch.ones_like(input_ids)
 
@@ -192,30 +173,33 @@ class _Vocabulary:
     return {token: i for i, token in enumerate(self.tokens)}
 
 
-def convert_to_ct2(model: Any, vocab: int, directory: str) -> tuple[str, list[str]]:
-  """Convert the Marian model with TransformersConverter -> (model dir, vocabulary)."""
-  import ctranslate2
-
-  tokens = _Vocabulary(vocab)
-
-  class Converter(ctranslate2.converters.TransformersConverter):
-    def load_tokenizer(self, tokenizer_class: Any, path: str, **kwargs: Any) -> Any:
-      return tokens
-
+def save_models(vocab: int, directory: str, ct2: bool) -> None:
+  """Save a random Marian model to `directory`/marian and, with `ct2`, its CTranslate2
+  conversion (float32) to `directory`/ct2."""
+  import torch
+  torch.manual_seed(0)
   hf_dir = os.path.join(directory, 'marian')
-  model.save_pretrained(hf_dir)
-  out_dir = Converter(hf_dir).convert(os.path.join(directory, 'ct2'), quantization='float32')
-  return out_dir, tokens.tokens
+  build_marian(vocab).save_pretrained(hf_dir)
+  if ct2:
+    import ctranslate2
+    tokens = _Vocabulary(vocab)
+
+    class Converter(ctranslate2.converters.TransformersConverter):
+      def load_tokenizer(self, tokenizer_class: Any, path: str, **kwargs: Any) -> Any:
+        return tokens
+
+    Converter(hf_dir).convert(os.path.join(directory, 'ct2'), quantization='float32')
 
 
-def ct2_run(model_dir: str, vocabulary: list[str], source: np.ndarray, compute_type: str,
-            threads: int, workers: int = 1) -> tuple[str, Run]:
+def ct2_run(model_dir: str, source: np.ndarray, vocab: int, compute_type: str, threads: int,
+            workers: int) -> tuple[str, Run]:
   """ctranslate2.Translator.translate_batch: beam 4, exactly 64 decoding steps; with
   `workers` > 1, that many replicas of threads / workers threads decode parts of the batch."""
   import ctranslate2
   translator = ctranslate2.Translator(model_dir, device='cpu', compute_type=compute_type,
                                       inter_threads=workers,
                                       intra_threads=max(1, threads // workers))
+  vocabulary = _Vocabulary(vocab).tokens
   batch = [[vocabulary[i] for i in row] for row in source]
   part = -(-len(batch) // workers)
 
@@ -227,6 +211,41 @@ def ct2_run(model_dir: str, vocabulary: list[str], source: np.ndarray, compute_t
 
   how = f' ({workers} workers)' if workers > 1 else ''
   return f'CTranslate2 {ctranslate2.__version__} {compute_type}{how}', timed(run)
+
+
+def worker(args: argparse.Namespace, source: np.ndarray, threads: int) -> None:
+  """Child process: set up `args.worker`, print its name, then a JSON line of
+  (wall s, CPU s, tokens) for each line read from stdin."""
+  kind, _, detail = args.worker.partition(':')
+  if kind == 'jax':
+    name, run = jax_run(source, args.vocab, detail)
+  elif kind == 'hf':
+    name, run = hf_run(os.path.join(args.model_dir, 'marian'), source, args.torch_device,
+                       threads)
+  else:
+    name, run = ct2_run(os.path.join(args.model_dir, 'ct2'), source, args.vocab, detail,
+                        threads, args.workers)
+  print(name, flush=True)
+  for _ in sys.stdin:
+    print(json.dumps(run()), flush=True)
+
+
+def start_worker(kind: str, argv: list[str], workers: int = 1) -> tuple[str, Run]:
+  """Start this script as a `kind` worker (see `worker`) -> (its name, a timed run)."""
+  command = [sys.executable, os.path.abspath(__file__), *argv, '--worker', kind,
+             '--workers', str(workers)]
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(workers))  # read by JAX workers only
+  child = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           text=True)
+  name = child.stdout.readline().strip()
+  if not name:
+    raise RuntimeError(f'the {kind} worker failed (its error is above)')
+
+  def run() -> tuple[float, float, int]:
+    child.stdin.write('run\n')
+    child.stdin.flush()
+    return tuple(json.loads(child.stdout.readline()))
+  return name, run
 
 
 def _missing(package: str) -> Optional[str]:
@@ -249,48 +268,48 @@ def main(argv: Optional[list[str]] = None) -> None:
                       'split over that many CPU devices (CTranslate2 too, with as many workers)')
   parser.add_argument('--batch', type=int, default=8, help='sentences per batch')
   parser.add_argument('--torch_device', default='cpu', help="HuggingFace's device: cpu, cuda")
-  parser.add_argument('--jax_worker', help=argparse.SUPPRESS)  # child process: a dtype
+  # Child processes (see `worker`).
+  parser.add_argument('--worker', help=argparse.SUPPRESS)
+  parser.add_argument('--workers', type=int, default=1, help=argparse.SUPPRESS)
+  parser.add_argument('--model_dir', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  threads = 1 if args.single_thread else (os.cpu_count() or 1)
   # Ids 3 .. vocab - 2: no padding, EOS or unk in any system's convention.
   source = np.random.default_rng(0).integers(3, args.vocab - 1, (args.batch, SOURCE_LEN))
-  if args.jax_worker:
-    jax_worker(source, args.vocab, args.jax_worker)
+  if args.worker:
+    worker(args, source, threads)
     return
-  device_counts = [int(n) for n in args.jax_cpu_devices.split(',')]
-  systems = args.systems.split(',')
-  threads = 1 if args.single_thread else (os.cpu_count() or 1)
-  if args.single_thread:  # read by XLA in the child processes
+  if args.single_thread:  # read by XLA in the worker processes
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                                ' --xla_cpu_multi_thread_eigen=false')
-  batch = args.batch
+  counts = [int(n) for n in args.jax_cpu_devices.split(',')]
+  systems = args.systems.split(',')
   print(f'machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}',
         flush=True)
-  print(f'base model, vocab {args.vocab}, batch {batch} x {SOURCE_LEN} source tokens, '
+  print(f'base model, vocab {args.vocab}, batch {args.batch} x {SOURCE_LEN} source tokens, '
         f'beam {BEAM}, {OUTPUT_LEN} output tokens forced, {threads} thread(s)', flush=True)
+  common = ['--vocab', str(args.vocab), '--batch', str(args.batch),
+            '--torch_device', args.torch_device] + ['--single_thread'] * args.single_thread
 
-  runs: list[tuple[str, Run]] = []
-  for system, dtype_name in (('jax', 'float32'), ('jax-bf16', 'bfloat16')):
-    if system in systems:
-      runs.extend(jax_process(n, dtype_name, args) for n in device_counts)
-  peers = [s for s in systems if s in ('hf', 'ct2')]
-  marian = None
-  if peers and not (reason := _missing('torch') or _missing('transformers')):
-    import torch
-    torch.manual_seed(0)
-    torch.set_num_threads(threads)
-    marian = build_marian(args.vocab)
-  elif peers:
-    print(f'HuggingFace and CTranslate2 {reason}', flush=True)
-  if marian is not None and 'hf' in systems:
-    runs.append(hf_run(marian, source, args.torch_device))
   with tempfile.TemporaryDirectory() as tmp:
-    if marian is not None and 'ct2' in systems:  # converted from the CPU copy
-      if reason := _missing('ctranslate2'):
-        print(f'CTranslate2 {reason}', flush=True)
-      else:
-        model_dir, vocabulary = convert_to_ct2(marian.to('cpu'), args.vocab, tmp)
-        runs.extend(ct2_run(model_dir, vocabulary, source, compute_type, threads, workers)
-                    for compute_type in ('float32', 'int8') for workers in device_counts)
+    runs = [start_worker(f'jax:{dtype_name}', common, n)
+            for system, dtype_name in (('jax', 'float32'), ('jax-bf16', 'bfloat16'))
+            if system in systems for n in counts]
+    peers = [s for s in systems if s in ('hf', 'ct2')]
+    if peers and (reason := _missing('torch') or _missing('transformers')):
+      print(f'HuggingFace and CTranslate2 {reason}', flush=True)
+      peers = []
+    if 'ct2' in peers and (reason := _missing('ctranslate2')):
+      print(f'CTranslate2 {reason}', flush=True)
+      peers.remove('ct2')
+    if peers:
+      save_models(args.vocab, tmp, 'ct2' in peers)
+      common += ['--model_dir', tmp]
+    if 'hf' in peers:
+      runs.append(start_worker('hf', common))
+    if 'ct2' in peers:
+      runs += [start_worker(f'ct2:{compute_type}', common, n)
+               for compute_type in ('float32', 'int8') for n in counts]
     results = take_turns(dict(runs), args.repeats)
 
   hf = next((r for r in results if r.name.startswith('HuggingFace')), None)
@@ -298,13 +317,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         '| vs HF (medians) | runs (s) |')
   print('|---|---|---|---|---|---|---|---|---|')
   for r in results:
-    median = float(np.median(r.seconds))
     vs_hf = f'{r.tokens_per_second / hf.tokens_per_second:.2f}x' if hf else '-'
-    vs_hf_median = f'{np.median(hf.seconds) / median:.2f}x' if hf else '-'
-    runs = ' '.join(f'{s:.2f}' for s in r.seconds)
-    print(f'| {r.name} | {r.best:.2f} | {r.best_cpu:.2f} | {batch / r.best:.2f} | '
-          f'{r.tokens_per_second:.0f} | {vs_hf} | {median:.2f} | {vs_hf_median} | {runs} |')
-  bad = [r.name for r in results if r.output_tokens != batch * OUTPUT_LEN]
+    vs_hf_median = f'{hf.median / r.median:.2f}x' if hf else '-'
+    runs_text = ' '.join(f'{s:.2f}' for s in r.seconds)
+    print(f'| {r.name} | {r.best:.2f} | {r.best_cpu:.2f} | {args.batch / r.best:.2f} | '
+          f'{r.tokens_per_second:.0f} | {vs_hf} | {r.median:.2f} | {vs_hf_median} | '
+          f'{runs_text} |')
+  bad = [r.name for r in results if r.output_tokens != args.batch * OUTPUT_LEN]
   if bad:
     print(f'warning: not exactly {OUTPUT_LEN} tokens per sentence from {bad}', file=sys.stderr)
 
