@@ -154,19 +154,32 @@ def test_filter_logits_matches_temperature_and_top_k():
   np.testing.assert_array_equal(decode.filter_logits(logits, 1.0, 10), logits)  # top_k > V
 
 
-def test_chunked_top_k_equals_lax_top_k_with_ties_and_minus_inf():
-  """Beam search ranks a hypothesis' tokens through `_top_k` (chunk maxima first, on
-  vocabulary-major logits): it must give lax.top_k's values, indices and tie order,
-  including many equal values."""
+def test_chunked_top_log_probs_equal_lax_top_k_of_log_softmax_with_ties_and_minus_inf():
+  """Beam search ranks a hypothesis' tokens through `_top_log_probs` (chunk maxima first,
+  on vocabulary-major logits): it must give the values of lax.top_k of log_softmax, its
+  indices and tie order, including many equal values, and the same on its lax.top_k path
+  (a vocabulary that does not split into chunks)."""
   rng = np.random.default_rng(0)
-  top_k = jax.jit(decode._top_k, static_argnums=(1, 2))
-  for k, chunk in ((1, 4), (3, 4), (5, 8), (8, 4)):
+  top = jax.jit(decode._top_log_probs, static_argnums=(1, 2))
+  for k, chunk in ((1, 4), (3, 4), (5, 8), (8, 4), (3, 5)):
     ties = rng.integers(-3, 3, (6, 64)).astype(np.float32)  # many ties across chunks
     ties[:, ::7] = -np.inf
     for x in (ties, rng.normal(size=(6, 64)).astype(np.float32)):
-      want, got = jax.lax.top_k(x, k), top_k(x.T, k, chunk)  # _top_k reads [V, R]
-      np.testing.assert_array_equal(got[0], want[0])
+      want = jax.lax.top_k(jax.nn.log_softmax(x), k)
+      got = top(x.T, k, chunk)  # _top_log_probs reads [V, R]
+      np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
       np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_masked_logits_ban_padding_always_and_eos_before_min_len():
+  logits = jnp.arange(12.0).reshape(3, 4)  # [rows, vocabulary]
+  for axis, x in ((-1, logits), (0, logits.T)):
+    early = decode._masked_logits(x, 2, 2, eos_id=1, axis=axis)
+    late = decode._masked_logits(x, 3, 2, eos_id=1, axis=axis)
+    if axis == 0:
+      early, late = early.T, late.T
+    assert np.all(np.isneginf(early[:, :2])) and np.array_equal(early[:, 2:], logits[:, 2:])
+    assert np.all(np.isneginf(late[:, 0])) and np.array_equal(late[:, 1:], logits[:, 1:])
 
 
 def test_translation_ignores_batch_neighbours_and_padding(tiny_config, params, sources):
@@ -236,6 +249,11 @@ for fn in (decode.greedy_decode, decode.beam_search):
   expected, _ = fn(params, config, src, max_extra_len=4)
   got, _ = fn(params, config, sharded, max_extra_len=4)
   np.testing.assert_array_equal(got, expected)
+# Each device decodes its own rows: no collectives, not even to agree on when to stop.
+local = decode._per_device(decode._beam_search, config, *decode._batch_split(sharded), 3,
+                           (('beam_size', 4), ('eos_id', 1), ('max_decode_len', 12)))
+hlo = local.lower(params, sharded, 0.6, 4, 0).compile().as_text()
+assert not any(op in hlo for op in ('all-gather', 'all-reduce', 'collective')), 'collectives'
 print('ok')
 '''
 

@@ -1,7 +1,10 @@
 """Autoregressive decoding over the decoder's KV cache: greedy, sampling, beam search.
 
 Pure JAX: every decoder is one jit-compiled `lax.while_loop` over global arrays, so it
-runs unchanged on batches sharded over a device mesh. Shapes: B = batch, S = source
+runs unchanged on batches sharded over a device mesh. Greedy decoding and beam search of
+a batch whose rows are split over devices run per device (`jax.shard_map`): sentences are
+decoded independently, so the devices never wait for each other, and each stops when its
+own sentences are done. Shapes: B = batch, S = source
 length, K = beam size, L = `max_decode_len` (cache length), V = vocabulary.
 
 Conventions (as in `model.py`): token 0 is padding and the decoder's start symbol and is
@@ -21,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from transformer_jax.model import Transformer, TransformerConfig, init_cache, reorder_beams
 
@@ -53,28 +57,39 @@ def _masked_logits(logits: Array, length: Array, min_len: Array, eos_id: int,
                    axis: int = -1) -> Array:
   """Logits (vocabulary along `axis`) for the `length`-th output token with padding banned
   (-inf), and EOS banned until `min_len` tokens precede it. Log-probabilities are these
-  minus their logsumexp."""
-  vocab = lax.broadcasted_iota(jnp.int32, logits.shape, axis % logits.ndim)
-  banned = (vocab == PAD_ID) | ((vocab == eos_id) & (length <= min_len))
-  return jnp.where(banned, NEG_INF, logits)
+  minus their logsumexp. Only the two entries are written (in place), not a whole copy."""
+  axis = axis % logits.ndim
+  pad = lax.index_in_dim(logits, PAD_ID, axis)
+  logits = lax.dynamic_update_index_in_dim(logits, jnp.full_like(pad, NEG_INF), PAD_ID, axis)
+  eos = lax.index_in_dim(logits, eos_id, axis)
+  return lax.dynamic_update_index_in_dim(logits, jnp.where(length <= min_len, NEG_INF, eos),
+                                         eos_id, axis)
 
 
-def _top_k(x: Array, k: int, chunk: int = 128) -> tuple[Array, Array]:
-  """`lax.top_k` of the columns of a vocabulary-major [V, R] array -> values and indices
-  [R, k] (same values, indices and tie order), found among the k chunks of `chunk` entries
-  with the largest maxima: one pass over x and a top-k over [R, k·chunk], instead of
-  XLA:CPU's slow top-k over the whole vocabulary."""
-  vocab, rows = x.shape
+def _top_log_probs(logits: Array, k: int, chunk: int = 128) -> tuple[Array, Array]:
+  """The k largest log-probabilities of each column of vocabulary-major logits [V, R] and
+  their token ids -> [R, k] each, in `lax.top_k`'s order (equal values: lower id first).
+
+  They are among the k chunks of `chunk` entries with the largest maxima: one pass finds
+  the chunk maxima (whose maximum is also the logsumexp's shift), then a top-k over
+  [R, k·chunk] candidates, instead of XLA:CPU's slow top-k over the whole vocabulary.
+  """
+  vocab, rows = logits.shape
   if vocab % chunk or vocab // chunk <= k:
-    return lax.top_k(x.T, k)
-  chunks = x.reshape(vocab // chunk, chunk, rows)
+    values, index = lax.top_k(logits.T, k)
+    return values - jax.nn.logsumexp(logits, axis=0)[:, None], index
+  chunks = logits.reshape(vocab // chunk, chunk, rows)
+  maxima = jnp.max(chunks, axis=1)  # [V / chunk, R]
   # Ascending chunk ids keep the candidates in vocabulary order, so ties break as in top_k.
-  best = jnp.sort(lax.top_k(jnp.max(chunks, axis=1).T, k)[1], axis=-1)  # [R, k]
+  best = jnp.sort(lax.top_k(maxima.T, k)[1], axis=-1)  # [R, k]
   candidates = jnp.take_along_axis(chunks.transpose(2, 0, 1), best[:, :, None],
                                    axis=1).reshape(rows, -1)
   values, position = lax.top_k(candidates, k)
   index = jnp.take_along_axis(best, position // chunk, axis=1) * chunk + position % chunk
-  return values, index
+  shift = jnp.max(maxima, axis=0)
+  shift = jnp.where(jnp.isfinite(shift), shift, 0.0)  # as jax.nn.logsumexp
+  log_sum = jnp.log(jnp.sum(jnp.exp(logits - shift), axis=0)) + shift
+  return values - log_sum[:, None], index
 
 
 def _length_limits(inputs: Array, max_extra_len: Array, max_decode_len: int) -> Array:
@@ -88,6 +103,40 @@ def _resolve_max_decode_len(config: TransformerConfig, inputs: Array, max_extra_
   """Static cache length: S + max_extra_len by default, never beyond the position table."""
   length = inputs.shape[1] + max_extra_len if max_decode_len is None else max_decode_len
   return max(1, min(length, config.max_len))
+
+
+def _batch_split(inputs: Array) -> Optional[tuple[Mesh, P]]:
+  """(mesh, spec of the rows) when `inputs` is a concrete array whose rows are split over
+  devices, else None."""
+  sharding = getattr(inputs, 'sharding', None)
+  if (isinstance(inputs, jax.core.Tracer) or not isinstance(sharding, NamedSharding)
+      or not sharding.spec or sharding.spec[0] is None):
+    return None
+  return sharding.mesh, P(sharding.spec[0])
+
+
+@functools.lru_cache(maxsize=None)
+def _per_device(core: Any, config: TransformerConfig, mesh: Mesh, rows: P, num_args: int,
+                static: tuple[tuple[str, Any], ...]) -> Any:
+  """core(params, config, inputs, *args, **static) run by each device on its own rows.
+
+  Without replication checks (`check_vma`): core is written for global arrays, and its
+  loop state starts equal on all devices and then differs, which is the point here."""
+  def local(params, inputs, *args):
+    return core(params, config, inputs, *args, **dict(static))
+  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), rows) + (P(),) * num_args,
+                               out_specs=rows, check_vma=False))
+
+
+def _run(core: Any, params: Params, config: TransformerConfig, inputs: Array,
+         args: tuple[Any, ...], **static: Any) -> Any:
+  """core(params, config, inputs, *args, **static), per device if the rows of `inputs` are
+  split over devices (core must decode its rows independently; its outputs are [B, ...])."""
+  split = _batch_split(inputs)
+  if split is None:
+    return core(params, config, inputs, *args, **static)
+  return _per_device(core, config, *split, len(args), tuple(sorted(static.items())))(
+      params, inputs, *args)
 
 
 def length_penalty(length: Array, alpha: Array) -> Array:
@@ -154,8 +203,9 @@ def greedy_decode(params: Params, config: TransformerConfig, inputs: Array, *,
   that many tokens precede it.
   """
   length = _resolve_max_decode_len(config, inputs, max_extra_len, max_decode_len)
-  return _sample_loop(params, config, inputs, jax.random.key(0), 1.0, max_extra_len, min_len,
-                      max_decode_len=length, greedy=True, top_k=0, eos_id=eos_id)
+  return _run(_sample_loop, params, config, inputs,
+              (jax.random.key(0), 1.0, max_extra_len, min_len),
+              max_decode_len=length, greedy=True, top_k=0, eos_id=eos_id)
 
 
 def sample(params: Params, config: TransformerConfig, inputs: Array, rng: Array, *,
@@ -205,8 +255,7 @@ def _beam_search(params: Params, config: TransformerConfig, inputs: Array, alpha
     # The 2K best continuations of a sentence are among the 2K best of each of its
     # hypotheses: rank those (K·2K candidates, not K·V), then normalise only them.
     width = min(2 * k, logits.shape[0])
-    beam_logits, beam_tokens = _top_k(logits, width)
-    beam_log_probs = beam_logits - jax.nn.logsumexp(logits, axis=0)[:, None]
+    beam_log_probs, beam_tokens = _top_log_probs(logits, width)
     candidates = alive_log_probs[:, :, None] + beam_log_probs.reshape(batch, k, width)
     # 2K candidates: at most K of them end in EOS, so K can stay alive.
     top_log_probs, top_index = lax.top_k(candidates.reshape(batch, k * width), 2 * k)
@@ -266,8 +315,8 @@ def beam_search(params: Params, config: TransformerConfig, inputs: Array, *,
   if beam_size < 1:
     raise ValueError(f'beam_size must be >= 1, got {beam_size}')
   length = _resolve_max_decode_len(config, inputs, max_extra_len, max_decode_len)
-  return _beam_search(params, config, inputs, alpha, max_extra_len, min_len,
-                      beam_size=beam_size, max_decode_len=length, eos_id=eos_id)
+  return _run(_beam_search, params, config, inputs, (alpha, max_extra_len, min_len),
+              beam_size=beam_size, max_decode_len=length, eos_id=eos_id)
 
 
 def translate_batch(params: Params, config: TransformerConfig, inputs: Array, *,
