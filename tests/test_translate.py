@@ -104,6 +104,20 @@ def test_cpu_devices_apply_before_jax_starts_and_not_after(caplog):
       '--cpu_devices 3 not applied: JAX has already started with 1 CPU device(s)')
 
 
+def test_default_cpu_devices_leave_a_count_set_by_the_environment(monkeypatch):
+  monkeypatch.delenv('JAX_NUM_CPU_DEVICES', raising=False)
+  monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=0')
+  monkeypatch.setattr(os, 'cpu_count', lambda: 16)
+  assert translate.default_cpu_devices() == 2
+  monkeypatch.setattr(os, 'cpu_count', lambda: 1)
+  assert translate.default_cpu_devices() == 1
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+  assert translate.default_cpu_devices() is None
+  monkeypatch.delenv('XLA_FLAGS')
+  monkeypatch.setenv('JAX_NUM_CPU_DEVICES', '4')
+  assert translate.default_cpu_devices() is None
+
+
 def test_missing_workdir_is_a_one_line_error(tmp_path):
   result = _run('-m', 'transformer_jax.translate', '--workdir', str(tmp_path / 'nope'),
                 stdin='hello\n')

@@ -7,7 +7,8 @@ power of two) so that few programs are compiled; a sentence longer than the mode
 `max_len` tokens is cut to it, with a warning on stderr. Uses `<workdir>/averaged` when present.
 With `--reference`, sacreBLEU and tokenized BLEU of the output are printed on stderr.
 Each batch is split over all of JAX's devices; on a CPU host JAX is first told to present
-the CPU as `--cpu_devices` devices (default: 2 where there are at least 2 cores), whose
+the CPU as `--cpu_devices` devices (default: 2 where there are at least 2 cores, unless
+the environment sets JAX_NUM_CPU_DEVICES or XLA's host device count), whose
 decoding loops run side by side (~20% faster beam search on 2 cores than one device
 using both through its thread pool: BENCHMARKS.md).
 A missing or incompatible checkpoint or vocabulary ends with a one-line error, exit 2.
@@ -98,6 +99,15 @@ def make_translate_fn(model: LoadedModel, *, beam_size: int = 4, alpha: float = 
                                  alpha=alpha, max_extra_len=max_extra_len)
     return np.asarray(out)[:len(inputs)]
   return translate_fn
+
+
+def default_cpu_devices() -> Optional[int]:
+  """2 CPU devices (1 on a 1-core host), or None where the environment sets a count
+  (JAX_NUM_CPU_DEVICES, or XLA_FLAGS' --xla_force_host_platform_device_count)."""
+  if ('JAX_NUM_CPU_DEVICES' in os.environ
+      or 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', '')):
+    return None
+  return min(2, os.cpu_count() or 1)
 
 
 def use_cpu_devices(count: int) -> None:
@@ -203,9 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--reference', help='reference translations, one per input line: '
                       'print sacreBLEU and tokenized BLEU of the output on stderr')
   parser.add_argument('--batch_size', type=int, default=32, help='sentences per batch')
-  parser.add_argument('--cpu_devices', type=int, default=min(2, os.cpu_count() or 1),
+  parser.add_argument('--cpu_devices', type=int,
                       help='on a CPU host, split each batch over this many JAX devices '
-                      '(default: 2, or 1 on a 1-core host)')
+                      '(default: 2, or 1 on a 1-core host, unless JAX_NUM_CPU_DEVICES or '
+                      'XLA_FLAGS sets a count)')
   parser.add_argument('--no_progress', action='store_true', help='no progress bar on stderr')
   return parser
 
@@ -217,7 +228,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_search_options(args.beam_size, args.alpha)
     if args.batch_size < 1 or args.max_extra_len < 0:
       raise TranslateError('--batch_size must be >= 1, --max_extra_len >= 0')
-    use_cpu_devices(args.cpu_devices)
+    cpu_devices = default_cpu_devices() if args.cpu_devices is None else args.cpu_devices
+    if cpu_devices is not None:
+      use_cpu_devices(cpu_devices)
     model = load_model(args.workdir)
     lines = _read_lines(args.input)
     references = None if args.reference is None else _read_lines(args.reference)
