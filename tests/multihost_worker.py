@@ -19,8 +19,7 @@ import sys
 MODE, CACHE, WORKDIR = sys.argv[1:4]
 NUM_PROCESSES, PROCESS_ID, PORT = map(int, sys.argv[4:7])
 os.environ['JAX_PLATFORMS'] = 'cpu'
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=1')  # the last one counts
+os.environ['JAX_NUM_CPU_DEVICES'] = '1'
 
 import json  # noqa: E402
 import signal  # noqa: E402

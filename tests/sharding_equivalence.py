@@ -12,8 +12,7 @@ sharding an activation constraint produced and a 5-row batch as `shard_batch` pa
 import os
 import sys
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8')  # the last one counts
+os.environ['JAX_NUM_CPU_DEVICES'] = '8'
 os.environ['JAX_PLATFORMS'] = 'cpu'
 
 import json  # noqa: E402
