@@ -234,7 +234,9 @@ def start_worker(kind: str, argv: list[str], workers: int = 1) -> tuple[str, Run
   """Start this script as a `kind` worker (see `worker`) -> (its name, a timed run)."""
   command = [sys.executable, os.path.abspath(__file__), *argv, '--worker', kind,
              '--workers', str(workers)]
-  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(workers))  # read by JAX workers only
+  # Read by JAX workers only: their CPU device count, and no preallocated GPU memory (the
+  # workers of a run share the GPU with each other and with torch).
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(workers), XLA_PYTHON_CLIENT_PREALLOCATE='false')
   child = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                            text=True)
   name = child.stdout.readline().strip()

@@ -19,7 +19,7 @@ PY=${PYTHON:-python3}
 PARTS=${PARTS:-decode mfu}
 if [[ $PARTS == *decode* ]]; then
   for batch in 8 64; do
-    timeout "${DECODE_TIMEOUT:-200}" $PY benchmarks/bench_decode.py --systems jax,jax-bf16,hf \
+    timeout "${DECODE_TIMEOUT:-240}" $PY benchmarks/bench_decode.py --systems jax,jax-bf16,hf \
       --torch_device cuda --batch $batch --repeats 5 2>&1 | tee -a "$OUT/decode.txt"
   done
 fi
