@@ -85,10 +85,11 @@ def test_stdout_is_utf8_whatever_the_locale(monkeypatch):
   assert stdout.buffer.getvalue() == 'Grüße ⁇\n\n'.encode('utf-8')
 
 
-def _run(*command, stdin=''):
-  """Run a Python subprocess on CPU, sharing the tests' compilation cache."""
+def _run(*command, stdin='', **env):
+  """Run a Python subprocess on CPU, sharing the tests' compilation cache; `env` adds
+  environment variables."""
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, '.jax_cache'))
+             JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, '.jax_cache'), **env)
   return subprocess.run([sys.executable, *command], input=stdin, capture_output=True,
                         text=True, timeout=300, env=env, cwd=ROOT)
 
@@ -215,6 +216,31 @@ def test_end_to_end_cli_matches_library(workdir, tmp_path):
   assert translate.translate_lines(LINES, fn, model.vocab, batch_size=4,
                                    max_source_len=model.config.max_len,
                                    progress=False) == lines[:-1]
+
+
+TRAIN_EVAL_ON_TWO_DEVICES = """
+import sys, jax
+from transformer_jax import sharding, train_lib, translate
+model = translate.load_model(sys.argv[1])
+pairs = [(line, line) for line in sys.argv[2:]]
+mesh = sharding.create_mesh()
+assert mesh.devices.size == 2
+for beam_size in (1, 2):
+  expected = train_lib.translate_and_score(model.params, model.config, model.vocab, pairs, 3,
+                                           64, beam_size=beam_size)
+  got = train_lib.translate_and_score(model.params, model.config, model.vocab, pairs, 3, 64,
+                                      beam_size=beam_size, mesh=mesh)
+  assert got == expected, (got, expected)
+print('ok')
+"""
+
+
+def test_training_evaluation_decodes_per_device_with_the_same_result(workdir):
+  """Training's BLEU evaluation on a 2-device mesh (batches of 3 rows padded to 4) gives the
+  hypotheses and scores of the global program."""
+  result = _run('-c', TRAIN_EVAL_ON_TWO_DEVICES, str(workdir),
+                *[line for line in LINES if line.strip()], JAX_NUM_CPU_DEVICES='2')
+  assert result.stdout.strip() == 'ok', result.stderr[-2000:]
 
 
 def test_reference_with_other_line_count_is_a_one_line_error(workdir, tmp_path, capsys):

@@ -495,13 +495,17 @@ def evaluate(eval_step: Callable, params: Any, batches: Any, mesh: Mesh,
 
 def translate_and_score(params: Any, model_cfg: TransformerConfig, tokenizer: Any,
                         pairs: Sequence[tuple[str, str]], batch_size: int,
-                        max_source_len: int, beam_size: int = 1,
-                        alpha: float = 0.6) -> tuple[Any, list[str]]:
+                        max_source_len: int, beam_size: int = 1, alpha: float = 0.6,
+                        mesh: Optional[Mesh] = None) -> tuple[Any, list[str]]:
   """Translate the sources of (source, reference) `pairs` greedily (beam_size 1) or with
-  beam search: -> (`bleu.BleuScores`: sacreBLEU and tokenized BLEU, hypotheses)."""
+  beam search: -> (`bleu.BleuScores`: sacreBLEU and tokenized BLEU, hypotheses).
+
+  With `mesh` (one process only), each batch is split over its devices and decoded per
+  device (`translate.make_translate_fn`)."""
   from transformer_jax import bleu, translate  # sentencepiece / sacrebleu, no TF.
   translate_fn = translate.make_translate_fn(
-      translate.LoadedModel(params, model_cfg, tokenizer), beam_size=beam_size, alpha=alpha)
+      translate.LoadedModel(params, model_cfg, tokenizer), beam_size=beam_size, alpha=alpha,
+      mesh=mesh)
   hypotheses = translate.translate_lines([s for s, _ in pairs], translate_fn, tokenizer,
                                          batch_size=batch_size, max_source_len=max_source_len,
                                          progress=False)
@@ -621,8 +625,11 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
       start = time.perf_counter()
       scalars = evaluate(eval_step, params, eval_ds, mesh, config.num_eval_batches)
       if bleu_pairs:
-        scores, hypotheses = translate_and_score(params, model_cfg, tokenizer, bleu_pairs,
-                                                 config.decode_batch_size, config.max_eval_len)
+        # Per device on one host; several processes keep the global program (each holds
+        # all the sentences, and the per-device path takes process-local rows).
+        scores, hypotheses = translate_and_score(
+            params, model_cfg, tokenizer, bleu_pairs, config.decode_batch_size,
+            config.max_eval_len, mesh=mesh if jax.process_count() == 1 else None)
         scalars['bleu'], scalars['bleu_tokenized'] = scores.sacrebleu, scores.tokenized
         if is_main:
           from transformer_jax import bleu
