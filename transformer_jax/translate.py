@@ -65,12 +65,14 @@ def load_vocabulary(path: str, config: TransformerConfig) -> Tokenizer:
   return vocab
 
 
-def load_model(workdir: str) -> LoadedModel:
-  """Params (on device), config and vocabulary of a training workdir (averaged if present)."""
+def load_model(workdir: str, mesh: Optional[Mesh] = None) -> LoadedModel:
+  """Params (on the default device, or replicated on `mesh`), config and vocabulary of a
+  training workdir (averaged if present)."""
   if not os.path.isdir(workdir):
     raise TranslateError(f'workdir {workdir} does not exist')
   params, config, vocab_path = checkpoint.load_for_inference(workdir)
-  return LoadedModel(jax.device_put(params), config, load_vocabulary(vocab_path, config))
+  params = jax.device_put(params, None if mesh is None else sharding.replicated(mesh))
+  return LoadedModel(params, config, load_vocabulary(vocab_path, config))
 
 
 def check_search_options(beam_size: int, alpha: float) -> None:
@@ -86,9 +88,10 @@ def make_translate_fn(model: LoadedModel, *, beam_size: int = 4, alpha: float = 
                       max_extra_len: int = 50, mesh: Optional[Mesh] = None) -> TranslateFn:
   """A function translating a [B, S] numpy batch with `decode.translate_batch`.
 
-  With `mesh`, the parameters are replicated on it and each batch is split over its batch
-  axes (sentences are decoded independently), completed with empty rows where B does not
-  divide; without, the batch goes where `model.params` are.
+  With `mesh`, the parameters are replicated on it (no copy if `load_model` put them there)
+  and each batch is split over its batch axes (sentences are decoded independently),
+  completed with empty rows where B does not divide; without, the batch goes where
+  `model.params` are.
   """
   params = model.params if mesh is None else jax.device_put(model.params,
                                                             sharding.replicated(mesh))
@@ -231,15 +234,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cpu_devices = default_cpu_devices() if args.cpu_devices is None else args.cpu_devices
     if cpu_devices is not None:
       use_cpu_devices(cpu_devices)
-    model = load_model(args.workdir)
+    mesh = sharding.create_mesh()  # all devices, so made after use_cpu_devices
+    model = load_model(args.workdir, mesh)
     lines = _read_lines(args.input)
     references = None if args.reference is None else _read_lines(args.reference)
     if references is not None and len(references) != len(lines):
       raise TranslateError(f'{args.reference} has {len(references)} lines but the input '
                            f'{len(lines)}')
     translate_fn = make_translate_fn(model, beam_size=args.beam_size, alpha=args.alpha,
-                                     max_extra_len=args.max_extra_len,
-                                     mesh=sharding.create_mesh())
+                                     max_extra_len=args.max_extra_len, mesh=mesh)
     outputs = translate_lines(lines, translate_fn, model.vocab, batch_size=args.batch_size,
                               max_source_len=model.config.max_len,
                               progress=not args.no_progress)
