@@ -98,16 +98,17 @@ def sentence_counts(gold: Tree, test: Tree) -> Optional[tuple[int, int, int]]:
 
   `test`'s words must be `gold`'s words without traces; ValueError otherwise.
   """
-  gold_tags = gold.tags()
-  kept = [(word, tag) for word, tag in zip(gold.words(), gold_tags)
-          if tag not in LENGTH_DELETE_LABELS]
-  if test.words() != [word for word, _ in kept]:
+  leaves = gold.preterminals()
+  gold_tags = [leaf.label for leaf in leaves]
+  kept = [leaf for leaf in leaves if leaf.label not in LENGTH_DELETE_LABELS]
+  words = [word for leaf in kept for word in leaf.children]
+  if test.words() != words:
     raise ValueError(f'test words {" ".join(test.words())[:80]!r} differ from gold words '
-                     f'{" ".join(word for word, _ in kept)[:80]!r}')
-  if all(tag in DELETE_LABELS for _, tag in kept):
+                     f'{" ".join(words)[:80]!r}')
+  if all(leaf.label in DELETE_LABELS for leaf in kept):
     return None
   gold_spans = brackets(gold, gold_tags)
-  test_spans = brackets(test, [tag for _, tag in kept])
+  test_spans = brackets(test, [leaf.label for leaf in kept])
   return (sum(gold_spans.values()), sum(test_spans.values()),
           sum((gold_spans & test_spans).values()))
 

@@ -33,10 +33,11 @@ WORD = 'XX'
 
 def to_sequence(tree: Tree) -> str:
   """The bracket sequence of the children of `tree` (its root label is not written)."""
-  symbols = {OPEN: lambda node: '(' + node.label, LEAF: lambda node: WORD,
-             CLOSE: lambda node: ')' + node.label}
-  return ' '.join(symbols[event](node) for event, node in tree.events()
-                  if node is not tree)
+  tokens = []
+  for event, node in tree.events():
+    if node is not tree:
+      tokens.append(WORD if event == LEAF else ('(' if event == OPEN else ')') + node.label)
+  return ' '.join(tokens)
 
 
 def _prune_empty(tree: Tree) -> bool:
@@ -81,7 +82,8 @@ def from_sequence(sequence: str, words: Sequence[str],
 
 def right_branching_sequence(num_words: int, root: str = 'S', label: str = 'NP') -> str:
   """The right-branching baseline over `num_words` words: every suffix of two or more
-  words is a constituent, the whole sentence labelled `root`, the others `label`."""
+  words is a constituent, the whole sentence labelled `root`, the others `label` (by
+  default the treebank's most frequent constituent label)."""
   if num_words < 2:
     return ' '.join([WORD] * num_words)
   labels = [root] + [label] * (num_words - 2)

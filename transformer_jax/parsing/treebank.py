@@ -50,13 +50,14 @@ _FUNCTION_TAG = re.compile(r'[-=]')
 
 @dataclasses.dataclass
 class Tree:
-  """A constituent: `label` and children (subtrees, or words for a preterminal)."""
+  """A constituent: `label` and children, either all subtrees or (for a preterminal)
+  all words."""
   label: str
   children: list[Union['Tree', str]]
 
   def is_preterminal(self) -> bool:
     """Whether this node is a POS tag over words (one word once normalised)."""
-    return bool(self.children) and all(isinstance(child, str) for child in self.children)
+    return bool(self.children) and isinstance(self.children[0], str)
 
   def events(self) -> Iterator[tuple[str, 'Tree']]:
     """Depth-first walk without recursion (predicted trees can be very deep): `(OPEN,
