@@ -23,6 +23,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from transformer_jax import checkpoint, sharding, train_lib  # noqa: E402
+from transformer_jax import config as config_lib  # noqa: E402
 from transformer_jax.model import count_params  # noqa: E402
 
 
@@ -41,9 +42,9 @@ def main() -> None:
   parser.add_argument('--dir', default=None, help='where to write (default: a temp dir)')
   args = parser.parse_args()
 
-  config = train_lib.default_config()
+  config = config_lib.default_config()
   config.update(batch_size=args.batch, max_len=args.length, vocab_size=args.vocab)
-  model_cfg = train_lib.model_config(config, args.vocab)
+  model_cfg = config_lib.model_config(config, args.vocab)
   optimizer, schedule = train_lib.create_optimizer(config, model_cfg.d_model)
   mesh = sharding.create_mesh()
   state = train_lib.create_train_state(model_cfg, optimizer, mesh, seed=0)

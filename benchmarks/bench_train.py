@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from transformer_jax import TransformerConfig, sharding, train_lib
+from transformer_jax import config as config_lib
 
 SIZES = {  # (vocab, d_model, heads, layers, d_ff)
     'tiny': (8000, 256, 4, 2, 1024),
@@ -30,7 +31,7 @@ SIZES = {  # (vocab, d_model, heads, layers, d_ff)
 
 def jax_runner(size: str, dtype: str, pre_norm: bool):
   vocab, d_model, heads, layers, d_ff = SIZES[size]
-  config = train_lib.default_config()
+  config = config_lib.default_config()
   model_cfg = TransformerConfig(vocab_size=vocab, d_model=d_model, num_heads=heads,
                                 num_encoder_layers=layers, num_decoder_layers=layers,
                                 d_ff=d_ff, pre_norm=pre_norm, dtype=jax.numpy.dtype(dtype))

@@ -31,10 +31,11 @@ def main() -> None:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   from absl import logging
   from transformer_jax import bleu, checkpoint, input_pipeline, train_cli, train_lib
+  from transformer_jax import config as config_lib
   logging.set_verbosity(logging.INFO)
   logging.use_absl_handler()
   train_cli.quiet_checkpoint_info()
-  config = train_lib.load_config(os.path.join(ROOT, 'configs', 'demo.py'))
+  config = config_lib.load_config(os.path.join(ROOT, 'configs', 'demo.py'))
   if args.minutes is not None:
     config.train_minutes = args.minutes
   if args.fresh and os.path.isdir(args.workdir):

@@ -29,6 +29,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from transformer_jax import distributed, sharding, train_lib  # noqa: E402
+from transformer_jax import config as config_lib  # noqa: E402
 from transformer_jax.model import TransformerConfig  # noqa: E402
 
 STEPS = 3
@@ -45,7 +46,7 @@ def main():
   if NUM_PROCESSES > 1:
     distributed.initialize(f'localhost:{PORT}', NUM_PROCESSES, PROCESS_ID,
                            heartbeat_timeout_s=HEARTBEAT_S, initialization_timeout_s=60)
-  config = train_lib.default_config()
+  config = config_lib.default_config()
   config.warmup_steps, config.learning_rate_multiplier, config.adam_eps = 1, 0.05, 1e-4
   mesh = sharding.create_mesh((1, -1, 1))
   optimizer, schedule = train_lib.create_optimizer(config, MODEL.d_model)

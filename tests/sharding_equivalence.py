@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 from flax import linen as nn  # noqa: E402
 
 from transformer_jax import TransformerConfig, checkpoint, sharding, train_lib  # noqa: E402
+from transformer_jax import config as config_lib  # noqa: E402
 
 jax.config.update('jax_compilation_cache_dir', sys.argv[1])
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
@@ -43,7 +44,7 @@ PROBES = {  # leaf path -> what LOGICAL_AXIS_RULES say its PartitionSpec is.
 
 
 def train_config():
-  config = train_lib.default_config()
+  config = config_lib.default_config()
   config.warmup_steps = 1
   config.learning_rate_multiplier = 0.05
   # Adam divides by sqrt(v) + eps: with the paper's 1e-9, float rounding in gradients

@@ -406,7 +406,8 @@ def test_training_on_text_reports_both_bleus_and_keeps_translations(files, tmp_p
   first dev sentences, logs sacreBLEU and tokenized BLEU, and writes the translations."""
   import json
   from transformer_jax import bleu, train_lib
-  config = train_lib.load_config(os.path.join(os.path.dirname(__file__), '..', 'configs',
+  from transformer_jax import config as config_lib
+  config = config_lib.load_config(os.path.join(os.path.dirname(__file__), '..', 'configs',
                                               'tiny.py'))
   config.update(dataset='text', source_lang='en', target_lang='es', vocab_size=VOCAB_SIZE,
                 vocab_model_type='unigram', max_len=48, max_eval_len=48, num_train_steps=2,

@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from transformer_jax import Transformer, checkpoint, sharding, train_lib
+from transformer_jax import config as config_lib
 
 EPS_LS = 0.1
 
@@ -21,7 +22,7 @@ def mesh():
 
 
 def _recipe(**changes):
-  config = train_lib.default_config()
+  config = config_lib.default_config()
   config.warmup_steps = 10
   config.update(changes)
   return config
@@ -140,7 +141,7 @@ def test_check_finite_names_the_step():
 
 
 def _tiny_training_config(**changes):
-  config = train_lib.load_config(os.path.join(os.path.dirname(__file__), '..', 'configs',
+  config = config_lib.load_config(os.path.join(os.path.dirname(__file__), '..', 'configs',
                                               'tiny.py'))
   config.update(changes)
   return config

@@ -32,38 +32,7 @@ Multi-host
   `shard`), so every training example is used once per epoch across processes.
   `batch_size` and `tokens_per_batch` are global and divided by `process_count`.
 
-Config keys (`ml_collections.ConfigDict`)
-  dataset            'bible' (embedded English↔Spanish corpus) | 'tfds' | 'text'.
-  tfds_name          e.g. 'wmt14_translate/de-en', 'wmt14_translate/fr-en'.
-  tfds_data_dir      tfds data_dir ('' or None: tfds default); must be prepared.
-  train_split, eval_split, test_split
-                     split names for 'tfds' (e.g. 'train', 'validation', 'test';
-                     slicing like 'train[:1%]' works) and 'bible' ('train',
-                     'dev' (alias 'validation'), 'test'). Unused by 'text'.
-  source_lang, target_lang
-                     feature names of the pair: 'en'/'de'/'fr' for WMT, 'en'/'es'
-                     for the Bible (either direction).
-  train_source, train_target, eval_source, eval_target, test_source, test_target
-                     'text' paths, one sentence a line (`.gz` is decompressed).
-                     For a TSV file (source<TAB>target) give its path as
-                     `*_source` and leave `*_target` empty (None or '').
-  vocab_path         SentencePiece model ('' or None: '<workdir>/spm.model'); trained on
-                     the train split (both sides) when absent.
-  vocab_size, vocab_model_type ('unigram' | 'bpe'), vocab_max_sentences
-                     SentencePiece training: pieces, algorithm, sentences sampled.
-  max_len            train: max tokens per side incl. EOS (longer pairs dropped and
-                     counted in the log, over the first TRAIN_LENGTH_SAMPLE pairs);
-                     also the packed row length.
-  max_eval_len       eval/test: max tokens per side (longer pairs dropped, counted
-                     in the log) and the padded length.
-  batching           'pack' | 'tokens'.
-  batch_size         global sequences per batch (packed rows; eval/test batches).
-  tokens_per_batch   global tokens per side per batch ('tokens' batching).
-  bucket_boundaries  padded lengths of the token-batching buckets (empty/None: a
-                     geometric ladder from 8; max_len is always added).
-  grad_accum_steps   micro-batches per optimizer step (optional, default 1).
-  shuffle_buffer     pairs in the shuffle buffer.
-  seed               shuffle seed (and SentencePiece sampling seed).
+Config keys: `transformer_jax.config` (each key's default, rule and meaning).
 
 Bad input raises `DataError` with a one-line message naming the file and line.
 """

@@ -1,4 +1,4 @@
-"""The training system: config schema, train state, optimizer, jitted train/eval steps, loop.
+"""The training system: train state, optimizer, jitted train/eval steps, loop.
 
 Everything up to the loop is pure JAX (no TensorFlow): `make_train_step` and
 `make_eval_step` build jitted functions over global arrays, with explicit
@@ -28,6 +28,7 @@ from absl import logging
 from flax import linen as nn
 from jax.sharding import Mesh
 
+from transformer_jax import config as config_lib
 from transformer_jax import metrics as metrics_lib
 from transformer_jax import sharding
 from transformer_jax.model import Transformer, TransformerConfig
@@ -39,169 +40,6 @@ Batch = Mapping[str, Any]
 _BATCH_TO_MODEL = {'inputs_position': 'inputs_positions', 'targets_position': 'targets_positions',
                    'inputs_segmentation': 'inputs_segmentation',
                    'targets_segmentation': 'targets_segmentation'}
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-# Config keys that shape the training batches: a checkpoint's data-iterator position only
-# fits an input pipeline built with the same values (checked on restore).
-_DATA_KEYS = ('dataset', 'tfds_name', 'train_split', 'source_lang', 'target_lang', 'max_len',
-              'batching', 'batch_size', 'tokens_per_batch', 'bucket_boundaries',
-              'shuffle_buffer', 'seed')
-
-
-def default_config():
-  """The full training ConfigDict with the paper's recipe as defaults (base, WMT14 EN→DE).
-
-  Every key a config may set is here; `validate_config` rejects any other.
-  """
-  import ml_collections
-  from ml_collections.config_dict import placeholder
-  c = ml_collections.ConfigDict()
-  # Data (transformer_jax.input_pipeline).
-  c.dataset = 'tfds'  # 'bible' | 'tfds' | 'text'
-  c.tfds_name = 'wmt14_translate/de-en'
-  c.tfds_data_dir = ''
-  c.train_split = 'train'
-  c.eval_split = 'validation'
-  c.test_split = 'test'
-  c.source_lang = 'en'
-  c.target_lang = 'de'
-  for split in ('train', 'eval', 'test'):
-    c[f'{split}_source'] = ''
-    c[f'{split}_target'] = ''
-  c.vocab_path = ''  # '' = <workdir>/spm.model, trained on first use.
-  c.vocab_size = 37000  # shared source-target vocabulary (paper §5.1).
-  c.vocab_model_type = 'bpe'
-  c.vocab_max_sentences = 1_000_000
-  c.max_len = 256
-  c.max_eval_len = 256
-  c.batching = 'tokens'  # 'pack' | 'tokens'
-  c.batch_size = 64  # rows per batch with 'pack'
-  c.tokens_per_batch = 25000  # source (and target) tokens per step (paper §5.1).
-  c.bucket_boundaries = ()
-  c.shuffle_buffer = 100_000
-  c.seed = 0
-  # Model: TransformerConfig fields except the vocabulary sizes (from the tokenizer).
-  c.model = ml_collections.ConfigDict(dict(
-      d_model=512, d_ff=2048, num_heads=8, d_k=placeholder(int), d_v=placeholder(int),
-      num_encoder_layers=6, num_decoder_layers=6, dropout_rate=0.1,
-      attention_dropout_rate=0.0, max_len=512, positional='sinusoidal',
-      share_embeddings=True, logits_via_embedding=True, pre_norm=False,
-      layer_norm_epsilon=1e-6, dtype='float32', param_dtype='float32',
-      attention_impl=placeholder(str), remat='none'))
-  # Optimisation (paper §5.3-5.4).
-  c.label_smoothing = 0.1
-  c.warmup_steps = 4000
-  c.learning_rate_multiplier = 1.0
-  c.cooldown_steps = 0  # > 0: lr decays linearly to 0 over the last so many steps.
-  c.adam_b1 = 0.9
-  c.adam_b2 = 0.98
-  c.adam_eps = 1e-9
-  c.grad_clip_norm = 0.0  # 0: no clipping.
-  c.grad_accum_steps = 1  # micro-batches per optimizer step.
-  c.num_train_steps = 100_000
-  c.train_minutes = 0.0  # wall-clock training budget (evaluation excluded); 0: none.
-  # Evaluation, logging, checkpoints.
-  c.log_every_steps = 100
-  c.eval_every_steps = 1000
-  c.eval_every_minutes = 0.0  # also evaluate every so many training minutes; 0: off.
-  c.num_eval_batches = -1  # -1: the whole eval split.
-  c.num_bleu_sentences = 500  # sentences decoded for BLEU at each evaluation; 0: none, -1: all.
-  c.bleu_split = 'eval'  # 'eval' | 'test': the split those sentences come from.
-  c.decode_batch_size = 32  # sentences per decoding batch for BLEU.
-  c.max_decode_len = 256
-  c.save_every_steps = 1000
-  c.keep_checkpoints = 5
-  c.async_checkpointing = True  # False on CPU-only hosts: the writer competes for the cores.
-  c.average_last = 5  # checkpoints averaged at the end (paper: last 5); 0: none.
-  c.mesh_shape = (-1, 1, 1)  # (data, fsdp, tensor); per slice with dcn_mesh_shape.
-  c.dcn_mesh_shape = ()  # multi-slice TPU: mesh across slices, e.g. (2, 1, 1); (): one slice.
-  c.peak_tflops = 0.0  # device peak for MFU; 0: from metrics.PEAK_TFLOPS.
-  c.progress_bar = True
-  return c
-
-
-def load_config(spec: str) -> Any:
-  """The ConfigDict of a config file, `path.py` or `path.py:arg` (as `--config=` takes).
-
-  Raises ValueError naming the file if it is missing, lacks `get_config`, or has
-  unknown keys.
-  """
-  import importlib.util
-  path, _, arg = spec.partition(':')
-  if not os.path.isfile(path):
-    raise ValueError(f'config file {path!r} does not exist')
-  module_spec = importlib.util.spec_from_file_location(
-      os.path.splitext(os.path.basename(path))[0], path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, 'get_config'):
-    raise ValueError(f'config file {path!r} has no get_config() function')
-  config = module.get_config(arg) if arg else module.get_config()
-  validate_config(config)
-  return config
-
-
-def _unknown_keys(config: Mapping[str, Any], reference: Mapping[str, Any],
-                  prefix: str = '') -> list[str]:
-  unknown = []
-  for key in config.keys():
-    if key not in reference:
-      unknown.append(prefix + key)
-    elif hasattr(reference[key], 'keys'):
-      unknown += _unknown_keys(config[key], reference[key], f'{prefix}{key}.')
-  return unknown
-
-
-# Numeric keys checked by `validate_config`: the rule each value must satisfy (the model's
-# values are checked by TransformerConfig itself).
-_VALUE_RULES = (
-    (('vocab_size', 'max_len', 'max_eval_len', 'batch_size', 'tokens_per_batch', 'shuffle_buffer',
-      'warmup_steps', 'learning_rate_multiplier', 'grad_accum_steps', 'log_every_steps',
-      'eval_every_steps', 'save_every_steps', 'decode_batch_size', 'max_decode_len'),
-     '> 0', lambda v: v > 0),
-    (('num_train_steps', 'train_minutes', 'eval_every_minutes', 'cooldown_steps',
-      'grad_clip_norm', 'average_last'), '>= 0', lambda v: v >= 0),
-    (('label_smoothing',), 'in [0, 1)', lambda v: 0 <= v < 1),
-    (('num_eval_batches',), '-1 (all) or > 0', lambda v: v == -1 or v > 0),
-    (('num_bleu_sentences',), '-1 (all) or >= 0', lambda v: v >= -1),
-)
-
-
-def validate_config(config: Mapping[str, Any]) -> None:
-  """Raise ValueError naming every key `default_config` does not know, or every numeric
-  value out of its range (e.g. batch_size <= 0, warmup_steps 0, dropout_rate >= 1, or
-  max_len / max_eval_len longer than model.max_len)."""
-  unknown = _unknown_keys(config, default_config())
-  if unknown:
-    raise ValueError(f"unknown config key(s) {', '.join(map(repr, unknown))}; "
-                     'see transformer_jax.train_lib.default_config for the valid keys')
-  get = lambda key: functools.reduce(lambda c, k: c[k], key.split('.'), config)
-  bad = [f'config.{key}={get(key)!r} must be {rule}' for keys, rule, ok in _VALUE_RULES
-         for key in keys if not (isinstance(get(key), (int, float)) and ok(get(key)))]
-  if not bad:
-    try:  # TransformerConfig's own checks, before the (slow) data set-up
-      model_config(config, get('vocab_size'))
-    except ValueError as e:
-      bad = [str(e)]
-  if not bad:  # the lengths are positive numbers: do they fit the position table?
-    bad = [f'config.{key}={get(key)} exceeds config.model.max_len={get("model.max_len")}, '
-           'the positions the model has' for key in ('max_len', 'max_eval_len')
-           if get(key) > get('model.max_len')]
-  if bad:
-    raise ValueError('; '.join(bad))
-
-
-def model_config(config: Any, vocab_size: int) -> TransformerConfig:
-  """TransformerConfig from `config.model` and the tokenizer's vocabulary size; a value
-  it refuses is a ValueError naming the config.model key."""
-  values = dict(config.model.to_dict() if hasattr(config.model, 'to_dict') else config.model)
-  for key in ('dtype', 'param_dtype'):
-    if values[key] not in _DTYPES:
-      raise ValueError(f'config.model.{key}={values[key]!r}: expected one of {sorted(_DTYPES)}')
-    values[key] = _DTYPES[values[key]]
-  try:
-    return TransformerConfig(vocab_size=vocab_size, **values)
-  except (ValueError, TypeError) as e:
-    raise ValueError(f'config.model: {e}') from None
 
 
 # ------------------------------------------------------------------------- optimizer
@@ -578,11 +416,11 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
   from transformer_jax import checkpoint  # orbax: imported only when training.
   # SIGTERM from here on (data set-up and restore included) saves and exits 0.
   with checkpoint.PreemptionGuard() as guard:
-    validate_config(config)
+    config_lib.validate_config(config)
     is_main = jax.process_index() == 0
     mesh = sharding.create_mesh(config.mesh_shape, config.dcn_mesh_shape or None)
     tokenizer, train_iter, eval_ds, _ = _datasets(config, workdir, mesh)
-    model_cfg = model_config(config, config.vocab_size if tokenizer is None
+    model_cfg = config_lib.model_config(config, config.vocab_size if tokenizer is None
                              else tokenizer.vocab_size)
     optimizer, schedule = create_optimizer(config, model_cfg.d_model)
     if tokenizer is None:
@@ -594,7 +432,7 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
     ckpt = checkpoint.Checkpointer(
         workdir, save_every_steps=config.save_every_steps, keep=config.keep_checkpoints,
         async_save=config.async_checkpointing,
-        metadata={**metadata, 'data': {key: config[key] for key in _DATA_KEYS}})
+        metadata={**metadata, 'data': config_lib.data_identity(config)})
     state = ckpt.restore(abstract_train_state(model_cfg, optimizer, mesh), train_iter)
     # Written only once the checkpoints accepted this config: a refused resume must not
     # leave the workdir describing a model its checkpoints are not.
