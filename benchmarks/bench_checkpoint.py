@@ -22,7 +22,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from transformer_jax import checkpoint, sharding, train_lib  # noqa: E402
+from transformer_jax import checkpoint, sharding, synthetic, train_lib  # noqa: E402
 from transformer_jax import config as config_lib  # noqa: E402
 from transformer_jax.model import count_params  # noqa: E402
 
@@ -52,7 +52,7 @@ def main() -> None:
   print(f'base model: {count_params(state.params) / 1e6:.1f}M params, train state '
         f'{floats / 1e6:.0f}M numbers ({floats * 4 / 2**20:.0f} MiB); devices {jax.devices()}')
   train_step = train_lib.make_train_step(model_cfg, config, mesh, optimizer, schedule)
-  batches = train_lib.synthetic_batches(args.batch, args.length, args.vocab)
+  batches = synthetic.synthetic_batches(args.batch, args.length, args.vocab)
 
   def step(state):
     state, metrics = train_step(state, sharding.shard_batch(next(batches), mesh))

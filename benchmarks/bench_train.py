@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from transformer_jax import TransformerConfig, sharding, train_lib
+from transformer_jax import TransformerConfig, sharding, synthetic, train_lib
 from transformer_jax import config as config_lib
 
 SIZES = {  # (vocab, d_model, heads, layers, d_ff)
@@ -89,7 +89,7 @@ def main() -> None:
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   for size in args.sizes.split(','):
     vocab = SIZES[size][0]
-    gen = train_lib.synthetic_batches(args.batch, args.length, vocab, seed=0)
+    gen = synthetic.synthetic_batches(args.batch, args.length, vocab, seed=0)
     batches = [next(gen) for _ in range(args.steps + 2)]
     tokens = float(np.mean([np.sum(b['targets'] > 0) for b in batches]))
     runners = {f'jax-{d}': jax_runner(size, d, bool(args.pre_norm))

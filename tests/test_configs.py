@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax import Transformer, count_params, sharding, train_lib
+from transformer_jax import Transformer, count_params, sharding, synthetic, train_lib
 from transformer_jax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,27 +113,28 @@ def _train_cli(*flags):
 
 def test_cli_unknown_override_is_one_clear_line(tmp_path):
   result = _train_cli(f'--workdir={tmp_path}', '--config.lerning_rate=2')
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert 'Traceback' not in result.stderr
   assert result.stderr.strip().splitlines()[-1] == (
-      "error: bad --config flag: unknown config key 'lerning_rate'")
+      "transformer-jax-train: error: bad --config flag: unknown config key 'lerning_rate'")
 
 
 def test_cli_unwritable_workdir_is_one_line_not_blamed_on_the_config(tmp_path):
   (tmp_path / 'file').write_text('')
   result = _train_cli(f'--workdir={tmp_path}/file/run')
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert 'Traceback' not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: [Errno 20] Not a directory') and 'config' not in last
+  assert last.startswith('transformer-jax-train: error: [Errno 20] Not a directory')
+  assert 'config' not in last
 
 
 def test_cli_unknown_table3_variant_is_one_clear_line(tmp_path):
   result = _train_cli(f'--workdir={tmp_path}', '--config=configs/table3.py:Z9')  # the last wins
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert 'Traceback' not in result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith(
-      'error: flag --config=configs/table3.py:Z9: Error whilst parsing config file: '
+      'transformer-jax-train: error: --config=configs/table3.py:Z9: '
       "ValueError: unknown Table 3 variant 'Z9'; choose one of A1, ")
 
 
@@ -162,7 +163,7 @@ def _variant_trains_one_step(variant):
   optimizer, schedule = train_lib.create_optimizer(config, model_cfg.d_model)
   state = train_lib.create_train_state(model_cfg, optimizer, mesh, 0)
   step = train_lib.make_train_step(model_cfg, config, mesh, optimizer, schedule)
-  batch = next(train_lib.synthetic_batches(2, 6, 64))
+  batch = next(synthetic.synthetic_batches(2, 6, 64))
   state, metrics = step(state, sharding.shard_batch(batch, mesh))
   assert int(state.step) == 1
   assert np.isfinite(float(metrics['loss'])) and float(metrics['grad_norm']) > 0

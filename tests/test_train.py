@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from transformer_jax import Transformer, checkpoint, sharding, train_lib
+from transformer_jax import Transformer, checkpoint, inference, sharding, train_lib
 from transformer_jax import config as config_lib
 
 EPS_LS = 0.1
@@ -165,7 +165,7 @@ def test_training_loop_logs_checkpoints_and_resumes(tmp_path):
   wider.model.d_model = 64
   with pytest.raises(checkpoint.CheckpointError, match=r'model_config\.d_model: checkpoint 32'):
     train_lib.train_and_evaluate(wider, workdir)
-  assert checkpoint.load_for_inference(workdir)[1].d_model == 32
+  assert inference.load_for_inference(workdir)[1].d_model == 32
   # So is another input pipeline: the saved iterator position would not fit it.
   with pytest.raises(checkpoint.CheckpointError, match=r'data\.batch_size: checkpoint 8 != now 16'):
     train_lib.train_and_evaluate(_tiny_training_config(batch_size=16), workdir)
@@ -195,7 +195,7 @@ def test_nan_loss_stops_training_with_the_step(tmp_path):
                                  async_checkpointing=False)
   with pytest.raises(FloatingPointError, match=r'non-finite training metrics at step \d+'):
     train_lib.train_and_evaluate(config, str(tmp_path))
-  params, _, _ = checkpoint.load_for_inference(str(tmp_path))
+  params, _, _ = inference.load_for_inference(str(tmp_path))
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 

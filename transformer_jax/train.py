@@ -1,34 +1,71 @@
 """Command line: `transformer-jax-train --config=configs/base.py --workdir=DIR [--config.key=v]`.
 
-Bad input (unknown config key, unreadable config, incompatible checkpoint, unwritable workdir,
-non-finite loss) ends with one clear line on stderr and exit status 1.
+`--config=path.py[:arg]` names a config file (`config.load_config`); `--config.<key>=<value>`
+overrides one of its keys (dotted for `model.*`), parsed as the key's type. Bad input
+(unknown config key, unreadable config, incompatible checkpoint, unwritable workdir, bad
+data, non-finite loss) ends with one line on stderr and exit status 2 (`cli`).
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Optional, Sequence
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import logging
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Training config file, e.g. configs/demo.py or configs/table3.py:A1.',
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and vocabulary.')
-flags.mark_flags_as_required(['config', 'workdir'])
+from transformer_jax import cli
+from transformer_jax import config as config_lib
+
+PROG = 'transformer-jax-train'
+_OVERRIDE = '--config.'
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from transformer_jax import distributed, train_lib  # after flag parsing: JAX starts here.
-  quiet_checkpoint_info()
+def parse(argv: Sequence[str]) -> tuple[object, str]:
+  """(the ConfigDict with its overrides applied, the workdir) of the command line."""
+  parser = cli.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+  parser.add_argument('--config', required=True,
+                      help='config file, e.g. configs/demo.py or configs/table3.py:A1')
+  parser.add_argument('--workdir', required=True,
+                      help='directory for checkpoints, logs and vocabulary')
+  args, rest = parser.parse_known_args(argv)
+  overrides = []
+  while rest:
+    flag = rest.pop(0)
+    if not flag.startswith(_OVERRIDE):
+      raise cli.UserError(f'unrecognized arguments: {flag}')
+    key, eq, value = flag[len(_OVERRIDE):].partition('=')
+    if not eq:
+      if not rest:
+        raise cli.UserError(f'{flag} needs a value')
+      value = rest.pop(0)
+    overrides.append((key, value))
   try:
-    distributed.initialize()  # multi-host: from JAX_* env or the cluster (docs/scaling.md)
-    train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FloatingPointError, OSError) as e:
-    logging.error('%s', e)
-    sys.exit(f'error: {e}')
+    config = config_lib.load_config(args.config)
+  except Exception as e:  # noqa: BLE001 - whatever the config file raises: one line.
+    raise cli.UserError(f'--config={args.config}: {type(e).__name__}: {e}') from None
+  for key, value in overrides:
+    try:
+      config_lib.apply_override(config, key, value)
+    except KeyError:
+      raise cli.UserError(f"bad --config flag: unknown config key '{key}'") from None
+    except (ValueError, TypeError, SyntaxError) as e:
+      raise cli.UserError(f'bad --config flag: {e}') from None
+  return config, args.workdir
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Parse flags, then train; returns the exit code (2 with one line for user errors)."""
+  return cli.run_main(PROG, lambda: _train(*parse(sys.argv[1:] if argv is None else argv)),
+                      (ValueError, FloatingPointError, OSError))
+
+
+def _train(config, workdir: str) -> None:
+  logging.use_absl_handler()
+  logging.set_verbosity(logging.INFO)
+  quiet_checkpoint_info()
+  from transformer_jax import distributed, train_lib  # after flag parsing: JAX starts here.
+  distributed.initialize()  # multi-host: from JAX_* env or the cluster (docs/scaling.md)
+  train_lib.train_and_evaluate(config, workdir)
 
 
 def quiet_checkpoint_info() -> None:
@@ -41,29 +78,5 @@ def quiet_checkpoint_info() -> None:
 
 
 def run() -> None:
-  """Console-script entry point; unknown `--config.*` keys fail before training starts."""
-  try:
-    app.run(main, flags_parser=_parse_flags)
-  except (KeyError, AttributeError, ValueError, OSError) as e:
-    sys.exit(f'error: bad --config flag: {_one_line(e)}')
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, but a bad flag ends with one line: a config file that fails to
-  load (e.g. `configs/table3.py:Z9`) gives its error, not the traceback flags carries."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    lines = str(e).strip().splitlines()
-    detail = f' {lines[-1].strip()}' if len(lines) > 1 else ''
-    sys.exit(f'error: {lines[0]}{detail}')
-
-
-def _one_line(error: BaseException) -> str:
-  """The innermost message of ml_collections' nested (Attribute(Key)) errors, on one line."""
-  while error.args and isinstance(error.args[0], BaseException):
-    error = error.args[0]
-  message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-  if isinstance(error, KeyError):
-    message = f'unknown config key {message}'
-  return ' '.join(message.split())
+  """Console-script entry point."""
+  sys.exit(main())
