@@ -14,6 +14,7 @@ resuming and for inference alike). Paths come from `workdir.Workdir`.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import shutil

@@ -31,44 +31,32 @@ class CheckpointError(ValueError):
   """A checkpoint or workdir file cannot be used: incompatible with this run, or unreadable."""
 
 
+# Workdir attribute -> path below the root.
+_LAYOUT = {'checkpoints': 'checkpoints', 'corrupt': 'checkpoints_corrupt', 'averaged': 'averaged',
+           'config_json': 'config.json', 'model_config_json': 'model_config.json',
+           'metrics_jsonl': 'metrics.jsonl', 'tensorboard': 'tensorboard'}
+
+
 @dataclasses.dataclass(frozen=True)
 class Workdir:
-  """The paths of a training workdir (`root` is made absolute)."""
+  """The paths of a training workdir (`root` is made absolute; the others follow `_LAYOUT`)."""
   root: str
+  checkpoints: str = dataclasses.field(init=False)
+  corrupt: str = dataclasses.field(init=False)
+  averaged: str = dataclasses.field(init=False)
+  config_json: str = dataclasses.field(init=False)
+  model_config_json: str = dataclasses.field(init=False)
+  metrics_jsonl: str = dataclasses.field(init=False)
+  tensorboard: str = dataclasses.field(init=False)
 
   def __post_init__(self):
-    object.__setattr__(self, 'root', os.path.abspath(os.fspath(self.root)))
+    root = os.path.abspath(os.fspath(self.root))
+    object.__setattr__(self, 'root', root)
+    for name, path in _LAYOUT.items():
+      object.__setattr__(self, name, os.path.join(root, path))
 
   def _path(self, *names: str) -> str:
     return os.path.join(self.root, *names)
-
-  @property
-  def checkpoints(self) -> str:
-    return self._path('checkpoints')
-
-  @property
-  def corrupt(self) -> str:
-    return self._path('checkpoints_corrupt')
-
-  @property
-  def averaged(self) -> str:
-    return self._path('averaged')
-
-  @property
-  def config_json(self) -> str:
-    return self._path('config.json')
-
-  @property
-  def model_config_json(self) -> str:
-    return self._path('model_config.json')
-
-  @property
-  def metrics_jsonl(self) -> str:
-    return self._path('metrics.jsonl')
-
-  @property
-  def tensorboard(self) -> str:
-    return self._path('tensorboard')
 
   def translations(self, label: str, step: int) -> str:
     """Where an evaluation labelled `label` at `step` writes what it decoded."""
