@@ -96,9 +96,6 @@ class _CorruptError(Exception):
   """A step whose bytes do not match what was saved."""
 
 
-# ------------------------------------------------------------------------------- helpers
-
-
 def _describe(error: BaseException) -> str:
   """'TypeName: first line of the message' (at most 300 characters), for one-line errors."""
   lines = str(error).strip().splitlines()
@@ -233,9 +230,6 @@ def newest_readable(manager: ocp.CheckpointManager,
   newest = f' (newest error: {errors[0][1]})' if errors else ''
   raise CheckpointError(f'none of the {len(steps)} checkpoints in {manager.directory} could be '
                         f'restored{newest}')
-
-
-# --------------------------------------------------------------------------- Checkpointer
 
 
 class Checkpointer:
