@@ -14,7 +14,7 @@ import sentencepiece as spm
 from flax import linen as nn
 
 from transformer_jax import Transformer, checkpoint
-from transformer_jax import bleu, inference, translate
+from transformer_jax import bleu, cli, inference, translate
 from transformer_jax.workdir import Workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,15 +74,15 @@ def test_bucket_lengths():
 def test_read_lines_keeps_empty_lines(tmp_path):
   path = tmp_path / 'in.txt'
   path.write_bytes(b'one\r\n\ntwo\n')
-  assert translate._read_lines(str(path)) == ['one', '', 'two']
+  assert cli.read_lines(str(path)) == ['one', '', 'two']
   path.write_bytes(b'one\n\n')
-  assert translate._read_lines(str(path)) == ['one', '']
+  assert cli.read_lines(str(path)) == ['one', '']
 
 
 def test_stdout_is_utf8_whatever_the_locale(monkeypatch):
   stdout = io.TextIOWrapper(io.BytesIO(), encoding='ascii')
   monkeypatch.setattr(sys, 'stdout', stdout)
-  translate._write_lines(None, ['Grüße ⁇', ''])
+  cli.write_lines(None, ['Grüße ⁇', ''])
   assert stdout.buffer.getvalue() == 'Grüße ⁇\n\n'.encode('utf-8')
 
 

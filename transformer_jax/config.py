@@ -33,11 +33,12 @@ DATA, RUN = True, False  # the key is / is not part of the training data's ident
 # (key, default, rule, data identity): the one place a top-level key is declared.
 _SCHEMA: tuple[tuple[str, Any, Optional[Rule], bool], ...] = (
     # Data (transformer_jax.input_pipeline; sources in transformer_jax.sources).
-    ('task', 'translation', None, RUN),  # transformer_jax.tasks.TASKS: data + evaluation hooks
-    ('dataset', 'tfds', None, DATA),  # 'bible' (embedded EN-ES corpus) | 'tfds' | 'text'
+    ('task', 'translation', None, RUN),  # tasks.TASKS: 'translation' | 'parsing' (its hooks)
+    # Translation: 'bible' (embedded EN-ES corpus) | 'tfds' | 'text'; parsing: 'craft'.
+    ('dataset', 'tfds', None, DATA),
     ('tfds_name', 'wmt14_translate/de-en', None, DATA),
     ('tfds_data_dir', '', None, RUN),  # '': tfds default; the dataset must be prepared
-    # Split names for 'tfds' ('train[:1%]' slicing works) and 'bible' (train, dev, test).
+    # Split names for 'tfds' ('train[:1%]' slicing works), 'bible' and 'craft' (train, dev, test).
     ('train_split', 'train', None, DATA),
     ('eval_split', 'validation', None, RUN),
     ('test_split', 'test', None, RUN),
@@ -85,10 +86,10 @@ _SCHEMA: tuple[tuple[str, Any, Optional[Rule], bool], ...] = (
     ('eval_every_steps', 1000, POSITIVE, RUN),
     ('eval_every_minutes', 0.0, NON_NEGATIVE, RUN),  # also every so many training minutes
     ('num_eval_batches', -1, Rule('-1 (all) or > 0', lambda v: v == -1 or v > 0), RUN),
-    # Sentences decoded for BLEU at each evaluation; 0: none, -1: all.
+    # Sentences decoded at each evaluation (translation: BLEU; parsing: F1); 0: none, -1: all.
     ('num_bleu_sentences', 500, Rule('-1 (all) or >= 0', lambda v: v >= -1), RUN),
     ('bleu_split', 'eval', None, RUN),  # 'eval' | 'test': the split those sentences come from
-    ('decode_batch_size', 32, POSITIVE, RUN),  # sentences per decoding batch for BLEU
+    ('decode_batch_size', 32, POSITIVE, RUN),  # sentences per decoding batch at evaluation
     ('max_decode_len', 256, POSITIVE, RUN),
     ('save_every_steps', 1000, POSITIVE, RUN),
     ('keep_checkpoints', 5, None, RUN),

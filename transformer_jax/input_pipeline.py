@@ -76,9 +76,10 @@ def vocab_path(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def get_tokenizer(config: ml_collections.ConfigDict, workdir: str,
-                  read_pairs: ReadPairs = raw_dataset) -> tokenizer_lib.Tokenizer:
+                  read_pairs: ReadPairs = raw_dataset,
+                  symbols: Sequence[str] = ()) -> tokenizer_lib.Tokenizer:
   """The tokenizer at `vocab_path(config, workdir)`; trained there first (on both sides of
-  the train split) if absent."""
+  the train split, `symbols` as single pieces: the task's `vocabulary_symbols`) if absent."""
   path = vocab_path(config, workdir)
 
   def sentences() -> Iterator[str]:
@@ -87,7 +88,7 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str,
 
   return tokenizer_lib.load_or_train(path, sentences(), config.vocab_size,
                                      config.vocab_model_type, config.vocab_max_sentences,
-                                     config.seed)
+                                     config.seed, symbols)
 
 
 def tokenize(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Tokenizer,
@@ -328,17 +329,19 @@ class TrainIterator:
 
 def get_datasets(config: ml_collections.ConfigDict, workdir: str,
                  process_index: Optional[int] = None, process_count: Optional[int] = None,
-                 read_pairs: ReadPairs = raw_dataset) -> tuple[tokenizer_lib.Tokenizer, TrainIterator, tf.data.Dataset,
+                 read_pairs: ReadPairs = raw_dataset, symbols: Sequence[str] = ()
+                 ) -> tuple[tokenizer_lib.Tokenizer, TrainIterator, tf.data.Dataset,
                             tf.data.Dataset]:
   """(tokenizer, train iterator, eval batches, test batches) for this process, of the pairs
-  `read_pairs` gives (the task's data hook)."""
+  `read_pairs` gives (the task's data hook); a new vocabulary holds `symbols` as single
+  pieces."""
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
   if count > 1 and config.batching == 'tokens':
     # Each host would pick its own bucket shape per step; the global batch needs one.
     raise DataError("batching='tokens' runs on one host only: use batching='pack' with "
                     f'{count} processes')
-  tokenizer = get_tokenizer(config, workdir, read_pairs)
+  tokenizer = get_tokenizer(config, workdir, read_pairs, symbols)
   train_pairs = read_pairs(config, 'train', index, count)
   _log_too_long(tokenize(train_pairs, tokenizer), config.max_len, f'train (process {index})',
                 limit=TRAIN_LENGTH_SAMPLE)

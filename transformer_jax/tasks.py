@@ -1,12 +1,14 @@
 """What differs between tasks: how training pairs are read, and what evaluation computes.
 
-A task is two hooks (`Task`): `read_pairs(config, split, process_index, process_count)`, a
-`tf.data.Dataset` of (input, output) string pairs that `input_pipeline` tokenises and
-batches, and `make_evaluator(context)`, the function training's periodic evaluation calls
-beside the loss (`(label, params, step) -> {name: value}`, logged as `<label>/<name>`).
+A task is three hooks (`Task`): `read_pairs(config, split, process_index, process_count)`,
+a `tf.data.Dataset` of (input, output) string pairs that `input_pipeline` tokenises and
+batches; `vocabulary_symbols(config)`, strings the vocabulary must hold as single pieces;
+and `make_evaluator(context)`, the function training's periodic evaluation calls beside
+the loss (`(label, params, step) -> {name: value}`, logged as `<label>/<name>`).
 `config.task` picks one of `TASKS`. Translation reads parallel text (`sources`) and scores
-BLEU; another task (e.g. parsing: a treebank read as (sentence, linearised tree) pairs,
-scored by bracket F1) adds a class with these two methods and an entry in `TASKS`.
+BLEU; parsing reads the embedded treebank as (sentence, linearised tree) pairs and scores
+labelled bracket F1 (`transformer_jax.parsing`). Both decode the first
+`num_bleu_sentences` sentences of the split `bleu_split` names, greedily.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ class Task(Protocol):
                  process_count: int = 1) -> Any:
     """This process's shard of a split's (input, output) string pairs (tf.data)."""
 
+  def vocabulary_symbols(self, config: Any) -> Sequence[str]:
+    """SentencePiece user-defined symbols for a new vocabulary (each one piece)."""
+
   def make_evaluator(self, context: EvalContext) -> Optional[Evaluator]:
     """The evaluation beside the loss, or None for none."""
 
@@ -76,6 +81,9 @@ class Translation:
     from transformer_jax import sources  # tf.data: only when training.
     return sources.raw_dataset(config, split, process_index, process_count)
 
+  def vocabulary_symbols(self, config: Any) -> Sequence[str]:
+    return ()
+
   def make_evaluator(self, context: EvalContext) -> Optional[Evaluator]:
     config = context.config
     if context.tokenizer is None or not config.num_bleu_sentences:
@@ -84,9 +92,7 @@ class Translation:
     pairs = sources.load_raw(config, config.bleu_split)
     if config.num_bleu_sentences > 0:
       pairs = pairs[:config.num_bleu_sentences]
-    # Per device on one host; several processes keep the global program (each holds all
-    # the sentences, and the per-device path takes process-local rows).
-    mesh = context.mesh if jax.process_count() == 1 else None
+    mesh = _decoding_mesh(context.mesh)
 
     def evaluate(label: str, params: Any, step: int) -> dict[str, float]:
       scores, hypotheses = translate_and_score(
@@ -101,7 +107,59 @@ class Translation:
     return evaluate
 
 
-TASKS: dict[str, Task] = {'translation': Translation()}
+def _decoding_mesh(mesh: Mesh) -> Optional[Mesh]:
+  """The mesh to decode per device on: one host only (several processes keep the global
+  program: each holds all the sentences, and the per-device path takes process-local rows)."""
+  return mesh if jax.process_count() == 1 else None
+
+
+class Parsing:
+  """The embedded CRAFT treebank (`parsing.treebank`; `config.<role>_split` names 'train',
+  'dev' or 'test') as (words, bracket sequence) pairs, the target symbols one piece each;
+  scored by EVALB F1 (all and <= 40 words) and the share of outputs that needed a repair on
+  the first `num_bleu_sentences` trees of `bleu_split`, parsed greedily (`parser.GREEDY`);
+  the trees are kept in `Workdir.translations(label, step)`."""
+
+  def read_pairs(self, config: Any, split: str, process_index: int = 0,
+                 process_count: int = 1) -> Any:
+    import tensorflow as tf
+    from transformer_jax import parsing
+    from transformer_jax.parsing import parser
+    sentences, sequences = zip(*parsing.pairs(parser.split_name(config, split)))
+    return (tf.data.Dataset.from_tensor_slices((list(sentences), list(sequences)))
+            .shard(process_count, process_index))
+
+  def vocabulary_symbols(self, config: Any) -> Sequence[str]:
+    from transformer_jax.parsing import parser
+    return parser.vocabulary_symbols(parser.split_name(config, 'train'))
+
+  def make_evaluator(self, context: EvalContext) -> Optional[Evaluator]:
+    config = context.config
+    if context.tokenizer is None or not config.num_bleu_sentences:
+      return None
+    from transformer_jax.parsing import parser, treebank
+    split = parser.split_name(config, config.bleu_split)
+    golds = treebank.split_trees(split)
+    if config.num_bleu_sentences > 0:
+      golds = golds[:config.num_bleu_sentences]
+    model = inference.LoadedModel(None, context.model_config, context.tokenizer)
+    mesh = _decoding_mesh(context.mesh)
+
+    def evaluate(label: str, params: Any, step: int) -> dict[str, float]:
+      result = parser.parse_and_score(dataclasses.replace(model, params=params), golds,
+                                      parser.GREEDY, config.decode_batch_size, mesh)
+      if context.is_main:
+        path = context.workdir.translations(label, step)
+        parser.write_trees(path, result.trees)
+        logging.info('step %d %s on %d %s trees (greedy): %s; <= 40 words: %s; %.1f%% '
+                     'repaired; trees in %s', step, label, len(golds), split,
+                     result.scores['all'], result.scores['len<=40'], result.repaired_percent,
+                     path)
+      return parser.summary(result)
+    return evaluate
+
+
+TASKS: dict[str, Task] = {'translation': Translation(), 'parsing': Parsing()}
 
 
 def get_task(config: Any) -> Task:

@@ -76,11 +76,15 @@ class Tokenizer:
 
 
 def train_model(sentences: Iterable[str], vocab_size: int, model_type: str = 'unigram',
-                max_sentences: int = 1_000_000, seed: int = 0) -> bytes:
+                max_sentences: int = 1_000_000, seed: int = 0,
+                user_defined_symbols: Sequence[str] = ()) -> bytes:
   """Train a SentencePiece model on `sentences` and return its serialised bytes.
 
-  At most `max_sentences` sentences (a seeded random sample) are used. Raises
-  ValueError if training fails (e.g. `vocab_size` too large for the sentences).
+  At most `max_sentences` sentences (a seeded random sample) are used. Each of
+  `user_defined_symbols` becomes one piece, always segmented as one (written with a
+  leading '▁' it matches a whole space-separated token, e.g. '▁(NP' for the parser's
+  `(NP`). Raises ValueError if training fails (e.g. `vocab_size` too large for the
+  sentences).
   """
   spm.set_random_generator_seed(seed)
   model = io.BytesIO()
@@ -89,7 +93,7 @@ def train_model(sentences: Iterable[str], vocab_size: int, model_type: str = 'un
         sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
         model_type=model_type, character_coverage=1.0, input_sentence_size=max_sentences,
         shuffle_input_sentence=True, pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
-        minloglevel=2)
+        user_defined_symbols=list(user_defined_symbols), minloglevel=2)
   except RuntimeError as e:  # e.g. "[...] Vocabulary size too high (8000). Please set it to ..."
     message = str(e).rpartition('] ')[2] or str(e)
     raise ValueError(f'SentencePiece training failed (vocab_size={vocab_size}): '
@@ -114,8 +118,9 @@ def write_atomic(path: str, data: bytes) -> None:
 
 def load_or_train(path: str, sentences: Iterable[str], vocab_size: int,
                   model_type: str = 'unigram', max_sentences: int = 1_000_000,
-                  seed: int = 0) -> Tokenizer:
-  """The tokenizer cached at `path`; trains and caches it from `sentences` first if absent.
+                  seed: int = 0, user_defined_symbols: Sequence[str] = ()) -> Tokenizer:
+  """The tokenizer cached at `path`; trains and caches it from `sentences` first if absent
+  (`train_model`, with `user_defined_symbols` as single pieces).
 
   Raises ValueError naming `path` if the cached model is not a SentencePiece model with
   pad id 0 and EOS id 1, or does not have `vocab_size` pieces.
@@ -123,7 +128,8 @@ def load_or_train(path: str, sentences: Iterable[str], vocab_size: int,
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if not tf.io.gfile.exists(path):
     logging.info('Training a %d-piece %s SentencePiece model for %s', vocab_size, model_type, path)
-    write_atomic(path, train_model(sentences, vocab_size, model_type, max_sentences, seed))
+    write_atomic(path, train_model(sentences, vocab_size, model_type, max_sentences, seed,
+                                   user_defined_symbols))
   with tf.io.gfile.GFile(path, 'rb') as f:
     data = f.read()
   try:

@@ -299,7 +299,8 @@ def evaluate(eval_step: Callable, params: Any, batches: Any, mesh: Mesh,
 
 def _datasets(config: Any, workdir: str, mesh: Mesh,
               task: Any) -> tuple[Any, Any, Any]:
-  """(tokenizer, train iterator, eval batches) of `task`'s pairs (`Task.read_pairs`).
+  """(tokenizer, train iterator, eval batches) of `task`'s pairs (`Task.read_pairs`; a new
+  vocabulary holds `Task.vocabulary_symbols`).
 
   'synthetic' needs no TensorFlow: random tokens, no tokenizer (tests, benchmarks).
   """
@@ -310,8 +311,8 @@ def _datasets(config: Any, workdir: str, mesh: Mesh,
                                    config.seed), eval_batches
   from transformer_jax import input_pipeline  # tf.data: imported only when training.
   index, count = sharding.batch_split(mesh)
-  tokenizer, train_iter, eval_ds, _ = input_pipeline.get_datasets(config, workdir, index, count,
-                                                                  task.read_pairs)
+  tokenizer, train_iter, eval_ds, _ = input_pipeline.get_datasets(
+      config, workdir, index, count, task.read_pairs, task.vocabulary_symbols(config))
   return tokenizer, train_iter, eval_ds
 
 

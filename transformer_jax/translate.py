@@ -55,37 +55,6 @@ def use_cpu_devices(count: int) -> None:
                     'device(s)', count, len(jax.devices('cpu')))
 
 
-def _read_lines(path: Optional[str]) -> list[str]:
-  """Lines of `path` (or stdin) without their line ends; a final newline adds no line."""
-  try:
-    if path is None:
-      data = sys.stdin.buffer.read()
-    else:
-      with open(path, 'rb') as f:
-        data = f.read()
-  except OSError as e:
-    raise cli.UserError(f'cannot read {path}: {e.strerror}') from None
-  lines = data.decode('utf-8', errors='replace').split('\n')
-  if lines[-1] == '':
-    lines.pop()
-  return [line.rstrip('\r') for line in lines]
-
-
-def _write_lines(path: Optional[str], lines: Sequence[str]) -> None:
-  """Write `lines` to `path` (or stdout) as UTF-8, whatever the locale, like the input."""
-  text = ''.join(line + '\n' for line in lines)
-  if path is None:
-    sys.stdout.flush()
-    sys.stdout.buffer.write(text.encode('utf-8'))
-    sys.stdout.buffer.flush()
-    return
-  try:
-    with open(path, 'w', encoding='utf-8', newline='\n') as f:
-      f.write(text)
-  except OSError as e:
-    raise cli.UserError(f'cannot write {path}: {e.strerror}') from None
-
-
 def build_parser() -> cli.ArgumentParser:
   parser = cli.ArgumentParser(prog=PROG, description=__doc__.split('\n')[0])
   parser.add_argument('--workdir', required=True, help='training directory with checkpoints')
@@ -121,8 +90,8 @@ def _translate(args) -> None:
     use_cpu_devices(cpu_devices)
   mesh = sharding.create_mesh()  # all devices, so made after use_cpu_devices
   model = inference.load_model(args.workdir, mesh)
-  lines = _read_lines(args.input)
-  references = None if args.reference is None else _read_lines(args.reference)
+  lines = cli.read_lines(args.input)
+  references = None if args.reference is None else cli.read_lines(args.reference)
   if references is not None and len(references) != len(lines):
     raise cli.UserError(f'{args.reference} has {len(references)} lines but the input '
                         f'{len(lines)}')
@@ -132,7 +101,7 @@ def _translate(args) -> None:
                                       batch_size=args.batch_size,
                                       max_source_len=model.config.max_len,
                                       progress=not args.no_progress)
-  _write_lines(args.output, outputs)
+  cli.write_lines(args.output, outputs)
   if references is not None:
     print(bleu.format_scores(bleu.corpus_bleu(outputs, references)), file=sys.stderr)
 

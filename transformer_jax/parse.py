@@ -1,0 +1,79 @@
+"""Parse English sentences with a trained parser: `transformer-jax-parse --workdir DIR`.
+
+Reads stdin (or `--input`): one sentence a line, already tokenised (words separated by
+whitespace, as in the Penn Treebank: `The cells were n't grown .`); `(` and `)` are
+written as the treebank's -LRB- / -RRB-. Writes to stdout (or `--output`) exactly one
+line per input line, in order: the sentence's tree in Penn bracketing under `TOP`, its
+words as given (escaped), POS tags `XX` (the parser predicts none), e.g.
+`(TOP (S (NP (XX The) (XX cells)) (VP (XX divide)) (XX .)))`; a blank line gives an
+empty line. A model output that is not a well-formed tree over the words is repaired
+(`parsing.linearize.from_sequence`); how many were is said on stderr.
+
+Decoding: the paper's (§6.3) by default, beam 21, alpha 0.3, at most source + 300
+tokens; `--greedy` is much cheaper. Devices and batching as `transformer-jax-translate`;
+a bad flag or a missing or incompatible checkpoint ends with one line on stderr, exit 2.
+The work is done by `transformer_jax.parsing.parser`; no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+from transformer_jax import cli, inference, sharding, translate
+from transformer_jax.parsing import parser as parser_lib
+from transformer_jax.workdir import CheckpointError
+
+PROG = 'transformer-jax-parse'
+
+
+def build_parser() -> cli.ArgumentParser:
+  paper = parser_lib.PAPER
+  parser = cli.ArgumentParser(prog=PROG, description=__doc__.split('\n')[0])
+  parser.add_argument('--workdir', required=True, help='training directory of a parser')
+  parser.add_argument('--input', help='file with one tokenised sentence per line (default: '
+                      'stdin)')
+  parser.add_argument('--output', help='file for the trees (default: stdout)')
+  parser.add_argument('--beam_size', type=int, default=paper.beam_size)
+  parser.add_argument('--alpha', type=float, default=paper.alpha, help='length penalty exponent')
+  parser.add_argument('--max_extra_len', type=int, default=paper.max_extra_len,
+                      help='output length limit = source length (tokens) + this')
+  parser.add_argument('--greedy', action='store_true', help='greedy decoding (beam size 1)')
+  parser.add_argument('--batch_size', type=int, default=16, help='sentences per batch')
+  parser.add_argument('--cpu_devices', type=int, help='as for transformer-jax-translate')
+  parser.add_argument('--no_progress', action='store_true', help='no progress bar on stderr')
+  return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Run the CLI; returns the exit code (2 with a one-line message for user errors)."""
+  return cli.run_main(PROG, lambda: _parse(build_parser().parse_args(argv)),
+                      (CheckpointError, inference.InferenceError))
+
+
+def _parse(args) -> None:
+  decoding = parser_lib.Decoding(1 if args.greedy else args.beam_size, args.alpha,
+                                 args.max_extra_len)
+  cli.check_search_options(decoding.beam_size, decoding.alpha)
+  if args.batch_size < 1 or args.max_extra_len < 0:
+    raise cli.UserError('--batch_size must be >= 1, --max_extra_len >= 0')
+  cpu_devices = translate.default_cpu_devices() if args.cpu_devices is None else args.cpu_devices
+  if cpu_devices is not None:
+    translate.use_cpu_devices(cpu_devices)
+  mesh = sharding.create_mesh()  # all devices, so made after use_cpu_devices
+  model = inference.load_model(args.workdir, mesh)
+  sentences = [parser_lib.sentence_words(line) for line in cli.read_lines(args.input)]
+  parsed = parser_lib.parse(model, sentences, decoding, args.batch_size, mesh,
+                            progress=not args.no_progress)
+  cli.write_lines(args.output, ['' if tree is None else str(tree) for tree in parsed.trees])
+  print(f'{PROG}: {sum(map(bool, sentences))} sentences parsed, {parsed.repaired} of the '
+        'outputs repaired', file=sys.stderr)
+
+
+def run() -> None:
+  """Console-script entry point."""
+  sys.exit(main())
+
+
+if __name__ == '__main__':
+  run()
