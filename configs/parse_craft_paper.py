@@ -5,9 +5,9 @@ The paper's base recipe (post-LN, 4,000 warm-up steps) with 4 encoder and 4 deco
 layers of d_model 1024; what the paper leaves unsaid is chosen as for its big model
 (d_ff 4096, 16 heads, dropout 0.3: it tuned dropout on the dev set without giving it);
 a 16,000-piece vocabulary holding the target symbols as single pieces; batches of
-~12k source and target tokens. Decoding as the paper: beam 21, alpha 0.3, at most source + 300 tokens
-(`transformer-jax-parse`'s defaults); training's evaluation parses the whole dev split
-greedily.
+~12k source and target tokens. Decoding as the paper: beam 21, alpha 0.3, at most
+source + 300 tokens (`transformer-jax-parse`'s defaults); training's evaluation parses
+the whole dev split greedily.
 """
 
 from transformer_jax.config import default_config
