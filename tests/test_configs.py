@@ -46,11 +46,19 @@ def _param_count(model_cfg):
   return count_params(shapes['params'])
 
 
-@pytest.mark.parametrize('name', ['base.py', 'big.py', 'demo.py', 'tiny.py'])
+@pytest.mark.parametrize('name', ['base.py', 'big.py', 'demo.py', 'tiny.py', 'parse_craft.py',
+                                  'parse_craft_paper.py'])
 def test_config_files_load_and_build_a_model(name):
   config = _load(name)
   model_cfg = config_lib.model_config(config, 100)
   assert model_cfg.d_model == config.model.d_model
+
+
+def test_paper_parser_is_section_6_3s_model():
+  config = _load('parse_craft_paper.py')
+  assert (config.task, config.dataset) == ('parsing', 'craft')
+  assert (config.model.num_encoder_layers, config.model.num_decoder_layers,
+          config.model.d_model) == (4, 4, 1024)
 
 
 def test_base_and_big_are_the_papers_recipes():
