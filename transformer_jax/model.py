@@ -169,13 +169,13 @@ class Embed(nn.Module):
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
     return self.dropout(x, deterministic=deterministic)
 
-  def attend(self, x: Array) -> Array:
-    """Output logits through the (shared) embedding: [B, L, D] -> [B, L, V].
+  def output_kernel(self) -> Array:
+    """The table [V, D] in the compute dtype, as the kernel of the output projection.
 
     Not rescaled: with the N(0, D^-0.5) init a unit-variance `x` gives logits of
     std ~1 (the input side multiplies by sqrt(D) instead, as in the paper, §3.4).
     """
-    return project(x, jnp.asarray(self.embedding, self.config.dtype))
+    return jnp.asarray(self.embedding, self.config.dtype)
 
 
 class FeedForward(nn.Module):
@@ -290,8 +290,21 @@ class Encoder(nn.Module):
     return x
 
 
+def output_logits(hidden: Array, kernel: Array, bias: Optional[Array] = None) -> Array:
+  """The output projection: hidden [..., D] · kernel [V, D]ᵀ (+ bias [V]) -> float32 [..., V]."""
+  logits = project(hidden, kernel)
+  if bias is not None:
+    logits = logits + bias
+  logits = nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+  return logits.astype(jnp.float32)
+
+
 class Decoder(nn.Module):
-  """Embedding + N decoder layers + output projection: -> [B, T, V] logits (float32)."""
+  """Embedding + N decoder layers + output projection: -> [B, T, V] logits (float32).
+
+  With `return_hidden` the projection is left to the caller (the chunked training loss):
+  -> (hidden [B, T, D], kernel [V, D], bias [V] or None), see `output_logits`.
+  """
   config: TransformerConfig
   embed: Embed
 
@@ -300,7 +313,8 @@ class Decoder(nn.Module):
                targets_positions: Optional[Array] = None,
                inputs_segmentation: Optional[Array] = None,
                targets_segmentation: Optional[Array] = None,
-               deterministic: bool = True, use_cache: bool = False) -> Array:
+               deterministic: bool = True, use_cache: bool = False,
+               return_hidden: bool = False) -> Any:
     cfg = self.config
     cross_mask = padding_mask(inputs)
     if use_cache:
@@ -342,12 +356,13 @@ class Decoder(nn.Module):
     if cfg.pre_norm:
       y = _layer_norm(cfg, 'final_norm')(y)
     if cfg.logits_via_embedding:
-      logits = self.embed.attend(y)
+      kernel, bias = self.embed.output_kernel(), None
     else:
-      logits = Linear((cfg.output_vocab_size,), ('vocab', 'embed'), dtype=cfg.dtype,
-                      param_dtype=cfg.param_dtype, name='logits')(y)
-    logits = nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
-    return logits.astype(jnp.float32)
+      kernel, bias = Linear((cfg.output_vocab_size,), ('vocab', 'embed'), dtype=cfg.dtype,
+                            param_dtype=cfg.param_dtype, name='logits').weights((cfg.d_model,))
+    if return_hidden:
+      return y, kernel, bias
+    return output_logits(y, kernel, bias)
 
 
 class Transformer(nn.Module):
@@ -381,21 +396,24 @@ class Transformer(nn.Module):
              targets_positions: Optional[Array] = None,
              inputs_segmentation: Optional[Array] = None,
              targets_segmentation: Optional[Array] = None,
-             deterministic: bool = True, use_cache: bool = False) -> Array:
-    """Encoder states [B, S, D], source ids [B, S] (for the mask), targets [B, T] -> logits."""
+             deterministic: bool = True, use_cache: bool = False,
+             return_hidden: bool = False) -> Any:
+    """Encoder states [B, S, D], source ids [B, S] (for the mask), targets [B, T] -> logits
+    (or the `Decoder`'s `return_hidden` triple)."""
     return self.decoder(encoded, inputs, targets, targets_positions, inputs_segmentation,
-                        targets_segmentation, deterministic, use_cache)
+                        targets_segmentation, deterministic, use_cache, return_hidden)
 
   def __call__(self, inputs: Array, targets: Array,
                inputs_positions: Optional[Array] = None,
                targets_positions: Optional[Array] = None,
                inputs_segmentation: Optional[Array] = None,
                targets_segmentation: Optional[Array] = None,
-               deterministic: bool = True) -> Array:
-    """Teacher-forced forward pass: [B, S] and [B, T] ids -> [B, T, V] float32 logits."""
+               deterministic: bool = True, return_hidden: bool = False) -> Any:
+    """Teacher-forced forward pass: [B, S] and [B, T] ids -> [B, T, V] float32 logits
+    (`return_hidden`: (hidden [B, T, D], output kernel [V, D], bias [V] or None))."""
     encoded = self.encode(inputs, inputs_positions, inputs_segmentation, deterministic)
     return self.decode(encoded, inputs, targets, targets_positions, inputs_segmentation,
-                       targets_segmentation, deterministic)
+                       targets_segmentation, deterministic, return_hidden=return_hidden)
 
 
 def init_cache(config: TransformerConfig, batch_size: int, max_decode_len: int,

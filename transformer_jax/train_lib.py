@@ -28,6 +28,7 @@ from absl import logging
 from flax import linen as nn
 from jax.sharding import Mesh
 
+from transformer_jax import loss as loss_lib
 from transformer_jax import metrics as metrics_lib
 from transformer_jax import sharding
 from transformer_jax.model import Transformer, TransformerConfig
@@ -89,6 +90,7 @@ def default_config():
       attention_impl=placeholder(str), remat='none'))
   # Optimisation (paper §5.3-5.4).
   c.label_smoothing = 0.1
+  c.loss_chunk_tokens = 8192  # loss over chunks of ~this many tokens (loss.py); 0: unchunked.
   c.warmup_steps = 4000
   c.learning_rate_multiplier = 1.0
   c.cooldown_steps = 0  # > 0: lr decays linearly to 0 over the last so many steps.
@@ -159,7 +161,7 @@ _VALUE_RULES = (
       'eval_every_steps', 'save_every_steps', 'decode_batch_size', 'max_decode_len'),
      '> 0', lambda v: v > 0),
     (('num_train_steps', 'train_minutes', 'eval_every_minutes', 'cooldown_steps',
-      'grad_clip_norm', 'average_last'), '>= 0', lambda v: v >= 0),
+      'grad_clip_norm', 'average_last', 'loss_chunk_tokens'), '>= 0', lambda v: v >= 0),
     (('label_smoothing',), 'in [0, 1)', lambda v: 0 <= v < 1),
     (('num_eval_batches',), '-1 (all) or > 0', lambda v: v == -1 or v > 0),
     (('num_bleu_sentences',), '-1 (all) or >= 0', lambda v: v >= -1),
@@ -329,17 +331,23 @@ def _split_micro_batches(batch: Batch, k: int) -> dict[str, Array]:
           for key, x in batch.items()}
 
 
-def _forward(model: Transformer, params: Any, batch: Batch, deterministic: bool,
-             rng: Optional[Array] = None) -> Array:
+def _loss_terms(model: Transformer, params: Any, batch: Batch, label_smoothing: float,
+                chunk_tokens: int, deterministic: bool,
+                rng: Optional[Array] = None) -> dict[str, Array]:
+  """Summed loss terms of a batch (`loss.chunked_loss_terms`: no [tokens, V] logits)."""
   extra = {_BATCH_TO_MODEL[k]: v for k, v in batch.items() if k in _BATCH_TO_MODEL}
   rngs = None if deterministic else {'dropout': rng}
-  return model.apply({'params': params}, batch['inputs'], batch['targets'],
-                     deterministic=deterministic, rngs=rngs, **extra)
+  hidden, kernel, bias = model.apply({'params': params}, batch['inputs'], batch['targets'],
+                                     deterministic=deterministic, rngs=rngs,
+                                     return_hidden=True, **extra)
+  return loss_lib.chunked_loss_terms(hidden, kernel, bias, batch['targets'], label_smoothing,
+                                     chunk_tokens)
 
 
 def train_step_fn(state: TrainState, batch: Batch, *, model: Transformer,
                   optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                  label_smoothing: float, grad_accum_steps: int) -> tuple[TrainState, dict]:
+                  label_smoothing: float, grad_accum_steps: int,
+                  loss_chunk_tokens: int) -> tuple[TrainState, dict]:
   """One optimizer step: gradients of the loss per real target token of the whole batch.
 
   With k = grad_accum_steps > 1 the batch is split into k micro-batches whose
@@ -350,8 +358,7 @@ def train_step_fn(state: TrainState, batch: Batch, *, model: Transformer,
   dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
   def loss_fn(params, micro, key):
-    terms = metrics_lib.loss_terms(_forward(model, params, micro, False, key),
-                                   micro['targets'], label_smoothing)
+    terms = _loss_terms(model, params, micro, label_smoothing, loss_chunk_tokens, False, key)
     return terms['loss'], terms
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -377,11 +384,10 @@ def train_step_fn(state: TrainState, batch: Batch, *, model: Transformer,
                      'learning_rate': schedule(state.step + 1)}
 
 
-def eval_step_fn(params: Any, batch: Batch, *, model: Transformer,
-                 label_smoothing: float) -> dict[str, Array]:
+def eval_step_fn(params: Any, batch: Batch, *, model: Transformer, label_smoothing: float,
+                 loss_chunk_tokens: int) -> dict[str, Array]:
   """Summed loss terms (see `metrics.loss_terms`) of one batch, dropout off."""
-  return metrics_lib.loss_terms(_forward(model, params, batch, True), batch['targets'],
-                                label_smoothing)
+  return _loss_terms(model, params, batch, label_smoothing, loss_chunk_tokens, True)
 
 
 def _traced_in(mesh: Mesh, fn: Callable) -> Callable:
@@ -409,7 +415,8 @@ def make_train_step(model_cfg: TransformerConfig, config: Any, mesh: Mesh,
   step = jax.jit(
       functools.partial(train_step_fn, model=Transformer(model_cfg), optimizer=optimizer,
                         schedule=schedule, label_smoothing=config.label_smoothing,
-                        grad_accum_steps=config.grad_accum_steps),
+                        grad_accum_steps=config.grad_accum_steps,
+                        loss_chunk_tokens=config.loss_chunk_tokens),
       in_shardings=(state_sh, sharding.batch_sharding(mesh)),
       out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
   return _traced_in(mesh, step)
@@ -420,7 +427,8 @@ def make_eval_step(model_cfg: TransformerConfig, config: Any, mesh: Mesh,
   """Jitted `eval_step(params, batch) -> summed metrics` (see `metrics.loss_terms`)."""
   params_sh = state_shardings(model_cfg, optimizer, mesh).params
   step = jax.jit(functools.partial(eval_step_fn, model=Transformer(model_cfg),
-                                   label_smoothing=config.label_smoothing),
+                                   label_smoothing=config.label_smoothing,
+                                   loss_chunk_tokens=config.loss_chunk_tokens),
                  in_shardings=(params_sh, sharding.batch_sharding(mesh)),
                  out_shardings=sharding.replicated(mesh))
   return _traced_in(mesh, step)
