@@ -135,6 +135,41 @@ def test_packing_keeps_every_token_and_never_mixes_segments(examples):
       np.testing.assert_array_equal(got[side], want[side])
 
 
+def _greedy_rows(examples, length, window):
+  """Reference packing, one example at a time: a new row when the next example does not
+  fit on either side, and at the start of every window of `window` examples."""
+  rows = []
+  for index, example in enumerate(examples):
+    row = rows[-1] if rows else None
+    if (row is None or index % window == 0
+        or any(row['used'][side] + len(example[side]) > length for side in ip.SIDES)):
+      row = {'used': dict.fromkeys(ip.SIDES, 0), 'segments': 0,
+             **{key: np.zeros(length, np.int32) for key in ip.PACKED_KEYS}}
+      rows.append(row)
+    row['segments'] += 1
+    for side in ip.SIDES:
+      start, size = row['used'][side], len(example[side])
+      row[side][start:start + size] = example[side]
+      row[f'{side}_position'][start:start + size] = np.arange(size)
+      row[f'{side}_segmentation'][start:start + size] = row['segments']
+      row['used'][side] += size
+  return [{key: row[key] for key in ip.PACKED_KEYS} for row in rows]
+
+
+@pytest.mark.parametrize('window', [7, 4096])  # 4096: all examples in one window
+def test_packing_is_greedy_within_each_window(examples, window):
+  rng = np.random.default_rng(0)  # short random rows: many rows are filled exactly
+  short = [{side: rng.integers(1, 50, rng.integers(1, 9), dtype=np.int32) for side in ip.SIDES}
+           for _ in range(300)]
+  for data, length in ((examples, 48), (short, 8)):
+    dataset = tf.data.Dataset.from_generator(
+        lambda data=data: iter(data),
+        output_signature={k: tf.TensorSpec([None], tf.int32) for k in ip.SIDES})
+    rows = list(ip.pack(dataset, length, window).as_numpy_iterator())
+    assert len(data) < 4096 and len(rows) > len(data) // window
+    _assert_same_batches(rows, _greedy_rows(data, length, window))
+
+
 # ----------------------------------------------------------- token batching
 
 

@@ -98,6 +98,7 @@ def default_config():
   c.adam_b2 = 0.98
   c.adam_eps = 1e-9
   c.grad_clip_norm = 0.0  # 0: no clipping.
+  c.flatten_optimizer = False  # Adam over one flat buffer (fewer kernels; data parallel only).
   c.grad_accum_steps = 1  # micro-batches per optimizer step.
   c.num_train_steps = 100_000
   c.train_minutes = 0.0  # wall-clock training budget (evaluation excluded); 0: none.
@@ -232,12 +233,17 @@ def create_optimizer(config: Any, d_model: int) -> tuple[optax.GradientTransform
   """Adam(b1, b2, eps) on the paper's schedule, after optional global-norm clipping.
 
   Returns (optimizer, schedule); optax counts updates from 0, so update n uses lr(n + 1).
+  With `flatten_optimizer` Adam runs on all parameters raveled into one vector (the same
+  updates in a few large kernels instead of a few per leaf; its state is then one
+  replicated vector, so keep it off when the mesh shards parameters).
   """
   schedule = learning_rate_schedule(d_model, config.warmup_steps,
                                     config.learning_rate_multiplier, config.cooldown_steps,
                                     config.num_train_steps)
   adam = optax.adam(lambda count: schedule(count + 1), b1=config.adam_b1,
                     b2=config.adam_b2, eps=config.adam_eps)
+  if config.flatten_optimizer:
+    adam = optax.flatten(adam)
   if config.grad_clip_norm:
     return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adam), schedule
   return adam, schedule
