@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from transformer_jax import TransformerConfig, sharding, train_lib  # noqa: E402
+from transformer_jax import TransformerConfig, config as config_lib, sharding, train_lib  # noqa: E402
 
 VOCAB, LENGTH, ROWS = 32, 16, 32
 VARIANTS = {  # name -> (config changes, model changes)
@@ -53,7 +53,7 @@ def reverse_batches(steps: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
 
 def curve(config_changes: dict, model_changes: dict, batches: list, mesh) -> list[float]:
   """Per-token training loss of each step."""
-  config = train_lib.default_config()
+  config = config_lib.default_config()
   config.update({'warmup_steps': 200, 'learning_rate_multiplier': 0.5,
                  'loss_chunk_tokens': ROWS * 4, **config_changes})
   dtype = {'bfloat16': jax.numpy.bfloat16}.get(model_changes.get('dtype'), jax.numpy.float32)
