@@ -39,6 +39,7 @@ Bad input raises `DataError` with a one-line message naming the file and line.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
