@@ -154,6 +154,94 @@ def test_filter_logits_matches_temperature_and_top_k():
   np.testing.assert_array_equal(decode.filter_logits(logits, 1.0, 10), logits)  # top_k > V
 
 
+def test_top_p_keeps_the_nucleus():
+  """Probabilities 0.5, 0.25, 0.15, 0.1: the nucleus of 0.7 is the first two (0.5 < 0.7
+  before the second, 0.75 before the third), of 0.5 the first alone; top-k filters first
+  (top 3: 0.56, 0.28, 0.17)."""
+  logits = jnp.log(jnp.array([0.5, 0.25, 0.15, 0.1]))
+  for top_k, top_p, kept in ((0, 0.7, 2), (0, 0.5, 1), (0, 0.76, 3), (0, 1.0, 4), (2, 0.9, 2),
+                             (3, 0.85, 3), (3, 0.8, 2)):
+    filtered = decode.filter_logits(logits, 1.0, top_k, top_p)
+    np.testing.assert_array_equal(filtered[:kept], logits[:kept])
+    assert np.all(np.isneginf(filtered[kept:]))
+  # Temperature first: at 0.5 the probabilities are 0.66, 0.17, 0.10, 0.07.
+  assert np.sum(np.isfinite(decode.filter_logits(logits, 0.5, 0, 0.7))) == 1
+
+
+def test_sampling_is_reproducible_and_unfiltered_at_top_p_1_and_top_k_v(tiny_config,
+                                                                          tiny_params, sources):
+  plain = decode.sample(tiny_params, tiny_config, sources, jax.random.key(5), max_extra_len=4)
+  again = decode.sample(tiny_params, tiny_config, sources, jax.random.key(5), max_extra_len=4)
+  unfiltered = decode.sample(tiny_params, tiny_config, sources, jax.random.key(5), top_p=1.0,
+                             top_k=tiny_config.vocab_size, max_extra_len=4)
+  for other in (again, unfiltered):
+    np.testing.assert_array_equal(other[0], plain[0])
+    np.testing.assert_array_equal(other[1], plain[1])
+  greedy = decode.greedy_decode(tiny_params, tiny_config, sources, max_extra_len=4)
+  nucleus = decode.sample(tiny_params, tiny_config, sources, jax.random.key(5), top_p=1e-6,
+                          max_extra_len=4)  # the most likely token alone
+  np.testing.assert_array_equal(nucleus[0], greedy[0])
+  np.testing.assert_allclose(nucleus[1], greedy[1], atol=1e-5)
+  with pytest.raises(ValueError, match=r'top_p must be in \(0, 1\]'):
+    decode.sample(tiny_params, tiny_config, sources, jax.random.key(5), top_p=0.0)
+
+
+@pytest.fixture(scope='module')
+def other_member(tiny_config):
+  """A smaller model with the tiny model's vocabulary: an ensemble member of another size."""
+  config = tiny_config.replace(d_model=16, d_ff=32, num_heads=2, num_encoder_layers=1,
+                               num_decoder_layers=1)
+  ones = jnp.ones((1, 8), jnp.int32)
+  return config, nn.meta.unbox(jax.jit(Transformer(config).init)(jax.random.key(9), ones,
+                                                                   ones)['params'])
+
+
+def test_ensembles_of_one_model_and_of_two_copies_decode_as_the_model(tiny_config,
+                                                                       tiny_params, sources):
+  params = tiny_params
+  kw = dict(max_extra_len=4, min_len=2)  # outputs of 3 tokens or more
+  key = jax.random.key(2)
+  runs = {
+      'greedy': lambda p, c: decode.greedy_decode(p, c, sources, **kw),
+      'beam': lambda p, c: decode.beam_search(p, c, sources, **kw),
+      'sample': lambda p, c: decode.sample(p, c, sources, key, top_k=5, **kw)}
+  for name, run in runs.items():
+    tokens, scores = run(params, tiny_config)
+    assert np.all(np.sum(np.asarray(tokens) != 0, axis=1) > 2)
+    one = run([params], [tiny_config])
+    np.testing.assert_array_equal(one[0], tokens, err_msg=name)
+    np.testing.assert_array_equal(one[1], scores, err_msg=name)
+    two = run([params, params], (tiny_config, tiny_config))
+    np.testing.assert_array_equal(two[0], tokens, err_msg=name)
+    np.testing.assert_allclose(two[1], scores, atol=1e-5, err_msg=name)
+
+
+def test_an_ensemble_scores_the_mean_of_its_members_log_probs(tiny_config, tiny_params,
+                                                              sources, other_member):
+  """Members of different sizes: each token's score is the mean of the members'
+  log-probabilities, so a sequence's is the mean of the members' teacher-forced ones."""
+  params = _adjust_output(tiny_params, tiny_config, -1.5)  # EOS less likely: long outputs
+  other_config, other_params = other_member
+  members = ([params, other_params], [tiny_config, other_config])
+  kw = dict(max_extra_len=4)
+  greedy, greedy_scores = decode.greedy_decode(*members, sources, **kw)
+  tokens, _, log_probs = decode.beam_search(*members, sources, n_best=2, **kw)
+  for outputs, scores, src in ((greedy, greedy_scores, sources),
+                               (tokens.reshape(6, -1), log_probs.reshape(-1),
+                                jnp.repeat(sources, 2, 0))):
+    expected = (_teacher_forced_log_prob(tiny_config, params, src, outputs)
+                + _teacher_forced_log_prob(other_config, other_params, src, outputs)) / 2
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+  assert np.all(np.sum(np.asarray(greedy) != 0, axis=1) > 2)
+  alone, _ = decode.greedy_decode(params, tiny_config, sources, **kw)
+  assert not np.array_equal(alone, greedy)  # the other member changes the outputs
+  with pytest.raises(ValueError, match='must share their vocabularies'):
+    decode.greedy_decode([params, other_params],
+                         [tiny_config, other_config.replace(vocab_size=41)], sources)
+  with pytest.raises(ValueError, match='one params per config, got 1 params and 2 configs'):
+    decode.beam_search([params], [tiny_config, other_config], sources)
+
+
 def test_chunked_top_log_probs_equal_lax_top_k_of_log_softmax_with_ties_and_minus_inf():
   """Beam search ranks a hypothesis' tokens through `_top_log_probs` (chunk maxima first,
   on vocabulary-major logits): it must give the values of lax.top_k of log_softmax, its
