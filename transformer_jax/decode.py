@@ -81,44 +81,30 @@ def _init_caches(config: Any, batch: int, length: int, source_len: int,
                for c in _configs(config))
 
 
-def _decode_step(params: Params, config: TransformerConfig, cache: Any, encoded: Array,
-                 inputs: Array, previous: Array) -> tuple[Array, Any]:
-  """One cached decoder step: previous token [B·K] -> next-token logits [B·K, V], new cache.
-
-  `encoded` [B, S, D] and `inputs` [B, S] hold one row per sentence (K hypotheses each).
-  """
-  logits, state = Transformer(config).apply(
-      {'params': params, 'cache': cache}, encoded, inputs, previous[:, None],
-      use_cache=True, method=Transformer.decode, mutable=['cache'])
-  return logits[:, 0], state['cache']
-
-
 def _next_scores(params: Any, config: Any, caches: tuple[Any, ...],
                  encoded: tuple[Array, ...], inputs: Array, previous: Array, length: Array,
                  min_len: Array, eos_id: int, axis: int = -1) -> tuple[Array, tuple[Any, ...]]:
-  """Scores of the `length`-th output token after `previous` [B·K] -> ([B·K, V], or
-  vocabulary-major [V, B·K] with axis 0; padding and early EOS -inf, see `_masked_logits`)
-  and the members' new caches.
+  """One cached decoder step of each member: scores of the `length`-th output token after
+  `previous` [B·K] -> ([B·K, V], or vocabulary-major [V, B·K] with axis 0; padding and
+  early EOS -inf, see `_masked_logits`) and the members' new caches. `encoded` [B, S, D]
+  and `inputs` [B, S] hold one row per sentence (K hypotheses each).
 
-  One model: its logits, i.e. its log-probabilities up to each row's logsumexp (for the
-  caller to subtract: `_normalised` is False). An ensemble: the mean of the members'
-  log-probabilities, not renormalised (`_normalised` is True).
+  One model: its logits, i.e. its log-probabilities up to each row's logsumexp, which the
+  caller subtracts. An ensemble (`len(_configs(config)) > 1`): the mean of the members'
+  log-probabilities, not renormalised.
   """
   scores, new_caches = [], []
   for p, c, cache, enc in zip(*as_ensemble(params, config), caches, encoded):
-    logits, cache = _decode_step(p, c, cache, enc, inputs, previous)
-    scores.append(_masked_logits(logits.T if axis == 0 else logits, length, min_len, eos_id,
-                                 axis))
-    new_caches.append(cache)
+    logits, state = Transformer(c).apply(
+        {'params': p, 'cache': cache}, enc, inputs, previous[:, None], use_cache=True,
+        method=Transformer.decode, mutable=['cache'])
+    logits = logits[:, 0].T if axis == 0 else logits[:, 0]
+    scores.append(_masked_logits(logits, length, min_len, eos_id, axis))
+    new_caches.append(state['cache'])
   if len(scores) == 1:
     return scores[0], tuple(new_caches)
   log_probs = [x - jax.nn.logsumexp(x, axis=axis, keepdims=True) for x in scores]
   return jnp.mean(jnp.stack(log_probs), axis=0), tuple(new_caches)
-
-
-def _normalised(config: Any) -> bool:
-  """Whether `_next_scores` returns log-probabilities (an ensemble's) rather than logits."""
-  return len(_configs(config)) > 1
 
 
 def _masked_logits(logits: Array, length: Array, min_len: Array, eos_id: int,
@@ -268,7 +254,7 @@ def _sample_loop(params: Any, config: Any, inputs: Array, rng: Array, temperatur
       token = jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p))
     token = jnp.where(done, PAD_ID, token).astype(jnp.int32)
     token_log_prob = jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0]
-    if not _normalised(config):
+    if len(_configs(config)) == 1:  # logits: normalise
       token_log_prob = token_log_prob - jax.nn.logsumexp(logits, axis=-1)
     scores = scores + jnp.where(done, 0.0, token_log_prob)
     tokens = lax.dynamic_update_slice(tokens, token[:, None], (0, step))
@@ -361,7 +347,7 @@ def _beam_search(params: Any, config: Any, inputs: Array, alpha: Array, max_extr
     # hypotheses: rank those (K·2K candidates, not K·V), then normalise only them.
     width = min(2 * k, logits.shape[0])
     beam_log_probs, beam_tokens = _top_log_probs(logits, width,
-                                                 normalise=not _normalised(config))
+                                                 normalise=len(_configs(config)) == 1)
     candidates = alive_log_probs[:, :, None] + beam_log_probs.reshape(batch, k, width)
     # 2K candidates: at most K of them end in EOS, so K can stay alive.
     top_log_probs, top_index = lax.top_k(candidates.reshape(batch, k * width), 2 * k)
