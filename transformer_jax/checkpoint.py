@@ -36,6 +36,13 @@ PyTree = Any
 _DTYPE_FIELDS = ('dtype', 'param_dtype')
 # Model-config fields that change how the model runs, not what its weights mean.
 _RUNTIME_FIELDS = frozenset({'attention_impl', 'remat'})
+# Model-config fields added after checkpoints were first written: saved only when they
+# differ from the default, so that older checkpoints' configs still compare equal.
+_OPTIONAL_FIELDS = ('activation', 'scale_embedding', 'logits_bias', 'zero_pad_embedding')
+
+
+# The vocabulary file of an imported model (a `tokenizer.TwoModelVocabulary`).
+TWO_MODEL_VOCAB = 'vocab.two_models.json'
 
 
 class CheckpointError(ValueError):
@@ -46,8 +53,13 @@ class CheckpointError(ValueError):
 
 
 def model_config_to_dict(cfg: TransformerConfig) -> dict[str, Any]:
-  """TransformerConfig -> JSON-able dict (dtypes as names, e.g. 'bfloat16')."""
+  """TransformerConfig -> JSON-able dict (dtypes as names, e.g. 'bfloat16'; the
+  `_OPTIONAL_FIELDS` only where they differ from their defaults)."""
   values = dataclasses.asdict(cfg)
+  defaults = {f.name: f.default for f in dataclasses.fields(TransformerConfig)}
+  for key in _OPTIONAL_FIELDS:
+    if values[key] == defaults[key]:
+      del values[key]
   for key in _DTYPE_FIELDS:
     values[key] = jnp.dtype(values[key]).name
   return values
@@ -104,10 +116,12 @@ def training_metadata(cfg: TransformerConfig, vocab_path: str) -> dict[str, Any]
 
 
 def vocab_path_for(workdir: str) -> str:
-  """The vocabulary of a run: `vocab_path` of `<workdir>/config.json` if set, else spm.model."""
+  """The vocabulary of a run: `vocab_path` of `<workdir>/config.json` if set, else
+  spm.model, or the two-model vocabulary of an imported model (`transformer_jax.marian`)."""
   config_path = os.path.join(workdir, 'config.json')
   vocab = _read_json(config_path).get('vocab_path') if os.path.exists(config_path) else None
-  return vocab or os.path.join(workdir, 'spm.model')
+  imported = os.path.join(workdir, TWO_MODEL_VOCAB)
+  return vocab or (imported if os.path.exists(imported) else os.path.join(workdir, 'spm.model'))
 
 
 # ------------------------------------------------------------------------------ checksums
@@ -531,11 +545,17 @@ def average_checkpoints(workdir: str, num_last: int) -> str:
     total = as_float64 if total is None else jax.tree.map(np.add, total, as_float64)
   averaged = jax.tree.map(lambda t, p: (t / len(steps)).astype(p.dtype), total, params)
   metadata = {k: v for k, v in reference.items() if k not in ('checksums', 'step')}
-  metadata.update(averaged_steps=steps, checksums=tree_checksums({'params': averaged}))
+  return write_averaged(workdir, averaged, {**metadata, 'averaged_steps': steps})
+
+
+def write_averaged(workdir: str, params: PyTree, metadata: Mapping[str, Any]) -> str:
+  """Write `params` (numpy) and `metadata` (model config, vocabulary hash, ...) with their
+  checksums as `<workdir>/averaged`, the parameters inference prefers; returns the path."""
+  metadata = {**metadata, 'checksums': tree_checksums({'params': params})}
   path = os.path.join(os.path.abspath(workdir), 'averaged')
   with _averaged_checkpointer() as ckptr:
     ckptr.save(path, force=True, args=ocp.args.Composite(
-        params=ocp.args.PyTreeSave(averaged), metadata=ocp.args.JsonSave(metadata)))
+        params=ocp.args.PyTreeSave(params), metadata=ocp.args.JsonSave(metadata)))
   return path
 
 

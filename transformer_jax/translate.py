@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from transformer_jax import bleu, checkpoint, decode, sharding
 from transformer_jax.model import TransformerConfig
-from transformer_jax.tokenizer import Tokenizer
+from transformer_jax.tokenizer import Vocabulary, load_vocabulary as read_vocabulary
 
 MIN_BUCKET = 16
 
@@ -49,14 +49,15 @@ class LoadedModel:
   """What a training workdir provides for inference."""
   params: Any
   config: TransformerConfig
-  vocab: Tokenizer
+  vocab: Vocabulary
 
 
-def load_vocabulary(path: str, config: TransformerConfig) -> Tokenizer:
-  """The SentencePiece model at `path`, checked against the model's ids and vocabulary size."""
+def load_vocabulary(path: str, config: TransformerConfig) -> Vocabulary:
+  """The vocabulary at `path` (a SentencePiece model, or an imported model's two-model
+  vocabulary), checked against the model's ids and vocabulary size."""
   try:
     with open(path, 'rb') as f:
-      vocab = Tokenizer(f.read())
+      vocab = read_vocabulary(f.read())
   except (OSError, RuntimeError, ValueError) as e:
     raise TranslateError(f'cannot load the vocabulary {path}: {str(e).splitlines()[0]}') from None
   if vocab.vocab_size > min(config.vocab_size, config.output_vocab_size):
