@@ -79,7 +79,8 @@ class TwoModelVocabulary:
   of each of this library's ids: pad and start 0, EOS 1 as everywhere here. Encoding splits
   text into pieces with the source model (a leading `>>xx<<` target-language code is kept
   as one piece, as Transformers' MarianTokenizer does), maps them to ids (unknown pieces to
-  `<unk>`) and appends EOS; decoding joins the pieces with the target model.
+  `<unk>`) and appends EOS; decoding joins the pieces with the target model (then, like
+  MarianTokenizer, turns the '▁' of pieces it does not know into spaces).
   """
 
   def __init__(self, data: bytes):
@@ -118,7 +119,8 @@ class TwoModelVocabulary:
     ids = [int(i) for i in ids]
     if EOS_ID in ids:
       ids = ids[:ids.index(EOS_ID)]
-    return self._target.decode_pieces(self.pieces(i for i in ids if i != PAD_ID))
+    text = self._target.decode_pieces(self.pieces(i for i in ids if i != PAD_ID))
+    return text.replace('\u2581', ' ').strip()  # pieces only the source model knows
 
   def pieces(self, ids: Iterable[int]) -> list[str]:
     """The subword string of each id ('<unk>' for ids without one)."""
