@@ -47,7 +47,8 @@ def build_marian_dir(out: str, d_model: int = 32, layers: int = 2, seed: int = 6
   import torch
   from transformers import MarianConfig, MarianMTModel, MarianTokenizer
   os.makedirs(out, exist_ok=True)
-  models = {'source.spm': _train_spm(bible_lines('en')), 'target.spm': _train_spm(bible_lines('es'))}
+  models = {'source.spm': _train_spm(bible_lines('en')),
+            'target.spm': _train_spm(bible_lines('es'))}
   vocab = {'</s>': 0, '<unk>': 1}
   for name, data in models.items():
     with open(os.path.join(out, name), 'wb') as f:
@@ -78,7 +79,8 @@ def build_marian_dir(out: str, d_model: int = 32, layers: int = 2, seed: int = 6
     model.final_logits_bias.normal_(0.0, 0.1)
     model.final_logits_bias[0, 0] = 1.0  # EOS: sentences end at varied lengths
   model.save_pretrained(out)
-  MarianTokenizer(vocab=os.path.join(out, 'vocab.json'), source_spm=os.path.join(out, 'source.spm'),
+  MarianTokenizer(vocab=os.path.join(out, 'vocab.json'),
+                  source_spm=os.path.join(out, 'source.spm'),
                   target_spm=os.path.join(out, 'target.spm')).save_pretrained(out)
 
 

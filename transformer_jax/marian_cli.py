@@ -14,15 +14,21 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from transformer_jax import checkpoint, marian
 
 
-def _run(prog: str, action: Callable[[], str]) -> int:
-  """Run `action`, print what it returns; user errors -> one line on stderr, 2."""
+def _main(prog: str, description: str, flags: Mapping[str, str],
+          action: Callable[[argparse.Namespace], str], argv: Optional[Sequence[str]]) -> int:
+  """Parse the required `flags` (name -> help), run `action` and print what it returns;
+  returns the exit code: 2 with one line on stderr for a user error."""
+  parser = argparse.ArgumentParser(prog=prog, description=description)
+  for flag, help_text in flags.items():
+    parser.add_argument(f'--{flag}', required=True, help=help_text)
+  args = parser.parse_args(argv)
   try:
-    print(action())
+    print(action(args))
   except (marian.ConversionError, checkpoint.CheckpointError) as e:
     print(f'{prog}: error: {e}', file=sys.stderr)
     return 2
@@ -31,22 +37,17 @@ def _run(prog: str, action: Callable[[], str]) -> int:
 
 def import_main(argv: Optional[Sequence[str]] = None) -> int:
   """`transformer-jax-import`: a Marian directory -> a new workdir; returns the exit code."""
-  parser = argparse.ArgumentParser(prog='transformer-jax-import',
-                                   description='Import a Marian / OPUS-MT model.')
-  parser.add_argument('--from_hf', required=True, help='MarianMTModel save_pretrained dir')
-  parser.add_argument('--workdir', required=True, help='new workdir to write (must be empty)')
-  args = parser.parse_args(argv)
-  return _run(parser.prog, lambda: marian.import_marian(args.from_hf, args.workdir))
+  return _main('transformer-jax-import', 'Import a Marian / OPUS-MT model.', {
+      'from_hf': 'MarianMTModel save_pretrained directory',
+      'workdir': 'new workdir to write (must not exist or be empty)'},
+      lambda args: marian.import_marian(args.from_hf, args.workdir), argv)
 
 
 def export_main(argv: Optional[Sequence[str]] = None) -> int:
   """`transformer-jax-export`: a post-LN workdir -> a MarianMTModel directory."""
-  parser = argparse.ArgumentParser(prog='transformer-jax-export',
-                                   description='Export a post-LN model as a MarianMTModel.')
-  parser.add_argument('--workdir', required=True, help='workdir with checkpoints or averaged/')
-  parser.add_argument('--to_hf', required=True, help='output directory')
-  args = parser.parse_args(argv)
-  return _run(parser.prog, lambda: '\n'.join(marian.export_marian(args.workdir, args.to_hf)))
+  return _main('transformer-jax-export', 'Export a post-LN model as a MarianMTModel.', {
+      'workdir': 'workdir with checkpoints or averaged/', 'to_hf': 'output directory'},
+      lambda args: '\n'.join(marian.export_marian(args.workdir, args.to_hf)), argv)
 
 
 def run_import() -> None:
