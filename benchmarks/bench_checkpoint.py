@@ -22,7 +22,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from transformer_jax import checkpoint, sharding, train_lib  # noqa: E402
+from transformer_jax import checkpoint, sharding, synthetic, train_lib  # noqa: E402
+from transformer_jax import config as config_lib  # noqa: E402
 from transformer_jax.model import count_params  # noqa: E402
 
 
@@ -41,9 +42,9 @@ def main() -> None:
   parser.add_argument('--dir', default=None, help='where to write (default: a temp dir)')
   args = parser.parse_args()
 
-  config = train_lib.default_config()
+  config = config_lib.default_config()
   config.update(batch_size=args.batch, max_len=args.length, vocab_size=args.vocab)
-  model_cfg = train_lib.model_config(config, args.vocab)
+  model_cfg = config_lib.model_config(config, args.vocab)
   optimizer, schedule = train_lib.create_optimizer(config, model_cfg.d_model)
   mesh = sharding.create_mesh()
   state = train_lib.create_train_state(model_cfg, optimizer, mesh, seed=0)
@@ -51,7 +52,7 @@ def main() -> None:
   print(f'base model: {count_params(state.params) / 1e6:.1f}M params, train state '
         f'{floats / 1e6:.0f}M numbers ({floats * 4 / 2**20:.0f} MiB); devices {jax.devices()}')
   train_step = train_lib.make_train_step(model_cfg, config, mesh, optimizer, schedule)
-  batches = train_lib.synthetic_batches(args.batch, args.length, args.vocab)
+  batches = synthetic.synthetic_batches(args.batch, args.length, args.vocab)
 
   def step(state):
     state, metrics = train_step(state, sharding.shard_batch(next(batches), mesh))

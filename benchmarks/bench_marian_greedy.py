@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 'tests'))
 
 import marian_models  # noqa: E402
-from transformer_jax import marian, translate  # noqa: E402
+from transformer_jax import inference, marian  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     hf_dir, workdir = os.path.join(tmp, 'hf'), os.path.join(tmp, 'workdir')
     marian_models.build_marian_dir(hf_dir)
     marian.import_marian(hf_dir, workdir)
-    model = translate.load_model(workdir)
+    model = inference.load_model(workdir)
     same, lengths, seconds = 0, [], {'transformers': 0.0, 'transformer_jax': 0.0}
     for start in range(0, len(sentences), args.batch):
       batch = sentences[start:start + args.batch]

@@ -19,7 +19,8 @@ import time
 import jax
 import numpy as np
 
-from transformer_jax import TransformerConfig, sharding, train_lib
+from transformer_jax import TransformerConfig, sharding, synthetic, train_lib
+from transformer_jax import config as config_lib
 
 SIZES = {  # (vocab, d_model, heads, layers, d_ff)
     'tiny': (8000, 256, 4, 2, 1024),
@@ -30,7 +31,7 @@ SIZES = {  # (vocab, d_model, heads, layers, d_ff)
 
 def jax_runner(size: str, dtype: str, pre_norm: bool):
   vocab, d_model, heads, layers, d_ff = SIZES[size]
-  config = train_lib.default_config()
+  config = config_lib.default_config()
   model_cfg = TransformerConfig(vocab_size=vocab, d_model=d_model, num_heads=heads,
                                 num_encoder_layers=layers, num_decoder_layers=layers,
                                 d_ff=d_ff, pre_norm=pre_norm, dtype=jax.numpy.dtype(dtype))
@@ -88,7 +89,7 @@ def main() -> None:
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   for size in args.sizes.split(','):
     vocab = SIZES[size][0]
-    gen = train_lib.synthetic_batches(args.batch, args.length, vocab, seed=0)
+    gen = synthetic.synthetic_batches(args.batch, args.length, vocab, seed=0)
     batches = [next(gen) for _ in range(args.steps + 2)]
     tokens = float(np.mean([np.sum(b['targets'] > 0) for b in batches]))
     runners = {f'jax-{d}': jax_runner(size, d, bool(args.pre_norm))

@@ -3,11 +3,11 @@
 The paper averages the last 20 checkpoints of the big models.
 """
 
-from transformer_jax import train_lib
+from transformer_jax.config import default_config
 
 
 def get_config():
-  config = train_lib.default_config()
+  config = default_config()
   config.model.update(d_model=1024, d_ff=4096, num_heads=16, dropout_rate=0.3)
   config.num_train_steps = 300_000
   config.average_last = 20

@@ -10,11 +10,11 @@ warm-up at half the paper's peak rate; no dropout (about two epochs in 20 minute
 regularisation only slows learning); the average of the last 5 checkpoints, 25 steps apart.
 """
 
-from transformer_jax import train_lib
+from transformer_jax.config import default_config
 
 
 def get_config():
-  config = train_lib.default_config()
+  config = default_config()
   config.dataset = 'bible'
   config.source_lang = 'en'
   config.target_lang = 'es'

@@ -9,7 +9,7 @@ Only the rows that change the model or its regularisation (every row but the bas
 Each variant trains like the base model (`configs/base.py`, 100k steps).
 """
 
-from transformer_jax import train_lib
+from transformer_jax.config import default_config
 
 # Variant -> (changes to config.model, changes to the top-level config).
 VARIANTS = {
@@ -42,7 +42,7 @@ def get_config(variant: str):
   if variant not in VARIANTS:
     raise ValueError(f'unknown Table 3 variant {variant!r}; choose one of {", ".join(VARIANTS)}')
   model_changes, changes = VARIANTS[variant]
-  config = train_lib.default_config()
+  config = default_config()
   config.model.update(model_changes)
   config.update(changes)
   return config

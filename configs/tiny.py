@@ -1,10 +1,10 @@
 """A tiny model on synthetic tokens: seconds per run, no TensorFlow, for tests."""
 
-from transformer_jax import train_lib
+from transformer_jax.config import default_config
 
 
 def get_config():
-  config = train_lib.default_config()
+  config = default_config()
   config.dataset = 'synthetic'
   config.vocab_size = 64
   config.max_len = 16

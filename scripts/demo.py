@@ -30,11 +30,12 @@ def main() -> None:
 
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   from absl import logging
-  from transformer_jax import bleu, checkpoint, input_pipeline, train_cli, train_lib
+  from transformer_jax import bleu, inference, input_pipeline, sources, tasks, train, train_lib
+  from transformer_jax import config as config_lib
   logging.set_verbosity(logging.INFO)
   logging.use_absl_handler()
-  train_cli.quiet_checkpoint_info()
-  config = train_lib.load_config(os.path.join(ROOT, 'configs', 'demo.py'))
+  train.quiet_checkpoint_info()
+  config = config_lib.load_config(os.path.join(ROOT, 'configs', 'demo.py'))
   if args.minutes is not None:
     config.train_minutes = args.minutes
   if args.fresh and os.path.isdir(args.workdir):
@@ -44,13 +45,13 @@ def main() -> None:
         f'in {args.workdir} (TensorBoard: {args.workdir}/tensorboard)', flush=True)
   train_lib.train_and_evaluate(config, args.workdir)
 
-  params, model_cfg, _ = checkpoint.load_for_inference(args.workdir)
+  params, model_cfg, _ = inference.load_for_inference(args.workdir)
   tokenizer = input_pipeline.get_tokenizer(config, args.workdir)
-  pairs = input_pipeline.load_raw(config, 'test')
+  pairs = sources.load_raw(config, 'test')
   scores = {}
   for beam_size in sorted({1, args.beam_size}):
     start = time.perf_counter()
-    scores[beam_size], hypotheses = train_lib.translate_and_score(
+    scores[beam_size], hypotheses = tasks.translate_and_score(
         params, model_cfg, tokenizer, pairs, config.decode_batch_size, config.max_eval_len,
         beam_size=beam_size)
     how = 'greedy' if beam_size == 1 else f'beam {beam_size}, alpha 0.6'

@@ -28,7 +28,9 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from transformer_jax import distributed, sharding, train_lib  # noqa: E402
+from transformer_jax import distributed, sharding, synthetic, train_lib  # noqa: E402
+from transformer_jax import workdir as workdir_lib  # noqa: E402
+from transformer_jax import config as config_lib  # noqa: E402
 from transformer_jax.model import TransformerConfig  # noqa: E402
 
 STEPS = 3
@@ -45,7 +47,7 @@ def main():
   if NUM_PROCESSES > 1:
     distributed.initialize(f'localhost:{PORT}', NUM_PROCESSES, PROCESS_ID,
                            heartbeat_timeout_s=HEARTBEAT_S, initialization_timeout_s=60)
-  config = train_lib.default_config()
+  config = config_lib.default_config()
   config.warmup_steps, config.learning_rate_multiplier, config.adam_eps = 1, 0.05, 1e-4
   mesh = sharding.create_mesh((1, -1, 1))
   optimizer, schedule = train_lib.create_optimizer(config, MODEL.d_model)
@@ -59,7 +61,7 @@ def main():
     from jax._src import distributed as jax_distributed
     jax_distributed.global_state.client.wait_at_barrier('compiled', 240_000)
   index, count = sharding.batch_split(mesh)
-  batches = train_lib.synthetic_batches(batch_size=8, length=16, vocab_size=MODEL.vocab_size)
+  batches = synthetic.synthetic_batches(batch_size=8, length=16, vocab_size=MODEL.vocab_size)
   losses = []
   for i in range(STEPS if MODE != 'die' else 10 ** 6):
     rows = np.array_split(np.arange(8), count)[index]
@@ -74,7 +76,7 @@ def main():
   result = {'losses': losses}
   from transformer_jax import checkpoint  # orbax: slow to import, not needed to die.
   ckpt = checkpoint.Checkpointer(WORKDIR, save_every_steps=1000, keep=1,
-                                 metadata={'model_config': checkpoint.model_config_to_dict(MODEL)})
+                                 metadata={'model_config': workdir_lib.model_config_to_dict(MODEL)})
   if MODE == 'train':
     ckpt.maybe_save(STEPS, state, force=True)
     ckpt.wait()

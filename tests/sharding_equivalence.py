@@ -24,7 +24,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import linen as nn  # noqa: E402
 
-from transformer_jax import TransformerConfig, checkpoint, sharding, train_lib  # noqa: E402
+from transformer_jax import TransformerConfig, checkpoint, sharding, synthetic, train_lib  # noqa: E402
+from transformer_jax import workdir as workdir_lib  # noqa: E402
+from transformer_jax import config as config_lib  # noqa: E402
 
 jax.config.update('jax_compilation_cache_dir', sys.argv[1])
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
@@ -43,7 +45,7 @@ PROBES = {  # leaf path -> what LOGICAL_AXIS_RULES say its PartitionSpec is.
 
 
 def train_config():
-  config = train_lib.default_config()
+  config = config_lib.default_config()
   config.warmup_steps = 1
   config.learning_rate_multiplier = 0.05
   # Adam divides by sqrt(v) + eps: with the paper's 1e-9, float rounding in gradients
@@ -53,7 +55,7 @@ def train_config():
 
 
 def batches(n):
-  it = train_lib.synthetic_batches(batch_size=8, length=16, vocab_size=MODEL.vocab_size)
+  it = synthetic.synthetic_batches(batch_size=8, length=16, vocab_size=MODEL.vocab_size)
   return [next(it) for _ in range(n)]
 
 
@@ -95,7 +97,7 @@ def main():
   print(json.dumps({'mesh': [1, 1, 1], 'losses': ref_losses}), flush=True)
   workdir = tempfile.mkdtemp()
   ckpt = checkpoint.Checkpointer(workdir, save_every_steps=1000, keep=1, async_save=False,
-                                 metadata={'model_config': checkpoint.model_config_to_dict(MODEL)})
+                                 metadata={'model_config': workdir_lib.model_config_to_dict(MODEL)})
   ckpt.maybe_save(STEPS, ref_state, force=True)
   optimizer, _ = train_lib.create_optimizer(train_config(), MODEL.d_model)
   for arg in sys.argv[2:]:

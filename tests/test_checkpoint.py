@@ -14,7 +14,8 @@ import pytest
 from flax import struct
 
 from transformer_jax import checkpoint as ckpt
-from transformer_jax import sharding
+from transformer_jax import distributed, inference, sharding
+from transformer_jax.workdir import Workdir
 
 
 @struct.dataclass
@@ -232,7 +233,7 @@ def test_kernels_of_another_layout_are_refused_in_one_line(tmp_path, tiny_params
   message = (r'cross_attention/key/kernel has shape \(32, 4, 8\) in the checkpoint, '
              r'\(4, 8, 32\) here')
   for load in (lambda: c.restore(abstract_of(make_state(tiny_params, 0))),
-               lambda: ckpt.load_for_inference(str(tmp_path))):
+               lambda: inference.load_for_inference(str(tmp_path))):
     with pytest.raises(ckpt.CheckpointError, match=message) as info:
       load()
     assert '\n' not in str(info.value) and '< 0.2 store kernels [in, out]' in str(info.value)
@@ -265,60 +266,61 @@ def test_typed_prng_key_is_refused_with_advice(tmp_path, tiny_params, metadata):
 def test_average_is_mean_of_last_n_and_used_for_inference(tmp_path, tiny_params, tiny_config,
                                                             metadata, caplog):
   workdir = str(tmp_path)
-  ckpt.save_model_config(workdir, tiny_config)
+  Workdir(workdir).save_model_config(tiny_config)
   save_steps(workdir, tiny_params, metadata, [1, 2, 3, 4])
   path = ckpt.average_checkpoints(workdir, 3)
   assert path == os.path.join(workdir, 'averaged')
   expected = float64_mean([make_state(tiny_params, s).params for s in (2, 3, 4)])
-  params, cfg, vocab = ckpt.load_for_inference(workdir)
+  params, cfg, vocab = inference.load_for_inference(workdir)
   assert_trees_equal(params, expected)
   assert cfg == tiny_config
   assert vocab == os.path.join(workdir, 'spm.model')
   # Training went on after averaging: still the average, with a warning.
   save_steps(workdir, tiny_params, metadata, [5])
   with caplog.at_level(logging.WARNING):
-    assert_trees_equal(ckpt.load_for_inference(workdir)[0], expected)
+    assert_trees_equal(inference.load_for_inference(workdir)[0], expected)
   assert any('step 5 exists' in r.getMessage() for r in caplog.records)
   # A different vocabulary file in the workdir is refused.
   (tmp_path / 'spm.model').write_bytes(b'retrained vocabulary')
   with pytest.raises(ckpt.CheckpointError, match='not the vocabulary'):
-    ckpt.load_for_inference(workdir)
+    inference.load_for_inference(workdir)
   # A damaged average is an error that says what to do, not a silent fallback.
   _flip_bytes_in(f'{workdir}/averaged/params')
   with pytest.raises(ckpt.CheckpointError, match='averaged is unreadable.*re-run average'):
-    ckpt.load_for_inference(workdir)
+    inference.load_for_inference(workdir)
 
 
 def test_inference_without_average_uses_latest(tmp_path, tiny_params, tiny_config, metadata):
   workdir = str(tmp_path)
   save_steps(workdir, tiny_params, metadata, [1, 2])
-  params, cfg, _ = ckpt.load_for_inference(workdir)
+  params, cfg, _ = inference.load_for_inference(workdir)
   assert_trees_equal(params, make_state(tiny_params, 2).params)
   assert cfg == tiny_config
 
 
-def test_average_cli(tmp_path, tiny_params, metadata):
-  from transformer_jax import average_cli
+def test_average_cli(tmp_path, tiny_params, metadata, capsys):
+  from transformer_jax import average
   workdir = str(tmp_path)
   save_steps(workdir, tiny_params, metadata, [1, 2])
-  average_cli.main(['--workdir', workdir, '--num_last', '2'])
-  params, _, _ = ckpt.load_for_inference(workdir)
+  assert average.main(['--workdir', workdir, '--num_last', '2']) == 0
+  params, _, _ = inference.load_for_inference(workdir)
   assert_trees_equal(params, float64_mean([make_state(tiny_params, s).params for s in (1, 2)]))
-  with pytest.raises(SystemExit, match='no checkpoints'):
-    average_cli.main(['--workdir', str(tmp_path / 'missing'), '--num_last', '2'])
+  assert average.main(['--workdir', str(tmp_path / 'missing'), '--num_last', '2']) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('transformer-jax-average: error: ') and 'no checkpoints' in err
 
 
 def test_model_config_json_round_trip_and_errors(tmp_path, tiny_config):
   cfg = tiny_config.replace(dtype=jnp.bfloat16, d_k=16)
-  ckpt.save_model_config(str(tmp_path), cfg)
+  Workdir(str(tmp_path)).save_model_config(cfg)
   assert json.loads((tmp_path / 'model_config.json').read_text())['dtype'] == 'bfloat16'
-  assert ckpt.load_model_config(str(tmp_path)) == cfg
+  assert Workdir(str(tmp_path)).load_model_config() == cfg
   (tmp_path / 'model_config.json').write_text('{"vocab_size": 40,\n "d_model": }')
   with pytest.raises(ckpt.CheckpointError, match=r'model_config.json:2: invalid JSON'):
-    ckpt.load_model_config(str(tmp_path))
+    Workdir(str(tmp_path)).load_model_config()
   (tmp_path / 'model_config.json').write_text('{"vocab_size": 40, "d_modle": 8}')
   with pytest.raises(ckpt.CheckpointError, match="model_config.json: unknown.*'d_modle'"):
-    ckpt.load_model_config(str(tmp_path))
+    Workdir(str(tmp_path)).load_model_config()
 
 
 def test_checksums_see_one_flipped_bit_and_ignore_sharding(tiny_params):
@@ -336,7 +338,7 @@ def test_checksums_see_one_flipped_bit_and_ignore_sharding(tiny_params):
 
 def test_preemption_guard_turns_sigterm_into_a_request():
   previous = signal.getsignal(signal.SIGTERM)
-  with ckpt.PreemptionGuard() as guard:
+  with distributed.PreemptionGuard() as guard:
     assert not guard.requested
     assert not guard.should_stop(3)
     os.kill(os.getpid(), signal.SIGTERM)

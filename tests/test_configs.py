@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax import Transformer, count_params, sharding, train_lib
+from transformer_jax import Transformer, count_params, sharding, synthetic, train_lib
+from transformer_jax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'configs')
@@ -26,7 +27,7 @@ EXPECTED_PARAMS = {
 
 
 def _load(spec):
-  return train_lib.load_config(os.path.join(CONFIGS, spec))
+  return config_lib.load_config(os.path.join(CONFIGS, spec))
 
 
 def _table3_module():
@@ -48,7 +49,7 @@ def _param_count(model_cfg):
 @pytest.mark.parametrize('name', ['base.py', 'big.py', 'demo.py', 'tiny.py'])
 def test_config_files_load_and_build_a_model(name):
   config = _load(name)
-  model_cfg = train_lib.model_config(config, 100)
+  model_cfg = config_lib.model_config(config, 100)
   assert model_cfg.d_model == config.model.d_model
 
 
@@ -57,7 +58,7 @@ def test_base_and_big_are_the_papers_recipes():
   assert (base.label_smoothing, base.warmup_steps, base.adam_b2, base.adam_eps) == (
       0.1, 4000, 0.98, 1e-9)
   assert not base.model.pre_norm and base.model.dropout_rate == 0.1
-  assert _param_count(train_lib.model_config(base, 37000)) == 63_082_496
+  assert _param_count(config_lib.model_config(base, 37000)) == 63_082_496
   assert (big.model.d_model, big.model.d_ff, big.model.num_heads, big.model.dropout_rate) == (
       1024, 4096, 16, 0.3)
 
@@ -66,17 +67,17 @@ def test_unknown_keys_are_rejected_with_their_names():
   config = _load('tiny.py')
   config.lerning_rate = 1.0
   with pytest.raises(ValueError, match="unknown config key.*'lerning_rate'"):
-    train_lib.validate_config(config)
+    config_lib.validate_config(config)
   config = _load('tiny.py')
   config.model.d_modle = 3
   with pytest.raises(ValueError, match="'model.d_modle'"):
-    train_lib.validate_config(config)
+    config_lib.validate_config(config)
   with pytest.raises(ValueError, match="unknown Table 3 variant 'Z9'"):
     _load('table3.py:Z9')
   config = _load('tiny.py')
   config.model.dtype = 'float8'
   with pytest.raises(ValueError, match=r"config.model.dtype='float8'"):
-    train_lib.model_config(config, 10)
+    config_lib.model_config(config, 10)
 
 
 def test_out_of_range_values_are_rejected_with_their_names():
@@ -85,14 +86,14 @@ def test_out_of_range_values_are_rejected_with_their_names():
   with pytest.raises(ValueError, match=r'^config.batch_size=-1 must be > 0; '
                                        r'config.warmup_steps=0 must be > 0; '
                                        r'config.label_smoothing=1.0 must be in \[0, 1\)$'):
-    train_lib.validate_config(config)
+    config_lib.validate_config(config)
   config.update(batch_size=8, warmup_steps=10, label_smoothing=0.1, num_eval_batches=0)
   with pytest.raises(ValueError, match=r'^config.num_eval_batches=0 must be -1 \(all\) or > 0$'):
-    train_lib.validate_config(config)
+    config_lib.validate_config(config)
   config = _load('demo.py')
   config.max_len = 512
   with pytest.raises(ValueError, match=r'^config.max_len=512 exceeds config.model.max_len=256'):
-    train_lib.validate_config(config)
+    config_lib.validate_config(config)
   # The model's values are TransformerConfig's to check, named by their config key.
   for key, value, message in (('dropout_rate', 1.0, r'dropout_rate must be in \[0, 1\)'),
                               ('num_heads', 0, 'num_heads must be a positive integer'),
@@ -100,7 +101,7 @@ def test_out_of_range_values_are_rejected_with_their_names():
     config = _load('tiny.py')
     config.model[key] = value
     with pytest.raises(ValueError, match=rf'^config.model: {message}'):
-      train_lib.validate_config(config)
+      config_lib.validate_config(config)
 
 
 def _train_cli(*flags):
@@ -112,27 +113,28 @@ def _train_cli(*flags):
 
 def test_cli_unknown_override_is_one_clear_line(tmp_path):
   result = _train_cli(f'--workdir={tmp_path}', '--config.lerning_rate=2')
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert 'Traceback' not in result.stderr
   assert result.stderr.strip().splitlines()[-1] == (
-      "error: bad --config flag: unknown config key 'lerning_rate'")
+      "transformer-jax-train: error: bad --config flag: unknown config key 'lerning_rate'")
 
 
 def test_cli_unwritable_workdir_is_one_line_not_blamed_on_the_config(tmp_path):
   (tmp_path / 'file').write_text('')
   result = _train_cli(f'--workdir={tmp_path}/file/run')
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert 'Traceback' not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: [Errno 20] Not a directory') and 'config' not in last
+  assert last.startswith('transformer-jax-train: error: [Errno 20] Not a directory')
+  assert 'config' not in last
 
 
 def test_cli_unknown_table3_variant_is_one_clear_line(tmp_path):
   result = _train_cli(f'--workdir={tmp_path}', '--config=configs/table3.py:Z9')  # the last wins
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert 'Traceback' not in result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith(
-      'error: flag --config=configs/table3.py:Z9: Error whilst parsing config file: '
+      'transformer-jax-train: error: --config=configs/table3.py:Z9: '
       "ValueError: unknown Table 3 variant 'Z9'; choose one of A1, ")
 
 
@@ -140,7 +142,7 @@ def test_table3_parameter_counts():
   module = _table3_module()
   assert sorted(module.VARIANTS) == sorted(EXPECTED_PARAMS)
   for variant, expected in EXPECTED_PARAMS.items():
-    count = _param_count(train_lib.model_config(_load(f'table3.py:{variant}'), 37000))
+    count = _param_count(config_lib.model_config(_load(f'table3.py:{variant}'), 37000))
     assert count == expected, variant
     # Within 8% of the paper's column (the gap is a constant ~3.7-4.6k embedding rows).
     paper = module.PAPER_PARAMS_M.get(variant, 65) * 1e6
@@ -156,12 +158,12 @@ def _variant_trains_one_step(variant):
   config = _load(f'table3.py:{variant}')
   for key in ('num_encoder_layers', 'num_decoder_layers'):
     config.model[key] = min(config.model[key], 2)
-  model_cfg = train_lib.model_config(config, 64)
+  model_cfg = config_lib.model_config(config, 64)
   mesh = sharding.create_mesh((-1, 1, 1))
   optimizer, schedule = train_lib.create_optimizer(config, model_cfg.d_model)
   state = train_lib.create_train_state(model_cfg, optimizer, mesh, 0)
   step = train_lib.make_train_step(model_cfg, config, mesh, optimizer, schedule)
-  batch = next(train_lib.synthetic_batches(2, 6, 64))
+  batch = next(synthetic.synthetic_batches(2, 6, 64))
   state, metrics = step(state, sharding.shard_batch(batch, mesh))
   assert int(state.step) == 1
   assert np.isfinite(float(metrics['loss'])) and float(metrics['grad_norm']) > 0

@@ -247,10 +247,10 @@ sharded = jax.device_put(src, NamedSharding(mesh, P('data')))
 assert len(sharded.sharding.device_set) == 2
 for fn in (decode.greedy_decode, decode.beam_search):
   expected, _ = fn(params, config, src, max_extra_len=4)
-  got, _ = fn(params, config, sharded, max_extra_len=4)
+  got, _ = fn(params, config, sharded, max_extra_len=4, mesh=mesh)
   np.testing.assert_array_equal(got, expected)
 # Each device decodes its own rows: no collectives, not even to agree on when to stop.
-local = decode._per_device(decode._beam_search, config, *decode._batch_split(sharded), 3,
+local = decode._per_device(decode._beam_search, config, mesh, ('data',), 3,
                            (('beam_size', 4), ('eos_id', 1), ('max_decode_len', 12)))
 hlo = local.lower(params, sharded, 0.6, 4, 0).compile().as_text()
 assert not any(op in hlo for op in ('all-gather', 'all-reduce', 'collective')), 'collectives'

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from transformer_jax import checkpoint
+from transformer_jax import checkpoint, inference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY = 32, 4
@@ -60,7 +60,7 @@ def final_state(workdir):
   """The last step's saved metadata (step + a checksum of every state array) and params."""
   with open(os.path.join(workdir, 'checkpoints', str(STEPS), 'metadata', 'metadata')) as f:
     metadata = json.load(f)
-  params, _, _ = checkpoint.load_for_inference(workdir)
+  params, _, _ = inference.load_for_inference(workdir)
   return metadata, params
 
 

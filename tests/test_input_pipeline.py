@@ -12,6 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from transformer_jax import input_pipeline as ip
+from transformer_jax import sources
 from transformer_jax import tokenizer as tokenizer_lib
 
 pytestmark = pytest.mark.xdist_group('data')
@@ -21,7 +22,7 @@ N_TRAIN, N_EVAL = 300, 45
 
 
 def _bible_lines(split, lang, n=None):
-  with gzip.open(os.path.join(ip.BIBLE_DIR, f'{split}.{lang}.gz'), 'rt', encoding='utf-8') as f:
+  with gzip.open(os.path.join(sources.BIBLE_DIR, f'{split}.{lang}.gz'), 'rt', encoding='utf-8') as f:
     return f.read().splitlines()[:n]
 
 
@@ -85,7 +86,7 @@ def tokenizer(files):
 @pytest.fixture(scope='module')
 def examples(files, tokenizer):
   """Tokenised training pairs (≤ 48 tokens a side), in file order."""
-  pairs = ip.raw_dataset(make_config(files), 'train')
+  pairs = sources.raw_dataset(make_config(files), 'train')
   return list(ip.filter_length(ip.tokenize(pairs, tokenizer), 48).as_numpy_iterator())
 
 
@@ -172,7 +173,7 @@ def test_token_batches_of_one_step_share_a_shape_with_gradient_accumulation(file
 
 def test_token_batching_rejects_a_budget_below_one_sequence(examples):
   ds = tf.data.Dataset.from_tensors({k: tf.constant([5, 1]) for k in ip.SIDES})
-  with pytest.raises(ip.DataError, match='tokens_per_batch=32 is smaller than one sequence'):
+  with pytest.raises(sources.DataError, match='tokens_per_batch=32 is smaller than one sequence'):
     ip.batch_by_tokens(ds, 32, [16, 48])
 
 
@@ -181,7 +182,7 @@ def test_token_batching_rejects_a_budget_below_one_sequence(examples):
 
 def _train_iter(files, tokenizer, **overrides):
   config = make_config(files, **overrides)
-  return ip.TrainIterator(ip.train_dataset(ip.raw_dataset(config, 'train'), tokenizer, config))
+  return ip.TrainIterator(ip.train_dataset(sources.raw_dataset(config, 'train'), tokenizer, config))
 
 
 @pytest.mark.parametrize('batching', ['pack', 'tokens'])
@@ -219,8 +220,8 @@ def test_restored_iterator_continues_exactly(files, tokenizer, tmp_path, batchin
 
 def test_process_shards_are_disjoint_and_cover_the_data(files):
   config = make_config(files)
-  every = collections.Counter(ip.load_raw(config, 'train'))
-  shards = [collections.Counter(ip.raw_dataset(config, 'train', i, 2).as_numpy_iterator())
+  every = collections.Counter(sources.load_raw(config, 'train'))
+  shards = [collections.Counter(sources.raw_dataset(config, 'train', i, 2).as_numpy_iterator())
             for i in range(2)]
   assert abs(sum(shards[0].values()) - sum(shards[1].values())) <= 1
   decoded = collections.Counter({(s.decode(), t.decode()): n
@@ -231,7 +232,7 @@ def test_process_shards_are_disjoint_and_cover_the_data(files):
 
 def test_eval_batches_cover_each_example_once_across_processes(files, tokenizer):
   config = make_config(files)
-  pairs = ip.raw_dataset(config, 'eval')
+  pairs = sources.raw_dataset(config, 'eval')
   per_process = [list(ip.eval_dataset(pairs, tokenizer, 256, 8, i, 2).as_numpy_iterator())
                  for i in range(2)]
   assert len(per_process[0]) == len(per_process[1]) > 0  # same number of steps everywhere
@@ -259,26 +260,26 @@ def test_eval_order_is_the_file_order(files, tokenizer):
 def test_mismatched_line_counts_name_both_files(files, tmp_path):
   short = _write(tmp_path / 'short.es', _bible_lines('train', 'es', 10))
   config = make_config(files, train_target=short)
-  with pytest.raises(ip.DataError, match=rf'line counts differ: .*train.en has {N_TRAIN} lines, '
+  with pytest.raises(sources.DataError, match=rf'line counts differ: .*train.en has {N_TRAIN} lines, '
                                          rf'.*short.es has 10'):
-    ip.raw_dataset(config, 'train')
+    sources.raw_dataset(config, 'train')
 
 
 def test_non_utf8_bytes_give_file_and_line(files, tmp_path):
   bad = tmp_path / 'bad.en'
   bad.write_bytes(b'fine\nalso fine\nna\xefve\n')
-  with pytest.raises(ip.DataError, match=r'bad.en:3: not UTF-8'):
-    ip.check_parallel_text(str(bad), files['train_target'])
+  with pytest.raises(sources.DataError, match=r'bad.en:3: not UTF-8'):
+    sources.check_parallel_text(str(bad), files['train_target'])
 
 
 def test_gzip_input_and_bad_bytes_inside_it(tmp_path):
   good, bad = tmp_path / 'a.tsv.gz', tmp_path / 'b.tsv.gz'
   good.write_bytes(gzip.compress('one\tuno\n\t\ntwo\tdos\n'.encode()))
   bad.write_bytes(gzip.compress(b'one\tuno\n\xff\tdos\n'))
-  assert list(ip.text_dataset(str(good), '').as_numpy_iterator())[2] == (b'two', b'dos')
-  assert ip.check_parallel_text(str(good), '') == 2
-  with pytest.raises(ip.DataError, match=r'b.tsv.gz:2: not UTF-8'):
-    ip.check_parallel_text(str(bad), '')
+  assert list(sources.text_dataset(str(good), '').as_numpy_iterator())[2] == (b'two', b'dos')
+  assert sources.check_parallel_text(str(good), '') == 2
+  with pytest.raises(sources.DataError, match=r'b.tsv.gz:2: not UTF-8'):
+    sources.check_parallel_text(str(bad), '')
 
 
 def test_a_directory_or_a_broken_gzip_names_the_file(tmp_path):
@@ -287,20 +288,20 @@ def test_a_directory_or_a_broken_gzip_names_the_file(tmp_path):
   cut.write_bytes(gzip.compress(b'one\tuno\n' * 100)[:20])
   for path, reason in ((tmp_path, 'is a directory'), (not_gzip, 'not a valid gzip file'),
                        (cut, 'not a valid gzip file')):
-    with pytest.raises(ip.DataError, match=rf'^{path}: {reason}'):
-      ip.check_parallel_text(str(path), '')
+    with pytest.raises(sources.DataError, match=rf'^{path}: {reason}'):
+      sources.check_parallel_text(str(path), '')
 
 
 def test_missing_file(files):
   config = make_config(files, eval_source='/nonexistent/dev.en')
-  with pytest.raises(ip.DataError, match='/nonexistent/dev.en: file not found'):
-    ip.load_raw(config, 'eval')
+  with pytest.raises(sources.DataError, match='/nonexistent/dev.en: file not found'):
+    sources.load_raw(config, 'eval')
 
 
 def test_tsv_line_without_tab(tmp_path):
   tsv = _write(tmp_path / 'pairs.tsv', ['a\tb', 'no tab here'])
-  with pytest.raises(ip.DataError, match=r'pairs.tsv:2: no TAB'):
-    ip.check_parallel_text(tsv, None)
+  with pytest.raises(sources.DataError, match=r'pairs.tsv:2: no TAB'):
+    sources.check_parallel_text(tsv, None)
 
 
 def test_empty_lines_are_skipped_and_counted(files, tmp_path, caplog):
@@ -309,13 +310,13 @@ def test_empty_lines_are_skipped_and_counted(files, tmp_path, caplog):
   tgt = _write(tmp_path / 't.txt', ['uno', 'dos', '', 'cuatro', 'cinco', '\u2003seis'])
   config = make_config(files, train_source=src, train_target=tgt)
   with caplog.at_level(logging.WARNING):
-    assert ip.load_raw(config, 'train') == [('one', 'uno'), ('six\u00a0', '\u2003seis')]
+    assert sources.load_raw(config, 'train') == [('one', 'uno'), ('six\u00a0', '\u2003seis')]
   assert 'skipping 4 of 6 pairs with an empty side' in caplog.text
 
 
 def test_long_pairs_are_filtered_and_counted(files, tokenizer, caplog):
   with caplog.at_level(logging.WARNING):
-    batches = list(ip.eval_dataset(ip.raw_dataset(make_config(files), 'eval'), tokenizer, 40, 8)
+    batches = list(ip.eval_dataset(sources.raw_dataset(make_config(files), 'eval'), tokenizer, 40, 8)
                    .as_numpy_iterator())
   kept = sum(int(b['inputs'][:, 0].astype(bool).sum()) for b in batches)
   assert 0 < kept < N_EVAL
@@ -324,22 +325,22 @@ def test_long_pairs_are_filtered_and_counted(files, tokenizer, caplog):
 
 def test_empty_split_or_every_pair_too_long_fails_up_front(files, tmp_path):
   empty = _write(tmp_path / 'empty.txt', [])
-  with pytest.raises(ip.DataError, match=r'^eval: no sentence pairs \(empty split'):
+  with pytest.raises(sources.DataError, match=r'^eval: no sentence pairs \(empty split'):
     ip.get_datasets(make_config(files, eval_source=empty, eval_target=empty), 'unused', 0, 1)
-  with pytest.raises(ip.DataError,
+  with pytest.raises(sources.DataError,
                      match=rf'^train \(process 0\): all {N_TRAIN} pairs are longer than 2 tokens$'):
     ip.get_datasets(make_config(files, max_len=2), 'unused', 0, 1)
 
 
 def test_bad_config_values(files):
-  with pytest.raises(ip.DataError, match="unknown dataset 'wmt'"):
-    ip.raw_dataset(make_config(files, dataset='wmt'), 'train')
-  with pytest.raises(ip.DataError, match='batch_size=9 is not divisible by process_count=2'):
+  with pytest.raises(sources.DataError, match="unknown dataset 'wmt'"):
+    sources.raw_dataset(make_config(files, dataset='wmt'), 'train')
+  with pytest.raises(sources.DataError, match='batch_size=9 is not divisible by process_count=2'):
     ip.get_datasets(make_config(files, batch_size=9), 'unused', 0, 2)
-  with pytest.raises(ip.DataError, match="batching='tokens' runs on one host only"):
+  with pytest.raises(sources.DataError, match="batching='tokens' runs on one host only"):
     ip.get_datasets(make_config(files, batching='tokens'), 'unused', 0, 2)
-  with pytest.raises(ip.DataError, match="bible: unknown language 'de'; available: en, es"):
-    ip.raw_dataset(make_config(files, dataset='bible', target_lang='de'), 'train')
+  with pytest.raises(sources.DataError, match="bible: unknown language 'de'; available: en, es"):
+    sources.raw_dataset(make_config(files, dataset='bible', target_lang='de'), 'train')
 
 
 # --------------------------------------------------------------------- tfds
@@ -355,29 +356,29 @@ def tfds_dir(tmp_path_factory):
 def test_tfds_source_on_a_locally_built_dataset(files, tfds_dir):
   config = make_config(files, dataset='tfds', tfds_name='tiny_translate', tfds_data_dir=tfds_dir,
                        source_lang='en', target_lang='de')
-  pairs = ip.load_raw(config, 'eval')
+  pairs = sources.load_raw(config, 'eval')
   assert sorted(pairs) == sorted((f'Sentence number {i}.', f'Satz Nummer {i}.') for i in range(7))
-  shards = [set(ip.raw_dataset(config, 'train', i, 3).as_numpy_iterator()) for i in range(3)]
+  shards = [set(sources.raw_dataset(config, 'train', i, 3).as_numpy_iterator()) for i in range(3)]
   assert sum(map(len, shards)) == len(set.union(*shards)) == 40
 
 
 def test_tfds_unknown_name_split_and_language(files, tfds_dir):
   config = make_config(files, dataset='tfds', tfds_name='tiny_translate', tfds_data_dir=tfds_dir,
                        source_lang='en', target_lang='de', test_split='test')
-  with pytest.raises(ip.DataError, match="unknown split 'test'; available: train, validation"):
-    ip.raw_dataset(config, 'test')
-  with pytest.raises(ip.DataError, match="no language 'fr'; available: de, en"):
-    ip.raw_dataset(make_config(files, dataset='tfds', tfds_name='tiny_translate',
+  with pytest.raises(sources.DataError, match="unknown split 'test'; available: train, validation"):
+    sources.raw_dataset(config, 'test')
+  with pytest.raises(sources.DataError, match="no language 'fr'; available: de, en"):
+    sources.raw_dataset(make_config(files, dataset='tfds', tfds_name='tiny_translate',
                                tfds_data_dir=tfds_dir, target_lang='fr'), 'train')
-  with pytest.raises(ip.DataError, match="unknown tfds dataset 'no_such_dataset_xyz'"):
-    ip.raw_dataset(make_config(files, dataset='tfds', tfds_name='no_such_dataset_xyz'), 'train')
+  with pytest.raises(sources.DataError, match="unknown tfds dataset 'no_such_dataset_xyz'"):
+    sources.raw_dataset(make_config(files, dataset='tfds', tfds_name='no_such_dataset_xyz'), 'train')
 
 
 def test_tfds_dataset_not_prepared(files, tmp_path):
   config = make_config(files, dataset='tfds', tfds_name='tiny_translate',
                        tfds_data_dir=str(tmp_path))
-  with pytest.raises(ip.DataError, match="'tiny_translate' is not prepared"):
-    ip.raw_dataset(config, 'train')
+  with pytest.raises(sources.DataError, match="'tiny_translate' is not prepared"):
+    sources.raw_dataset(config, 'train')
 
 
 # ------------------------------------------------------------- Bible corpus
@@ -389,12 +390,12 @@ BIBLE_COUNTS = {'train': 28943, 'dev': 1088, 'test': 1046}  # as in data/bible/P
 def test_embedded_corpus_has_the_documented_counts_and_held_out_books(files):
   config = make_config(files, dataset='bible', eval_split='validation', test_split='test')
   for role, split in (('train', 'train'), ('eval', 'dev'), ('test', 'test')):
-    assert len(ip.load_raw(config, role)) == BIBLE_COUNTS[split]
+    assert len(sources.load_raw(config, role)) == BIBLE_COUNTS[split]
   books = {split: {ref.split()[0] for ref in _bible_lines(split, 'ref')} for split in BIBLE_COUNTS}
   assert books['dev'] == {'Ruth', 'Acts'} and books['test'] == {'Esth', 'John'}
   assert not books['train'] & (books['dev'] | books['test'])
   reverse = make_config(files, dataset='bible', source_lang='es', target_lang='en')
-  assert ip.load_raw(reverse, 'test')[0] == tuple(_bible_lines('test', lang, 1)[0]
+  assert sources.load_raw(reverse, 'test')[0] == tuple(_bible_lines('test', lang, 1)[0]
                                                   for lang in ('es', 'en'))
 
 
@@ -406,7 +407,8 @@ def test_training_on_text_reports_both_bleus_and_keeps_translations(files, tmp_p
   first dev sentences, logs sacreBLEU and tokenized BLEU, and writes the translations."""
   import json
   from transformer_jax import bleu, train_lib
-  config = train_lib.load_config(os.path.join(os.path.dirname(__file__), '..', 'configs',
+  from transformer_jax import config as config_lib
+  config = config_lib.load_config(os.path.join(os.path.dirname(__file__), '..', 'configs',
                                               'tiny.py'))
   config.update(dataset='text', source_lang='en', target_lang='es', vocab_size=VOCAB_SIZE,
                 vocab_model_type='unigram', max_len=48, max_eval_len=48, num_train_steps=2,
@@ -421,3 +423,36 @@ def test_training_on_text_reports_both_bleus_and_keeps_translations(files, tmp_p
   assert record['step'] == 2 and len(hypotheses) == 3
   assert record['eval/bleu'] == pytest.approx(scores.sacrebleu)
   assert record['eval/bleu_tokenized'] == pytest.approx(scores.tokenized)
+
+
+# ------------------------------------------------------------ subword regularisation
+
+
+@pytest.mark.parametrize('alpha', [0.0, 0.5])
+def test_subword_sampling_changes_segmentations_across_epochs_only_with_alpha(
+    files, tokenizer, alpha):
+  """Two passes over the same sentences: sampled segmentations differ somewhere with
+  alpha > 0 (each decoding back to the sentence), never with alpha = 0 (the best one)."""
+  pairs = ip.raw_dataset(make_config(files), 'train').take(40)
+  tokens = ip.tokenize(pairs.repeat(2), tokenizer, alpha=alpha)
+  passes = [ex['inputs'].tolist() for ex in tokens.as_numpy_iterator()]
+  first, second = passes[:40], passes[40:]
+  best = [ex['inputs'].tolist() for ex in ip.tokenize(pairs, tokenizer).as_numpy_iterator()]
+  sources = [s for s, _ in ip.iterate_pairs(pairs)]
+  if alpha == 0:
+    assert first == second == best
+  else:
+    assert first != second and first != best
+    assert [tokenizer.decode(ids) for ids in first + second] == sources + sources
+
+
+def test_training_batches_sample_segmentations_but_eval_batches_do_not(files, tokenizer):
+  config = make_config(files, spm_alpha=0.5, batching='pack', batch_size=4)
+  sampled = ip.train_dataset(ip.raw_dataset(config, 'train'), tokenizer, config)
+  plain = ip.train_dataset(ip.raw_dataset(config, 'train'),
+                           tokenizer, make_config(files, batching='pack', batch_size=4))
+  a, b = (next(iter(ds))['inputs'].numpy() for ds in (sampled, plain))
+  assert not np.array_equal(a, b)  # same shuffle seed, other segmentations
+  evals = [list(ip.eval_dataset(ip.raw_dataset(config, 'eval'), tokenizer, 256, 8)
+                .as_numpy_iterator())[0]['inputs'] for _ in range(2)]
+  np.testing.assert_array_equal(*evals)

@@ -11,8 +11,9 @@ import pytest
 from flax import linen as nn
 
 import marian_models
-from transformer_jax import Transformer, TransformerConfig, checkpoint, decode, marian, translate
-from transformer_jax import marian_cli, tokenizer
+from transformer_jax import Transformer, TransformerConfig, checkpoint, decode, inference, marian
+from transformer_jax import marian_cli, tokenizer, translate
+from transformer_jax.workdir import Workdir, model_config_from_dict, model_config_to_dict
 
 LONG = ' '.join(marian_models.bible_lines('en', 'test', 40)[30:33])  # ~150 tokens
 
@@ -28,7 +29,7 @@ def hf_dir(tmp_path_factory):
 def imported(hf_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('imported') / 'workdir')
   assert marian.import_marian(hf_dir, workdir) == os.path.join(workdir, 'averaged')
-  return workdir, translate.load_model(workdir)
+  return workdir, inference.load_model(workdir)
 
 
 def _sentences(count):
@@ -120,9 +121,9 @@ def _own_workdir(path, **overrides):
   vocab_path = os.path.join(path, 'spm.model')
   with open(vocab_path, 'wb') as f:
     f.write(spm_bytes)
-  checkpoint.save_model_config(path, cfg)
+  Workdir(path).save_model_config(cfg)
   checkpoint.write_averaged(path, params, checkpoint.training_metadata(cfg, vocab_path))
-  return translate.load_model(path)
+  return inference.load_model(path)
 
 
 def test_export_own_model_runs_in_transformers_and_ctranslate2(tmp_path):
@@ -187,6 +188,6 @@ def test_one_line_errors(hf_dir, tmp_path, capsys):
 
 def test_new_options_leave_saved_configs_unchanged():
   """Configs written before the Marian options existed compare equal to today's."""
-  saved = checkpoint.model_config_to_dict(TransformerConfig(vocab_size=8))
+  saved = model_config_to_dict(TransformerConfig(vocab_size=8))
   assert not {'activation', 'scale_embedding', 'logits_bias', 'zero_pad_embedding'} & set(saved)
-  assert checkpoint.model_config_from_dict(saved) == TransformerConfig(vocab_size=8)
+  assert model_config_from_dict(saved) == TransformerConfig(vocab_size=8)

@@ -7,7 +7,7 @@ import os
 import pytest
 import sentencepiece as spm
 
-from transformer_jax import input_pipeline
+from transformer_jax import sources
 from transformer_jax import tokenizer as tokenizer_lib
 
 pytestmark = pytest.mark.xdist_group('data')
@@ -24,7 +24,7 @@ def corpus():
   """Both sides of the embedded Bible dev split (~2k sentences)."""
   lines = []
   for lang in ('en', 'es'):
-    with gzip.open(os.path.join(input_pipeline.BIBLE_DIR, f'dev.{lang}.gz'), 'rt') as f:
+    with gzip.open(os.path.join(sources.BIBLE_DIR, f'dev.{lang}.gz'), 'rt') as f:
       lines += f.read().splitlines()
   return lines
 

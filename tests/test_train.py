@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from transformer_jax import Transformer, checkpoint, sharding, train_lib
+from transformer_jax import Transformer, checkpoint, inference, sharding, train_lib
+from transformer_jax import config as config_lib
 
 EPS_LS = 0.1
 
@@ -21,7 +22,7 @@ def mesh():
 
 
 def _recipe(**changes):
-  config = train_lib.default_config()
+  config = config_lib.default_config()
   config.warmup_steps = 10
   config.update(changes)
   return config
@@ -140,7 +141,7 @@ def test_check_finite_names_the_step():
 
 
 def _tiny_training_config(**changes):
-  config = train_lib.load_config(os.path.join(os.path.dirname(__file__), '..', 'configs',
+  config = config_lib.load_config(os.path.join(os.path.dirname(__file__), '..', 'configs',
                                               'tiny.py'))
   config.update(changes)
   return config
@@ -164,7 +165,7 @@ def test_training_loop_logs_checkpoints_and_resumes(tmp_path):
   wider.model.d_model = 64
   with pytest.raises(checkpoint.CheckpointError, match=r'model_config\.d_model: checkpoint 32'):
     train_lib.train_and_evaluate(wider, workdir)
-  assert checkpoint.load_for_inference(workdir)[1].d_model == 32
+  assert inference.load_for_inference(workdir)[1].d_model == 32
   # So is another input pipeline: the saved iterator position would not fit it.
   with pytest.raises(checkpoint.CheckpointError, match=r'data\.batch_size: checkpoint 8 != now 16'):
     train_lib.train_and_evaluate(_tiny_training_config(batch_size=16), workdir)
@@ -194,7 +195,7 @@ def test_nan_loss_stops_training_with_the_step(tmp_path):
                                  async_checkpointing=False)
   with pytest.raises(FloatingPointError, match=r'non-finite training metrics at step \d+'):
     train_lib.train_and_evaluate(config, str(tmp_path))
-  params, _, _ = checkpoint.load_for_inference(str(tmp_path))
+  params, _, _ = inference.load_for_inference(str(tmp_path))
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
@@ -214,3 +215,38 @@ def test_sigterm_during_set_up_saves_and_returns(tmp_path, monkeypatch):
   assert os.listdir(tmp_path / 'checkpoints') == ['0']
   metrics = tmp_path / 'metrics.jsonl'
   assert 'eval/loss' not in (metrics.read_text() if metrics.exists() else '')  # no evaluation
+
+
+def test_fine_tuning_starts_from_the_given_parameters_with_a_fresh_optimizer(tmp_path):
+  base, tuned = str(tmp_path / 'base'), str(tmp_path / 'tuned')
+  train_lib.train_and_evaluate(_tiny_training_config(), base)
+  start, _, _ = inference.load_for_inference(base)  # what translate would use
+  # No steps: the new run's state is exactly its starting point.
+  state = train_lib.train_and_evaluate(
+      _tiny_training_config(init_from=base, num_train_steps=0, average_last=0), tuned)
+  assert int(state.step) == 0
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), start)
+  assert all(not np.any(x) for x in jax.tree.leaves(state.opt_state) if np.ndim(x))
+  # Training continues from there (step counter from 0) and moves away from it.
+  state = train_lib.train_and_evaluate(
+      _tiny_training_config(init_from=base, num_train_steps=2, average_last=0), tuned)
+  assert int(state.step) == 2
+  moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - b).max(),
+                       jax.device_get(state.params), start)
+  assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_fine_tuning_refuses_another_model_or_vocabulary(tmp_path):
+  base = str(tmp_path / 'base')
+  train_lib.train_and_evaluate(_tiny_training_config(num_train_steps=3, average_last=0), base)
+  wider = _tiny_training_config(init_from=base)
+  wider.model.d_ff = 128
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'config.init_from: the model differs \(d_ff: .* has 64, this run 128'):
+    train_lib.train_and_evaluate(wider, str(tmp_path / 'wider'))
+  (tmp_path / 'base' / 'spm.model').write_bytes(b'their vocabulary')
+  (tmp_path / 'mine.model').write_bytes(b'another vocabulary')
+  cfg = inference.load_for_inference(base)[1]
+  with pytest.raises(checkpoint.CheckpointError, match=r'not this run\'s vocabulary .*mine'):
+    inference.load_initial_params(base, cfg, str(tmp_path / 'mine.model'))
+  assert inference.load_initial_params(base, cfg, str(tmp_path / 'base' / 'spm.model'))

@@ -14,7 +14,8 @@ import sentencepiece as spm
 from flax import linen as nn
 
 from transformer_jax import Transformer, checkpoint
-from transformer_jax import bleu, translate
+from transformer_jax import bleu, inference, translate
+from transformer_jax.workdir import Workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINES = ['bad face', '', 'dead bead cab fad ace abc', 'ace', '   ', 'cab cab', 'fad bad ace',
@@ -51,14 +52,14 @@ class ReverseModel:
 @pytest.mark.parametrize('batch_size', [1, 2, 3, 16])
 def test_order_and_one_line_per_input(batch_size):
   model = ReverseModel()
-  out = translate.translate_lines(LINES, model, CharVocab(), batch_size=batch_size,
+  out = inference.translate_lines(LINES, model, CharVocab(), batch_size=batch_size,
                                   max_source_len=64, progress=False)
   assert out == [line[::-1] if line.strip() else '' for line in LINES]
   assert all(rows == batch_size and width in (16, 32, 64) for rows, width in model.shapes)
 
 
 def test_long_sources_are_cut_keeping_eos_with_a_warning(caplog):
-  out = translate.translate_lines(['ab', 'abcdefghijklmnopqrstuvwxyz'], ReverseModel(),
+  out = inference.translate_lines(['ab', 'abcdefghijklmnopqrstuvwxyz'], ReverseModel(),
                                   CharVocab(), batch_size=2, max_source_len=16, progress=False)
   assert out == ['ba', 'onmlkjihgfedcba']  # 15 characters + EOS
   assert [r.getMessage() for r in caplog.records] == [
@@ -66,7 +67,7 @@ def test_long_sources_are_cut_keeping_eos_with_a_warning(caplog):
 
 
 def test_bucket_lengths():
-  assert [translate.bucket_length(n, 100) for n in (1, 16, 17, 33, 64, 65, 200)] == [
+  assert [inference.bucket_length(n, 100) for n in (1, 16, 17, 33, 64, 65, 200)] == [
       16, 16, 32, 64, 64, 100, 100]
 
 
@@ -172,7 +173,7 @@ def workdir(tmp_path_factory, tiny_config):
   eos = params['source_embed']['embedding'][1]
   norm = params['decoder']['layer_1']['ffn_block']['norm']
   norm['bias'] = norm['bias'] - 5.0 * eos / jnp.sum(eos ** 2)
-  checkpoint.save_model_config(str(root), config)
+  Workdir(str(root)).save_model_config(config)
   metadata = checkpoint.training_metadata(config, str(root / 'spm.model'))
   with checkpoint.Checkpointer(str(root), save_every_steps=1, keep=1, metadata=metadata) as c:
     c.maybe_save(1, {'params': params}, force=True)
@@ -180,12 +181,12 @@ def workdir(tmp_path_factory, tiny_config):
 
 
 def test_vocabulary_must_fit_the_model(workdir, tiny_config):
-  vocab = translate.load_vocabulary(str(workdir / 'spm.model'), tiny_config.replace(vocab_size=16))
+  vocab = inference.load_vocabulary(str(workdir / 'spm.model'), tiny_config.replace(vocab_size=16))
   assert vocab.decode(vocab.encode('bad face')) == 'bad face'
-  with pytest.raises(translate.TranslateError, match='16 pieces but the model only 8'):
-    translate.load_vocabulary(str(workdir / 'spm.model'), tiny_config.replace(vocab_size=8))
-  with pytest.raises(translate.TranslateError, match='cannot load the vocabulary'):
-    translate.load_vocabulary(str(workdir / 'model_config.json'), tiny_config)
+  with pytest.raises(inference.InferenceError, match='16 pieces but the model only 8'):
+    inference.load_vocabulary(str(workdir / 'spm.model'), tiny_config.replace(vocab_size=8))
+  with pytest.raises(inference.InferenceError, match='cannot load the vocabulary'):
+    inference.load_vocabulary(str(workdir / 'model_config.json'), tiny_config)
 
 
 def test_end_to_end_cli_matches_library(workdir, tmp_path):
@@ -211,24 +212,24 @@ def test_end_to_end_cli_matches_library(workdir, tmp_path):
   scores = bleu.format_scores(bleu.corpus_bleu(lines[:-1], LINES))
   assert scores in result.stderr.splitlines(), result.stderr
 
-  model = translate.load_model(str(workdir))
-  fn = translate.make_translate_fn(model, max_extra_len=5)
-  assert translate.translate_lines(LINES, fn, model.vocab, batch_size=4,
+  model = inference.load_model(str(workdir))
+  fn = inference.make_translate_fn(model, max_extra_len=5)
+  assert inference.translate_lines(LINES, fn, model.vocab, batch_size=4,
                                    max_source_len=model.config.max_len,
                                    progress=False) == lines[:-1]
 
 
 TRAIN_EVAL_ON_TWO_DEVICES = """
 import sys, jax
-from transformer_jax import sharding, train_lib, translate
-model = translate.load_model(sys.argv[1])
+from transformer_jax import inference, sharding, tasks, translate
+model = inference.load_model(sys.argv[1])
 pairs = [(line, line) for line in sys.argv[2:]]
 mesh = sharding.create_mesh()
 assert mesh.devices.size == 2
 for beam_size in (1, 2):
-  expected = train_lib.translate_and_score(model.params, model.config, model.vocab, pairs, 3,
+  expected = tasks.translate_and_score(model.params, model.config, model.vocab, pairs, 3,
                                            64, beam_size=beam_size)
-  got = train_lib.translate_and_score(model.params, model.config, model.vocab, pairs, 3, 64,
+  got = tasks.translate_and_score(model.params, model.config, model.vocab, pairs, 3, 64,
                                       beam_size=beam_size, mesh=mesh)
   assert got == expected, (got, expected)
 print('ok')

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from test_translate import workdir  # noqa: F401 - the fixture: a real training workdir
-from transformer_jax import translate, visualize
+from transformer_jax import inference, visualize
 
 
 def _random_weights(rng, heads, queries, keys):
@@ -55,7 +55,7 @@ def test_cli_writes_heatmaps(workdir, tmp_path, capsys):  # noqa: F811
                          str(out), '--beam_size', '1']) == 0
   assert len(list(out.glob('*.png'))) == 3 * 2
   assert 'translation:' in capsys.readouterr().out
-  max_len = translate.load_model(str(workdir)).config.max_len
+  max_len = inference.load_model(str(workdir)).config.max_len
   assert visualize.main(['--workdir', str(workdir), '--sentence', 'bad face ' * max_len,
                          '--output_dir', str(out), '--beam_size', '1']) == 0
   assert f"cut to the model's max_len {max_len}" in capsys.readouterr().err
@@ -69,4 +69,4 @@ def test_cli_writes_heatmaps(workdir, tmp_path, capsys):  # noqa: F811
     assert visualize.main(['--workdir', str(workdir), '--sentence', 'bad face', '--output_dir',
                            str(out), '--beam_size', '1', *option]) == 2
     err = capsys.readouterr().err
-    assert err.startswith('visualize: error: ') and message in err and err.count('\n') == 1
+    assert err.startswith('transformer-jax-visualize: error: ') and message in err and err.count('\n') == 1

@@ -1,4 +1,4 @@
-"""Checkpoints and fault tolerance (orbax): save, resume, preemption, averaging.
+"""Checkpoints (orbax): save, resume with one corrupt-step fallback, averaging.
 
 A step lives in `<workdir>/checkpoints/<step>/` with three orbax items: `state`
 (the TrainState pytree, sharded arrays), `data` (each process's input-iterator
@@ -7,121 +7,38 @@ vocabulary hash, one checksum per array). Orbax writes a step into
 `<step>.orbax-checkpoint-tmp-*` and renames it once every item is committed, so a
 step directory is complete or absent. Restoring verifies the metadata against the
 current run (config / vocabulary mismatch -> CheckpointError) and the checksums
-(a corrupt step -> warning, fall back to the previous one).
+(a corrupt step -> warning, fall back to the previous one: `newest_readable`, for
+resuming and for inference alike). Paths come from `workdir.Workdir`.
 """
 
 from __future__ import annotations
 
 import base64
-import dataclasses
-import hashlib
 import json
 import logging
 import os
 import shutil
-import signal
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import linen as nn
 from jax.experimental import multihost_utils
 
-from transformer_jax.model import Transformer, TransformerConfig
+from transformer_jax.model import TransformerConfig
+from transformer_jax.workdir import CheckpointError, Workdir, file_sha256, model_config_to_dict
 
 PyTree = Any
-_DTYPE_FIELDS = ('dtype', 'param_dtype')
+T = TypeVar('T')
 # Model-config fields that change how the model runs, not what its weights mean.
 _RUNTIME_FIELDS = frozenset({'attention_impl', 'remat'})
-# Model-config fields added after checkpoints were first written: saved only when they
-# differ from the default, so that older checkpoints' configs still compare equal.
-_OPTIONAL_FIELDS = ('activation', 'scale_embedding', 'logits_bias', 'zero_pad_embedding')
-
-
-# The vocabulary file of an imported model (a `tokenizer.TwoModelVocabulary`).
-TWO_MODEL_VOCAB = 'vocab.two_models.json'
-
-
-class CheckpointError(ValueError):
-  """A checkpoint cannot be used: incompatible with this run, or none is readable."""
-
-
-# ------------------------------------------------------------------ model config + vocab
-
-
-def model_config_to_dict(cfg: TransformerConfig) -> dict[str, Any]:
-  """TransformerConfig -> JSON-able dict (dtypes as names, e.g. 'bfloat16'; the
-  `_OPTIONAL_FIELDS` only where they differ from their defaults)."""
-  values = dataclasses.asdict(cfg)
-  defaults = {f.name: f.default for f in dataclasses.fields(TransformerConfig)}
-  for key in _OPTIONAL_FIELDS:
-    if values[key] == defaults[key]:
-      del values[key]
-  for key in _DTYPE_FIELDS:
-    values[key] = jnp.dtype(values[key]).name
-  return values
-
-
-def model_config_from_dict(values: Mapping[str, Any],
-                           source: str = 'model config') -> TransformerConfig:
-  """Inverse of `model_config_to_dict`; `source` names the origin in error messages."""
-  known = {f.name for f in dataclasses.fields(TransformerConfig)}
-  unknown = sorted(set(values) - known)
-  if unknown:
-    raise CheckpointError(f'{source}: unknown TransformerConfig key(s) {unknown}')
-  values = dict(values)
-  for key in _DTYPE_FIELDS:
-    if key in values:
-      try:
-        values[key] = getattr(jnp, jnp.dtype(values[key]).name)
-      except TypeError:
-        raise CheckpointError(f'{source}: {key}={values[key]!r} is not a dtype name') from None
-  try:
-    return TransformerConfig(**values)
-  except (TypeError, ValueError) as e:
-    raise CheckpointError(f'{source}: {e}') from None
-
-
-def save_model_config(workdir: str, cfg: TransformerConfig) -> str:
-  """Write `<workdir>/model_config.json` (atomically); returns its path."""
-  path = os.path.join(workdir, 'model_config.json')
-  _write_json_atomic(path, model_config_to_dict(cfg))
-  return path
-
-
-def load_model_config(workdir: str) -> TransformerConfig:
-  """Read `<workdir>/model_config.json`."""
-  path = os.path.join(workdir, 'model_config.json')
-  return model_config_from_dict(_read_json(path), source=path)
-
-
-def file_sha256(path: str) -> str:
-  """Hex SHA-256 of a file's bytes (used for the vocabulary)."""
-  digest = hashlib.sha256()
-  try:
-    with open(path, 'rb') as f:
-      for block in iter(lambda: f.read(1 << 20), b''):
-        digest.update(block)
-  except OSError as e:
-    raise CheckpointError(f'{path}: cannot read ({e.strerror})') from None
-  return digest.hexdigest()
 
 
 def training_metadata(cfg: TransformerConfig, vocab_path: str) -> dict[str, Any]:
   """The `metadata` a training run passes to `Checkpointer`: model config + vocabulary hash."""
   return {'model_config': model_config_to_dict(cfg), 'vocab_sha256': file_sha256(vocab_path)}
-
-
-def vocab_path_for(workdir: str) -> str:
-  """The vocabulary of a run: `vocab_path` of `<workdir>/config.json` if set, else
-  spm.model, or the two-model vocabulary of an imported model (`transformer_jax.marian`)."""
-  config_path = os.path.join(workdir, 'config.json')
-  vocab = _read_json(config_path).get('vocab_path') if os.path.exists(config_path) else None
-  imported = os.path.join(workdir, TWO_MODEL_VOCAB)
-  return vocab or (imported if os.path.exists(imported) else os.path.join(workdir, 'spm.model'))
 
 
 # ------------------------------------------------------------------------------ checksums
@@ -179,31 +96,10 @@ class _CorruptError(Exception):
   """A step whose bytes do not match what was saved."""
 
 
-# ------------------------------------------------------------------------------- helpers
-
-
 def _describe(error: BaseException) -> str:
   """'TypeName: first line of the message' (at most 300 characters), for one-line errors."""
   lines = str(error).strip().splitlines()
   return f'{type(error).__name__}: {lines[0][:300]}' if lines else type(error).__name__
-
-
-def _read_json(path: str) -> dict[str, Any]:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f'{path}:{e.lineno}: invalid JSON ({e.msg})') from None
-  except OSError as e:
-    raise CheckpointError(f'{path}: cannot read ({e.strerror})') from None
-
-
-def _write_json_atomic(path: str, value: Any) -> None:
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def _canonical(value: Any) -> Any:
@@ -211,7 +107,7 @@ def _canonical(value: Any) -> Any:
   return json.loads(json.dumps(value))
 
 
-def _mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+def mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
   """'key: checkpoint X != now Y' for every key both have and disagree on (one level deep).
 
   `attention_impl` and `remat` may change between runs.
@@ -243,7 +139,7 @@ def _shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
   return {_path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _shape_mismatch(saved: PyTree, expected: PyTree) -> list[str]:
+def shape_mismatch(saved: PyTree, expected: PyTree) -> list[str]:
   """Arrays (leaves with `.shape`: arrays, orbax metadata, ShapeDtypeStructs) that the
   checkpoint has with another shape than expected, or lacks; e.g. kernels saved [in, out]
   by transformer_jax < 0.2, which now stores them [out, in]."""
@@ -311,7 +207,29 @@ def _restore_params(manager: ocp.CheckpointManager, step: int) -> tuple[PyTree, 
   return restored.state['params'], metadata
 
 
-# --------------------------------------------------------------------------- Checkpointer
+def newest_readable(manager: ocp.CheckpointManager,
+                    read: Callable[[int, str], T]) -> tuple[T, str, list[int]]:
+  """The one corrupt-step fallback (resume and inference): `read(step, where)` of the newest
+  step it succeeds on -> (its value, where, the newer steps it skipped as corrupt).
+
+  A CheckpointError from `read` (an incompatible checkpoint) ends the search; any other
+  error marks the step corrupt: a warning, then the next older step. CheckpointError if
+  no step is readable.
+  """
+  steps, errors = sorted(manager.all_steps(), reverse=True), []
+  for step in steps:
+    where = f'{manager.directory}/{step}'
+    try:
+      return read(step, where), where, [s for s, _ in errors]
+    except CheckpointError:
+      raise
+    except Exception as e:  # noqa: BLE001 - any read/verify failure = corrupt step.
+      errors.append((step, f'{where}: {_describe(e)}'))
+      logging.warning('checkpoint %s is corrupt or partial, trying an older one: %s', where,
+                      errors[-1][1])
+  newest = f' (newest error: {errors[0][1]})' if errors else ''
+  raise CheckpointError(f'none of the {len(steps)} checkpoints in {manager.directory} could be '
+                        f'restored{newest}')
 
 
 class Checkpointer:
@@ -326,7 +244,8 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, save_every_steps: int, keep: int, async_save: bool = True,
                metadata: Optional[Mapping[str, Any]] = None):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self._workdir = Workdir(workdir)
+    self.directory = self._workdir.checkpoints
     self._metadata = _canonical(dict(metadata or {}))
     self.restored_progress: dict[str, Any] = {}
     self._manager = _manager(
@@ -372,55 +291,34 @@ class Checkpointer:
     with this run's or no step can be restored.
     """
     self._manager.reload()
-    steps = sorted(self._manager.all_steps(), reverse=True)
-    if not steps:
+    if not self._manager.all_steps():
       return None
-    errors = []
-    for step in steps:
-      where = f'{self.directory}/{step}'
-      try:
-        saved = _read_step_metadata(self._manager, step)
-      except Exception as e:  # noqa: BLE001 - unreadable metadata = corrupt step.
-        errors.append((step, f'{where}: unreadable metadata ({_describe(e)})'))
-        logging.warning('checkpoint %s is unreadable, trying an older one: %s', where,
-                        _describe(e))
-        continue
-      diffs = _mismatch(saved, self._metadata) + _structure_mismatch(saved, abstract_state)
+
+    def read(step: int, where: str) -> tuple[PyTree, dict[str, Any]]:
+      saved = _read_step_metadata(self._manager, step)
+      diffs = mismatch(saved, self._metadata) + _structure_mismatch(saved, abstract_state)
       if not diffs:
-        try:
-          diffs = _shape_mismatch(self._manager.item_metadata(step)['state'].tree,
-                                  abstract_state)
-        except Exception as e:  # noqa: BLE001 - unreadable array metadata = corrupt step.
-          errors.append((step, f'{where}: unreadable array metadata ({_describe(e)})'))
-          logging.warning('checkpoint %s is unreadable, trying an older one: %s', where,
-                          _describe(e))
-          continue
+        diffs = shape_mismatch(self._manager.item_metadata(step)['state'].tree, abstract_state)
       if diffs:
         raise CheckpointError(f'{where} was saved by a different run ({"; ".join(diffs[:5])}); '
                               'use a new --workdir or restore the original config/vocabulary')
+      return self._restore_step(step, abstract_state, saved, where)
+
+    (state, data), where, corrupt = newest_readable(self._manager, read)
+    position, self.restored_progress = data['position'], dict(data.get('progress') or {})
+    if data_iterator is not None:
+      if position is None:
+        raise CheckpointError(f'{where} has no data-iterator position (saved without '
+                              'data_iterator); resuming would replay the data from the start')
       try:
-        state, data = self._restore_step(step, abstract_state, saved, where)
-      except Exception as e:  # noqa: BLE001 - any read/verify failure = corrupt step.
-        errors.append((step, f'{where}: {_describe(e)}'))
-        logging.warning('checkpoint %s is corrupt or partial, trying an older one: %s', where,
-                        errors[-1][1])
-        continue
-      position, self.restored_progress = data['position'], dict(data.get('progress') or {})
-      if data_iterator is not None:
-        if position is None:
-          raise CheckpointError(f'{where} has no data-iterator position (saved without '
-                                'data_iterator); resuming would replay the data from the start')
-        try:
-          data_iterator.set_state(_decode_data_state(position))
-        except Exception as e:  # noqa: BLE001 - e.g. tf.data state of another pipeline.
-          raise CheckpointError(
-              f'the data-iterator position in {where} does not fit this input pipeline '
-              f'({_describe(e)}); resume with the data config it was saved with, or use a '
-              'new --workdir') from None
-      self._quarantine([s for s, _ in errors])
-      return state
-    raise CheckpointError(f'none of the {len(steps)} checkpoints in {self.directory} could be '
-                          f'restored (newest error: {errors[0][1]})')
+        data_iterator.set_state(_decode_data_state(position))
+      except Exception as e:  # noqa: BLE001 - e.g. tf.data state of another pipeline.
+        raise CheckpointError(
+            f'the data-iterator position in {where} does not fit this input pipeline '
+            f'({_describe(e)}); resume with the data config it was saved with, or use a '
+            'new --workdir') from None
+    self._quarantine(corrupt)
+    return state
 
   def _restore_step(self, step: int, abstract_state: PyTree, saved: Mapping[str, Any],
                     where: str) -> tuple[PyTree, dict[str, Any]]:
@@ -437,7 +335,7 @@ class Checkpointer:
     if not steps:
       return
     if jax.process_index() == 0:
-      target = os.path.join(os.path.dirname(self.directory), 'checkpoints_corrupt')
+      target = self._workdir.corrupt
       os.makedirs(target, exist_ok=True)
       for step in steps:
         dest = os.path.join(target, f'{step}-{int(time.time())}')
@@ -466,53 +364,7 @@ class Checkpointer:
     self.close()
 
 
-# ---------------------------------------------------------------------------- preemption
-
-
-class PreemptionGuard:
-  """Context manager: a preemption notice becomes a request to save and stop.
-
-  One process: SIGTERM (and `signals`) set `.requested` instead of killing the
-  process; previous handlers come back on exit. Several processes
-  (`jax.distributed`): JAX's preemption service receives the notice and
-  `should_stop(step)` turns True on every process at the same step, so all of
-  them save that step together. The loop calls `should_stop(step)` after each
-  step, then force-saves and returns.
-  """
-
-  def __init__(self, signals: Sequence[int] = (signal.SIGTERM,)):
-    self._signals = tuple(signals)
-    self._previous: dict[int, Any] = {}
-    self.requested = False
-
-  def _handle(self, signum: int, frame: Any) -> None:
-    del frame
-    logging.warning('received %s: saving a checkpoint, then exiting',
-                    signal.Signals(signum).name)
-    self.requested = True
-
-  def should_stop(self, step: int) -> bool:
-    """True once a preemption was noticed (on all processes at the same `step`)."""
-    if not self.requested and jax.process_count() > 1:
-      try:
-        self.requested = multihost_utils.reached_preemption_sync_point(int(step))
-      except RuntimeError:  # the preemption service is disabled.
-        pass
-    return self.requested
-
-  def __enter__(self) -> 'PreemptionGuard':
-    if jax.process_count() == 1:
-      for sig in self._signals:
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def __exit__(self, *exc: Any) -> None:
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-    self._previous.clear()
-
-
-# ---------------------------------------------------------------- averaging and inference
+# ------------------------------------------------------------ averaging and inference input
 
 
 def average_checkpoints(workdir: str, num_last: int) -> str:
@@ -523,7 +375,8 @@ def average_checkpoints(workdir: str, num_last: int) -> str:
   """
   if num_last < 1:
     raise CheckpointError(f'num_last must be >= 1, got {num_last}')
-  manager = _manager(os.path.join(os.path.abspath(workdir), 'checkpoints'), create=False)
+  wd = Workdir(workdir)
+  manager = _manager(wd.checkpoints, create=False)
   steps = sorted(manager.all_steps())[-num_last:]
   if not steps:
     raise CheckpointError(f'no checkpoints to average in {manager.directory}')
@@ -538,7 +391,7 @@ def average_checkpoints(workdir: str, num_last: int) -> str:
       raise CheckpointError(str(e)) from None
     if reference is None:
       reference = metadata
-    elif diffs := _mismatch(metadata, {k: reference[k] for k in ('model_config', 'vocab_sha256')
+    elif diffs := mismatch(metadata, {k: reference[k] for k in ('model_config', 'vocab_sha256')
                                        if k in reference}):
       raise CheckpointError(f'{manager.directory}/{step} differs from step {steps[0]}: {diffs[0]}')
     as_float64 = jax.tree.map(lambda x: x.astype(np.float64), params)
@@ -552,7 +405,7 @@ def write_averaged(workdir: str, params: PyTree, metadata: Mapping[str, Any]) ->
   """Write `params` (numpy) and `metadata` (model config, vocabulary hash, ...) with their
   checksums as `<workdir>/averaged`, the parameters inference prefers; returns the path."""
   metadata = {**metadata, 'checksums': tree_checksums({'params': params})}
-  path = os.path.join(os.path.abspath(workdir), 'averaged')
+  path = Workdir(workdir).averaged
   with _averaged_checkpointer() as ckptr:
     ckptr.save(path, force=True, args=ocp.args.Composite(
         params=ocp.args.PyTreeSave(params), metadata=ocp.args.JsonSave(metadata)))
@@ -581,59 +434,21 @@ def _load_averaged(path: str) -> tuple[PyTree, dict]:
   return params, metadata
 
 
-def _step_dirs(directory: str) -> list[int]:
-  """Steps with a finalized directory under `directory` (none if it does not exist)."""
-  return [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
-
-
-def _load_latest(directory: str) -> tuple[PyTree, dict, str]:
-  """Params, metadata and path of the newest readable step (older ones on corruption)."""
-  manager = _manager(directory, create=False)
-  for step in sorted(manager.all_steps(), reverse=True):
-    where = f'{manager.directory}/{step}'
-    try:
-      return (*_restore_params(manager, step), where)
-    except Exception as e:  # noqa: BLE001 - corrupt step: try the previous one.
-      logging.warning('checkpoint %s is corrupt or partial, trying an older one: %s', where,
-                      _describe(e))
-  raise CheckpointError(f'no readable checkpoint in {manager.directory}')
-
-
-def load_for_inference(workdir: str) -> tuple[PyTree, TransformerConfig, str]:
-  """(params as numpy arrays, TransformerConfig, vocabulary path) of a training workdir.
-
-  Uses `<workdir>/averaged` if present (warning if newer checkpoints exist), else
-  the latest readable checkpoint. The model config comes from the checkpoint;
-  `model_config.json` and the vocabulary file must agree with it.
-  """
-  workdir = os.path.abspath(workdir)
-  averaged, checkpoints = os.path.join(workdir, 'averaged'), os.path.join(workdir, 'checkpoints')
-  if os.path.isdir(averaged):
-    params, metadata = _load_averaged(averaged)
-    where, steps = averaged, metadata.get('averaged_steps', [])
-    newest = max(_step_dirs(checkpoints), default=None)
-    logging.info('using the average of steps %s from %s', steps, averaged)
+def load_params(workdir: str) -> tuple[PyTree, dict[str, Any], str]:
+  """(params as numpy arrays, checkpoint metadata, path) of what inference uses: the
+  `averaged` checkpoint if present (warning if newer steps exist), else the newest
+  readable step. Every array is checksum-verified."""
+  wd = Workdir(workdir)
+  if os.path.isdir(wd.averaged):
+    params, metadata = _load_averaged(wd.averaged)
+    steps, newest = metadata.get('averaged_steps', []), max(wd.steps(), default=None)
+    logging.info('using the average of steps %s from %s', steps, wd.averaged)
     if newest is not None and steps and newest > max(steps):
       logging.warning('%s averages steps %s but step %d exists; re-run average_checkpoints '
-                      'to use the newer ones', averaged, steps, newest)
-  else:
-    params, metadata, where = _load_latest(checkpoints)
-    logging.info('no averaged checkpoint; using %s', where)
-  config_path = os.path.join(workdir, 'model_config.json')
-  if 'model_config' in metadata:
-    cfg = model_config_from_dict(metadata['model_config'], source=f'{where} metadata')
-    if os.path.exists(config_path) and (diffs := _mismatch(
-        metadata, {'model_config': _read_json(config_path)})):
-      raise CheckpointError(f'{config_path} disagrees with {where}: {diffs[0]}')
-  else:
-    cfg = load_model_config(workdir)
-  ones = jnp.ones((1, 1), jnp.int32)
-  expected = jax.eval_shape(lambda: nn.meta.unbox(
-      Transformer(cfg).init(jax.random.key(0), ones, ones)['params']))
-  if diffs := _shape_mismatch(params, expected):
-    raise CheckpointError(f'{where} does not fit the model of its config: {"; ".join(diffs)}')
-  vocab_path = vocab_path_for(workdir)
-  if 'vocab_sha256' in metadata and file_sha256(vocab_path) != metadata['vocab_sha256']:
-    raise CheckpointError(f'{vocab_path} is not the vocabulary {where} was trained with '
-                          '(SHA-256 differs)')
-  return params, cfg, vocab_path
+                      'to use the newer ones', wd.averaged, steps, newest)
+    return params, metadata, wd.averaged
+  manager = _manager(wd.checkpoints, create=False)
+  (params, metadata), where, _ = newest_readable(
+      manager, lambda step, _: _restore_params(manager, step))
+  logging.info('no averaged checkpoint; using %s', where)
+  return params, metadata, where

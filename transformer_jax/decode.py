@@ -1,9 +1,10 @@
 """Autoregressive decoding over the decoder's KV cache: greedy, sampling, beam search.
 
 Pure JAX: every decoder is one jit-compiled `lax.while_loop` over global arrays, so it
-runs unchanged on batches sharded over a device mesh. Greedy decoding and beam search of
-a batch whose rows are split over devices run per device (`jax.shard_map`): sentences are
-decoded independently, so the devices never wait for each other, and each stops when its
+runs unchanged on batches sharded over a device mesh. Given `mesh=`, every strategy
+(greedy, beam, sampling) runs per device instead (`jax.shard_map`, compiled programs kept
+in a cache of `JIT_CACHE_SIZE`): each device decodes its share of the rows (sentences are
+decoded independently), so the devices never wait for each other, and each stops when its
 own sentences are done. Shapes: B = batch, S = source
 length, K = beam size, L = `max_decode_len` (cache length), V = vocabulary.
 
@@ -24,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from transformer_jax.model import Transformer, TransformerConfig, init_cache, reorder_beams
+from transformer_jax.sharding import BATCH_AXES
 
 Array = jax.Array
 Params = Any
@@ -34,6 +36,8 @@ Params = Any
 PAD_ID = 0
 EOS_ID = 1
 NEG_INF = float('-inf')
+# Per-device programs kept compiled (one per model config, mesh, strategy and length).
+JIT_CACHE_SIZE = 32
 
 
 def _encode(params: Params, config: TransformerConfig, inputs: Array) -> Array:
@@ -105,38 +109,44 @@ def _resolve_max_decode_len(config: TransformerConfig, inputs: Array, max_extra_
   return max(1, min(length, config.max_len))
 
 
-def _batch_split(inputs: Array) -> Optional[tuple[Mesh, P]]:
-  """(mesh, spec of the rows) when `inputs` is a concrete array whose rows are split over
-  devices, else None."""
-  sharding = getattr(inputs, 'sharding', None)
-  if (isinstance(inputs, jax.core.Tracer) or not isinstance(sharding, NamedSharding)
-      or not sharding.spec or sharding.spec[0] is None):
-    return None
-  return sharding.mesh, P(sharding.spec[0])
+def _batch_axes(mesh: Optional[Mesh]) -> tuple[str, ...]:
+  """The mesh axes a batch's rows are split over (`sharding.BATCH_AXES` the mesh has)."""
+  return () if mesh is None else tuple(a for a in BATCH_AXES if a in mesh.axis_names)
 
 
-@functools.lru_cache(maxsize=None)
-def _per_device(core: Any, config: TransformerConfig, mesh: Mesh, rows: P, num_args: int,
-                static: tuple[tuple[str, Any], ...]) -> Any:
-  """core(params, config, inputs, *args, **static) run by each device on its own rows.
+@functools.lru_cache(maxsize=JIT_CACHE_SIZE)
+def _per_device(core: Any, config: TransformerConfig, mesh: Mesh, axes: tuple[str, ...],
+                num_args: int, static: tuple[tuple[str, Any], ...]) -> Any:
+  """core(params, config, inputs, *args, **static) run by each device on its own rows
+  (rows split over `axes`); a PRNG-key argument is made distinct per device.
 
   Without replication checks (`check_vma`): core is written for global arrays, and its
   loop state starts equal on all devices and then differs, which is the point here."""
   def local(params, inputs, *args):
+    shard = lax.axis_index(axes)
+    args = [jax.random.fold_in(a, shard)
+            if jax.dtypes.issubdtype(getattr(a, 'dtype', None), jax.dtypes.prng_key) else a
+            for a in args]
     return core(params, config, inputs, *args, **dict(static))
+  rows = P(axes)
   return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), rows) + (P(),) * num_args,
                                out_specs=rows, check_vma=False))
 
 
 def _run(core: Any, params: Params, config: TransformerConfig, inputs: Array,
-         args: tuple[Any, ...], **static: Any) -> Any:
-  """core(params, config, inputs, *args, **static), per device if the rows of `inputs` are
-  split over devices (core must decode its rows independently; its outputs are [B, ...])."""
-  split = _batch_split(inputs)
-  if split is None:
+         args: tuple[Any, ...], mesh: Optional[Mesh], **static: Any) -> Any:
+  """core(params, config, inputs, *args, **static): one global program, or with `mesh`
+  each device decoding its share of the rows (core must decode its rows independently;
+  its outputs are [B, ...]). Rows are padded to a multiple of the shards and cut after."""
+  axes = _batch_axes(mesh)
+  if not axes:
     return core(params, config, inputs, *args, **static)
-  return _per_device(core, config, *split, len(args), tuple(sorted(static.items())))(
+  shards, batch = int(np.prod([mesh.shape[a] for a in axes])), inputs.shape[0]
+  if batch % shards:
+    inputs = jnp.pad(inputs, ((0, shards - batch % shards), (0, 0)))
+  outputs = _per_device(core, config, mesh, axes, len(args), tuple(sorted(static.items())))(
       params, inputs, *args)
+  return jax.tree.map(lambda x: x[:batch], outputs)
 
 
 def length_penalty(length: Array, alpha: Array) -> Array:
@@ -196,35 +206,39 @@ def _sample_loop(params: Params, config: TransformerConfig, inputs: Array, rng: 
 
 def greedy_decode(params: Params, config: TransformerConfig, inputs: Array, *,
                   max_extra_len: int = 50, max_decode_len: Optional[int] = None,
-                  min_len: int = 0, eos_id: int = EOS_ID) -> tuple[Array, Array]:
+                  min_len: int = 0, eos_id: int = EOS_ID,
+                  mesh: Optional[Mesh] = None) -> tuple[Array, Array]:
   """Greedy decoding of [B, S] source ids -> (tokens [B, L], sum of log-probs [B]).
 
   `max_decode_len` (L, static) defaults to S + max_extra_len; `min_len` bans EOS until
-  that many tokens precede it.
+  that many tokens precede it; with `mesh`, each device decodes its share of the rows.
   """
   length = _resolve_max_decode_len(config, inputs, max_extra_len, max_decode_len)
   return _run(_sample_loop, params, config, inputs,
-              (jax.random.key(0), 1.0, max_extra_len, min_len),
+              (jax.random.key(0), 1.0, max_extra_len, min_len), mesh,
               max_decode_len=length, greedy=True, top_k=0, eos_id=eos_id)
 
 
 def sample(params: Params, config: TransformerConfig, inputs: Array, rng: Array, *,
            temperature: float = 1.0, top_k: int = 0, max_extra_len: int = 50,
            max_decode_len: Optional[int] = None, min_len: int = 0,
-           eos_id: int = EOS_ID) -> tuple[Array, Array]:
+           eos_id: int = EOS_ID, mesh: Optional[Mesh] = None) -> tuple[Array, Array]:
   """Ancestral sampling from softmax(logits / temperature), restricted to the `top_k` most
   likely tokens (0: all) -> (tokens [B, L], model log-probs of the sampled tokens [B]).
 
-  Temperature 0 is the limit of sampling: greedy decoding.
+  Temperature 0 is the limit of sampling: greedy decoding. With `mesh`, each device
+  samples its share of the rows, from `rng` folded with its shard index.
   """
   if temperature < 0:
     raise ValueError(f'temperature must be >= 0, got {temperature}')
   if temperature == 0:
     return greedy_decode(params, config, inputs, max_extra_len=max_extra_len,
-                         max_decode_len=max_decode_len, min_len=min_len, eos_id=eos_id)
+                         max_decode_len=max_decode_len, min_len=min_len, eos_id=eos_id,
+                         mesh=mesh)
   length = _resolve_max_decode_len(config, inputs, max_extra_len, max_decode_len)
-  return _sample_loop(params, config, inputs, rng, temperature, max_extra_len, min_len,
-                      max_decode_len=length, greedy=False, top_k=top_k, eos_id=eos_id)
+  return _run(_sample_loop, params, config, inputs,
+              (rng, temperature, max_extra_len, min_len), mesh,
+              max_decode_len=length, greedy=False, top_k=top_k, eos_id=eos_id)
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'beam_size', 'max_decode_len', 'eos_id'))
@@ -303,31 +317,33 @@ def _beam_search(params: Params, config: TransformerConfig, inputs: Array, alpha
 def beam_search(params: Params, config: TransformerConfig, inputs: Array, *,
                 beam_size: int = 4, alpha: float = 0.6, max_extra_len: int = 50,
                 max_decode_len: Optional[int] = None, min_len: int = 0,
-                eos_id: int = EOS_ID) -> tuple[Array, Array]:
+                eos_id: int = EOS_ID, mesh: Optional[Mesh] = None) -> tuple[Array, Array]:
   """Beam search (paper §6.1: beam 4, alpha 0.6, max length = source length + 50).
 
   [B, S] source ids -> (best tokens [B, L], their scores [B]). The score of a sequence
   of n tokens (EOS included) is log p(y) / ((5 + n) / 6) ** alpha; alpha must be >= 0.
   Each step ranks the 2K best continuations: those among the K best that end in EOS
   finish, the K best others stay alive. A sentence stops once K hypotheses have finished
-  or no alive one can beat its best finished one; a beam of 1 is greedy decoding.
+  or no alive one can beat its best finished one; a beam of 1 is greedy decoding. With
+  `mesh`, each device searches for its share of the rows.
   """
   if beam_size < 1:
     raise ValueError(f'beam_size must be >= 1, got {beam_size}')
   length = _resolve_max_decode_len(config, inputs, max_extra_len, max_decode_len)
-  return _run(_beam_search, params, config, inputs, (alpha, max_extra_len, min_len),
+  return _run(_beam_search, params, config, inputs, (alpha, max_extra_len, min_len), mesh,
               beam_size=beam_size, max_decode_len=length, eos_id=eos_id)
 
 
 def translate_batch(params: Params, config: TransformerConfig, inputs: Array, *,
                     beam_size: int = 4, alpha: float = 0.6, max_extra_len: int = 50,
-                    max_decode_len: Optional[int] = None) -> Array:
-  """Translate [B, S] source ids -> [B, L] output ids: beam search, or greedy if beam_size 1."""
+                    max_decode_len: Optional[int] = None, mesh: Optional[Mesh] = None) -> Array:
+  """Translate [B, S] source ids -> [B, L] output ids: beam search, or greedy if beam_size 1
+  (per device with `mesh`)."""
   if beam_size == 1:
     return greedy_decode(params, config, inputs, max_extra_len=max_extra_len,
-                         max_decode_len=max_decode_len)[0]
+                         max_decode_len=max_decode_len, mesh=mesh)[0]
   return beam_search(params, config, inputs, beam_size=beam_size, alpha=alpha,
-                     max_extra_len=max_extra_len, max_decode_len=max_decode_len)[0]
+                     max_extra_len=max_extra_len, max_decode_len=max_decode_len, mesh=mesh)[0]
 
 
 def trim(tokens: Any, eos_id: int = EOS_ID) -> list[list[int]]:

@@ -1,4 +1,5 @@
-"""Multi-process start-up: `jax.distributed` from arguments, environment or cluster.
+"""Multi-process start-up (`jax.distributed` from arguments, environment or cluster) and
+preemption notices (`PreemptionGuard`).
 
 `initialize()` must run before the first JAX computation on every process:
 
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
+import signal
+from typing import Any, Optional, Sequence
 
 import jax
+from jax.experimental import multihost_utils
 
 _ENV_ADDRESS = 'JAX_COORDINATOR_ADDRESS'
 _ENV_COUNT = 'JAX_NUM_PROCESSES'
@@ -95,3 +98,46 @@ def initialize(coordinator_address: Optional[str] = None,
 def is_main_process() -> bool:
   """True on the process that writes logs, metrics and summaries (process 0)."""
   return jax.process_index() == 0
+
+
+class PreemptionGuard:
+  """Context manager: a preemption notice becomes a request to save and stop.
+
+  One process: SIGTERM (and `signals`) set `.requested` instead of killing the
+  process; previous handlers come back on exit. Several processes
+  (`jax.distributed`): JAX's preemption service receives the notice and
+  `should_stop(step)` turns True on every process at the same step, so all of
+  them save that step together. The loop calls `should_stop(step)` after each
+  step, then force-saves and returns.
+  """
+
+  def __init__(self, signals: Sequence[int] = (signal.SIGTERM,)):
+    self._signals = tuple(signals)
+    self._previous: dict[int, Any] = {}
+    self.requested = False
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    del frame
+    logging.warning('received %s: saving a checkpoint, then exiting',
+                    signal.Signals(signum).name)
+    self.requested = True
+
+  def should_stop(self, step: int) -> bool:
+    """True once a preemption was noticed (on all processes at the same `step`)."""
+    if not self.requested and jax.process_count() > 1:
+      try:
+        self.requested = multihost_utils.reached_preemption_sync_point(int(step))
+      except RuntimeError:  # the preemption service is disabled.
+        pass
+    return self.requested
+
+  def __enter__(self) -> 'PreemptionGuard':
+    if jax.process_count() == 1:
+      for sig in self._signals:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous.clear()

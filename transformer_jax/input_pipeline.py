@@ -8,8 +8,8 @@ Entry points
       max_eval_len] (iterate with `.as_numpy_iterator()`), each example exactly
       once across processes, all-zero rows/batches as padding so that every
       process runs the same number of eval steps.
-  * `load_raw(config, split)` → all `(source, target)` string pairs of a split
-      ('train' | 'eval' | 'test'), e.g. for BLEU.
+  * Pairs come from the task's data hook (`read_pairs`, default `sources.raw_dataset`:
+      text files, the embedded Bible, tfds).
 
 Train batches (numpy int32, [rows, length], padding 0)
   * `batching='pack'`: keys `inputs`, `targets`, `inputs_position`,
@@ -32,252 +32,57 @@ Multi-host
   `shard`), so every training example is used once per epoch across processes.
   `batch_size` and `tokens_per_batch` are global and divided by `process_count`.
 
-Config keys (`ml_collections.ConfigDict`)
-  dataset            'bible' (embedded English↔Spanish corpus) | 'tfds' | 'text'.
-  tfds_name          e.g. 'wmt14_translate/de-en', 'wmt14_translate/fr-en'.
-  tfds_data_dir      tfds data_dir ('' or None: tfds default); must be prepared.
-  train_split, eval_split, test_split
-                     split names for 'tfds' (e.g. 'train', 'validation', 'test';
-                     slicing like 'train[:1%]' works) and 'bible' ('train',
-                     'dev' (alias 'validation'), 'test'). Unused by 'text'.
-  source_lang, target_lang
-                     feature names of the pair: 'en'/'de'/'fr' for WMT, 'en'/'es'
-                     for the Bible (either direction).
-  train_source, train_target, eval_source, eval_target, test_source, test_target
-                     'text' paths, one sentence a line (`.gz` is decompressed).
-                     For a TSV file (source<TAB>target) give its path as
-                     `*_source` and leave `*_target` empty (None or '').
-  vocab_path         SentencePiece model ('' or None: '<workdir>/spm.model'); trained on
-                     the train split (both sides) when absent.
-  vocab_size, vocab_model_type ('unigram' | 'bpe'), vocab_max_sentences
-                     SentencePiece training: pieces, algorithm, sentences sampled.
-  max_len            train: max tokens per side incl. EOS (longer pairs dropped and
-                     counted in the log, over the first TRAIN_LENGTH_SAMPLE pairs);
-                     also the packed row length.
-  max_eval_len       eval/test: max tokens per side (longer pairs dropped, counted
-                     in the log) and the padded length.
-  batching           'pack' | 'tokens'.
-  batch_size         global sequences per batch (packed rows; eval/test batches).
-  tokens_per_batch   global tokens per side per batch ('tokens' batching).
-  bucket_boundaries  padded lengths of the token-batching buckets (empty/None: a
-                     geometric ladder from 8; max_len is always added).
-  grad_accum_steps   micro-batches per optimizer step (optional, default 1).
-  shuffle_buffer     pairs in the shuffle buffer.
-  seed               shuffle seed (and SentencePiece sampling seed).
+Config keys: `transformer_jax.config` (each key's default, rule and meaning).
 
 Bad input raises `DataError` with a one-line message naming the file and line.
 """
 
 from __future__ import annotations
 
-import functools
-import gzip
 import io
-import itertools
 import logging
 import math
 import os
-import re
 import tarfile
 import tempfile
-import zlib
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from transformer_jax import tokenizer as tokenizer_lib
+from transformer_jax.sources import DataError, iterate_pairs, raw_dataset
+from transformer_jax.workdir import Workdir
 
 AUTOTUNE = tf.data.AUTOTUNE
-BIBLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'bible')
-BIBLE_LANGS = ('en', 'es')
-_BIBLE_SPLIT_ALIASES = {'validation': 'dev'}
-SPLITS = ('train', 'eval', 'test')
 PACKED_KEYS = ('inputs', 'targets', 'inputs_position', 'targets_position',
                'inputs_segmentation', 'targets_segmentation')
 SIDES = ('inputs', 'targets')
+# (config, split, process_index, process_count) -> (source, target) string pairs: the
+# task's data hook (`tasks.Task.read_pairs`; translation: `sources.raw_dataset`).
+ReadPairs = Callable[..., tf.data.Dataset]
 # Training pairs counted at start-up to log how many exceed max_len (exact below this).
 TRAIN_LENGTH_SAMPLE = 200_000
-
-
-class DataError(ValueError):
-  """Unusable input data or data configuration (one-line message)."""
-
-
-# ---------------------------------------------------------------- text files
-
-
-def _read_lines(path: str) -> Iterator[str]:
-  """Lines of a UTF-8 text file (gzip if `.gz`), without line ends; DataError on bad input."""
-  if not tf.io.gfile.exists(path):
-    raise DataError(f'{path}: file not found')
-  if tf.io.gfile.isdir(path):
-    raise DataError(f'{path}: is a directory, not a text file')
-  with tf.io.gfile.GFile(path, 'rb') as raw:
-    stream = gzip.GzipFile(fileobj=raw) if path.endswith('.gz') else raw
-    try:
-      for number, line in enumerate(stream, start=1):
-        try:
-          yield line.decode('utf-8').rstrip('\r\n')
-        except UnicodeDecodeError as e:
-          raise DataError(f'{path}:{number}: not UTF-8 ({e.reason} at byte {e.start})') from None
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-      raise DataError(f'{path}: not a valid gzip file ({e})') from None
-
-
-@functools.lru_cache(maxsize=None)
-def check_parallel_text(source: str, target: Optional[str]) -> int:
-  """Validate a source/target file pair (or a TSV when `target` is empty).
-
-  Returns the number of usable pairs; logs how many have an empty side (those
-  are skipped by the pipeline). Raises DataError on a missing file, a directory, a
-  broken `.gz`, non-UTF-8 bytes, different line counts or a TSV line without a TAB.
-  Cached: each file pair is read once per process.
-  """
-  if target:
-    pairs = itertools.zip_longest(_read_lines(source), _read_lines(target))
-  else:
-    pairs = (_split_tsv_line(line, source, n) for n, line in enumerate(_read_lines(source), 1))
-  total = empty = 0
-  for src, tgt in pairs:
-    if src is None or tgt is None:
-      counts = (_count_lines(source), _count_lines(target))
-      raise DataError(f'line counts differ: {source} has {counts[0]} lines, '
-                      f'{target} has {counts[1]}')
-    total += 1
-    empty += not (src.strip() and tgt.strip())
-  if empty:
-    logging.warning('%s: skipping %d of %d pairs with an empty side', source, empty, total)
-  return total - empty
-
-
-def _split_tsv_line(line: str, path: str, number: int) -> tuple[str, str]:
-  """(source, target) of one TSV line; DataError if it has no TAB."""
-  if '\t' not in line:
-    raise DataError(f'{path}:{number}: no TAB between source and target')
-  source, target = line.split('\t', 1)
-  return source, target
-
-
-def _count_lines(path: str) -> int:
-  return sum(1 for _ in _read_lines(path))
-
-
-def text_dataset(source: str, target: Optional[str]) -> tf.data.Dataset:
-  """(source, target) string pairs from two line-aligned files or one TSV, in file order."""
-  def lines(path: str) -> tf.data.Dataset:
-    return tf.data.TextLineDataset(path, compression_type='GZIP' if path.endswith('.gz') else '')
-
-  if target:
-    return tf.data.Dataset.zip(lines(source), lines(target))
-  split = lambda line: tuple(tf.unstack(tf.strings.split(line, '\t', maxsplit=1), num=2))
-  return lines(source).map(split)
-
-
-def _text_paths(config: ml_collections.ConfigDict, split: str) -> tuple[str, Optional[str]]:
-  """(source, target) file paths of a split for the 'text' and 'bible' datasets."""
-  if config.dataset == 'text':
-    return config[f'{split}_source'], config[f'{split}_target']
-  name = config[f'{split}_split']
-  name = _BIBLE_SPLIT_ALIASES.get(name, name)
-  if name not in ('train', 'dev', 'test'):
-    raise DataError(f'bible: unknown split {name!r}; available: train, dev, test')
-  for lang in (config.source_lang, config.target_lang):
-    if lang not in BIBLE_LANGS:
-      raise DataError(f'bible: unknown language {lang!r}; available: {", ".join(BIBLE_LANGS)}')
-  return (os.path.join(BIBLE_DIR, f'{name}.{config.source_lang}.gz'),
-          os.path.join(BIBLE_DIR, f'{name}.{config.target_lang}.gz'))
-
-
-# ---------------------------------------------------------------------- tfds
-
-
-def tfds_dataset(name: str, split: str, source_lang: str, target_lang: str,
-                 data_dir: Optional[str] = None, process_index: int = 0,
-                 process_count: int = 1) -> tf.data.Dataset:
-  """(source, target) string pairs of this process's shard of a prepared tfds split."""
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise DataError(f'unknown tfds dataset {name!r}: {str(e).splitlines()[0]}') from None
-  if not builder.is_prepared():
-    raise DataError(f'tfds dataset {name!r} is not prepared in {builder.data_dir}; '
-                    f'run `tfds build {name} --data_dir=...` first')
-  splits = builder.info.splits
-  for split_name in re.findall(r'([^\[+\]]+)(?:\[[^\]]*\])?', split):
-    if split_name.strip() not in splits:
-      raise DataError(f'{name}: unknown split {split!r}; available: {", ".join(sorted(splits))}')
-  features = builder.info.features
-  for lang in (source_lang, target_lang):
-    if lang not in features:
-      raise DataError(f'{name}: no language {lang!r}; available: {", ".join(sorted(features))}')
-  shard = tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
-  ds = builder.as_dataset(split=shard, shuffle_files=False)
-  return ds.map(lambda ex: (ex[source_lang], ex[target_lang]), num_parallel_calls=AUTOTUNE)
-
-
-# ------------------------------------------------------------------- sources
-
-
-# A side made only of what Python's str.isspace() calls whitespace (as `check_parallel_text`
-# counts it), in RE2 syntax: ASCII space and controls, U+0085 and Unicode separators (Z).
-_BLANK = r'[\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}]*'
-
-
-def raw_dataset(config: ml_collections.ConfigDict, split: str, process_index: int = 0,
-                process_count: int = 1) -> tf.data.Dataset:
-  """(source, target) string pairs of a split ('train'|'eval'|'test'), this process's shard.
-
-  Pairs with an empty side are skipped. Text inputs are validated first.
-  """
-  if split not in SPLITS:
-    raise DataError(f'unknown split role {split!r}; expected one of {SPLITS}')
-  if config.dataset == 'tfds':
-    ds = tfds_dataset(config.tfds_name, config[f'{split}_split'], config.source_lang,
-                      config.target_lang, config.tfds_data_dir or None, process_index,
-                      process_count)
-  elif config.dataset in ('text', 'bible'):
-    source, target = _text_paths(config, split)
-    if not source:
-      raise DataError(f'text: no file given for split {split!r} (config.{split}_source)')
-    check_parallel_text(source, target)
-    ds = text_dataset(source, target).shard(process_count, process_index)
-  else:
-    raise DataError(f'unknown dataset {config.dataset!r}; expected bible, tfds or text')
-  blank = lambda x: tf.strings.regex_full_match(x, _BLANK)
-  return ds.filter(lambda s, t: tf.logical_not(blank(s) | blank(t)))
-
-
-def iterate_pairs(pairs: tf.data.Dataset, chunk: int = 1024) -> Iterator[tuple[str, str]]:
-  """Python (source, target) strings of a pair dataset, fetched in chunks (much faster
-  than eager per-element iteration)."""
-  for sources, targets in pairs.batch(chunk).as_numpy_iterator():
-    for source, target in zip(sources, targets):
-      yield source.decode('utf-8'), target.decode('utf-8')
-
-
-def load_raw(config: ml_collections.ConfigDict, split: str) -> list[tuple[str, str]]:
-  """All (source, target) sentence pairs of a split ('train'|'eval'|'test'), in order."""
-  return list(iterate_pairs(raw_dataset(config, split)))
 
 
 # ---------------------------------------------------------------- vocabulary
 
 
 def vocab_path(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """The run's SentencePiece model: config.vocab_path, default <workdir>/spm.model."""
-  return config.vocab_path or os.path.join(workdir, 'spm.model')
+  """The run's SentencePiece model (`Workdir.vocab_path`: config.vocab_path or spm.model)."""
+  return Workdir(workdir).vocab_path(config.vocab_path)
 
 
-def get_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> tokenizer_lib.Tokenizer:
-  """The tokenizer at `vocab_path(config, workdir)`; trained there first if absent."""
+def get_tokenizer(config: ml_collections.ConfigDict, workdir: str,
+                  read_pairs: ReadPairs = raw_dataset) -> tokenizer_lib.Tokenizer:
+  """The tokenizer at `vocab_path(config, workdir)`; trained there first (on both sides of
+  the train split) if absent."""
   path = vocab_path(config, workdir)
 
   def sentences() -> Iterator[str]:
-    for pair in iterate_pairs(raw_dataset(config, 'train')):
+    for pair in iterate_pairs(read_pairs(config, 'train')):
       yield from pair
 
   return tokenizer_lib.load_or_train(path, sentences(), config.vocab_size,
@@ -286,9 +91,13 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> tokenizer_
 
 
 def tokenize(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Tokenizer,
-             chunk: int = 256) -> tf.data.Dataset:
-  """String pairs → {'inputs', 'targets'} int32 id vectors ending in EOS (order kept)."""
-  sp = tokenizer.tf_tokenizer()
+             chunk: int = 256, alpha: float = 0.0, nbest_size: int = -1) -> tf.data.Dataset:
+  """String pairs → {'inputs', 'targets'} int32 id vectors ending in EOS (order kept).
+
+  `alpha` > 0 samples each sentence's segmentation anew every time it is read
+  (subword regularisation, see `Tokenizer.tf_tokenizer`); 0: always the best one.
+  """
+  sp = tokenizer.tf_tokenizer(alpha, nbest_size)
 
   def encode(text: tf.Tensor) -> tf.RaggedTensor:
     ids = sp.tokenize(text)
@@ -433,7 +242,9 @@ def train_dataset(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Tokenizer,
                   config: ml_collections.ConfigDict, process_count: int = 1) -> tf.data.Dataset:
   """Infinite shuffled train batches (see module docstring) from this process's pairs."""
   tokens = filter_length(tokenize(pairs.shuffle(config.shuffle_buffer, seed=config.seed)
-                                  .repeat(), tokenizer), config.max_len)
+                                  .repeat(), tokenizer, alpha=config.get('spm_alpha', 0.0),
+                                  nbest_size=config.get('spm_nbest_size', -1)),
+                         config.max_len)
   if config.batching == 'pack':
     rows = _per_process(config.batch_size, process_count, 'batch_size')
     batches = pack(tokens, config.max_len).batch(rows, drop_remainder=True)
@@ -516,23 +327,24 @@ class TrainIterator:
 
 
 def get_datasets(config: ml_collections.ConfigDict, workdir: str,
-                 process_index: Optional[int] = None, process_count: Optional[int] = None
-                 ) -> tuple[tokenizer_lib.Tokenizer, TrainIterator, tf.data.Dataset,
+                 process_index: Optional[int] = None, process_count: Optional[int] = None,
+                 read_pairs: ReadPairs = raw_dataset) -> tuple[tokenizer_lib.Tokenizer, TrainIterator, tf.data.Dataset,
                             tf.data.Dataset]:
-  """(tokenizer, train iterator, eval batches, test batches) for this process."""
+  """(tokenizer, train iterator, eval batches, test batches) for this process, of the pairs
+  `read_pairs` gives (the task's data hook)."""
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
   if count > 1 and config.batching == 'tokens':
     # Each host would pick its own bucket shape per step; the global batch needs one.
     raise DataError("batching='tokens' runs on one host only: use batching='pack' with "
                     f'{count} processes')
-  tokenizer = get_tokenizer(config, workdir)
-  train_pairs = raw_dataset(config, 'train', index, count)
+  tokenizer = get_tokenizer(config, workdir, read_pairs)
+  train_pairs = read_pairs(config, 'train', index, count)
   _log_too_long(tokenize(train_pairs, tokenizer), config.max_len, f'train (process {index})',
                 limit=TRAIN_LENGTH_SAMPLE)
   train_iter = TrainIterator(train_dataset(train_pairs, tokenizer, config, count))
   eval_ds, test_ds = (
-      eval_dataset(raw_dataset(config, split), tokenizer, config.max_eval_len,
+      eval_dataset(read_pairs(config, split), tokenizer, config.max_eval_len,
                    config.batch_size, index, count, split)
       for split in ('eval', 'test'))
   return tokenizer, train_iter, eval_ds, test_ds

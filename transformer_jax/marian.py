@@ -43,16 +43,16 @@ import numpy as np
 import sentencepiece as spm
 from flax import linen as nn
 
-from transformer_jax import checkpoint
+from transformer_jax import checkpoint, inference
 from transformer_jax.model import ACTIVATIONS, Transformer, TransformerConfig
 from transformer_jax.tokenizer import TwoModelVocabulary, load_vocabulary
+from transformer_jax.workdir import Workdir
 
 Params = Any
 SPM_FILES = ('source.spm', 'target.spm')
-# Transformers' JSON files of an imported model, kept in the workdir for export.
+# Transformers' JSON files of an imported model, kept in the workdir (`marian_files`).
 JSON_FILES = ('config.json', 'generation_config.json', 'tokenizer_config.json',
               'special_tokens_map.json')
-KEPT_JSON = 'marian_files.json'
 LAYER_NORM_EPSILON = 1e-5  # torch.nn.LayerNorm's default, which MarianMTModel uses.
 
 
@@ -357,14 +357,14 @@ def import_marian(hf_dir: str, workdir: str) -> str:
   cfg = cfg.replace(zero_pad_embedding=not np.any(pad_row))
   params = params_from_hf(weights, cfg, marian_ids, hf_dir)
   os.makedirs(workdir, exist_ok=True)
-  vocab_path = os.path.join(workdir, checkpoint.TWO_MODEL_VOCAB)
-  with open(vocab_path, 'wb') as f:
+  wd = Workdir(workdir)
+  with open(wd.two_model_vocab, 'wb') as f:
     f.write(vocabulary_file(source_spm, target_spm, vocab_json, marian_ids))
-  with open(os.path.join(workdir, KEPT_JSON), 'w', encoding='utf-8') as f:
+  with open(wd.marian_files, 'w', encoding='utf-8') as f:
     json.dump(kept, f, indent=1)
-  checkpoint.save_model_config(workdir, cfg)
+  wd.save_model_config(cfg)
   return checkpoint.write_averaged(workdir, params, {
-      **checkpoint.training_metadata(cfg, vocab_path), 'averaged_steps': [],
+      **checkpoint.training_metadata(cfg, wd.two_model_vocab), 'averaged_steps': [],
       'imported_from': os.path.abspath(hf_dir)})
 
 
@@ -384,7 +384,7 @@ def export_marian(workdir: str, out_dir: str) -> list[str]:
   """Write the post-LN model of `workdir` as a MarianMTModel `save_pretrained` directory
   `out_dir` (created if needed); returns the files written. An imported model's files
   come back byte-identical."""
-  params, cfg, vocab_path = checkpoint.load_for_inference(workdir)
+  params, cfg, vocab_path = inference.load_for_inference(workdir)
   check_exportable(cfg)
   with open(vocab_path, 'rb') as f:
     vocab = load_vocabulary(f.read())
@@ -405,7 +405,7 @@ def export_marian(workdir: str, out_dir: str) -> list[str]:
     logging.warning('this model starts decoding from the embedding of id 0 '
                     '(model.zero_pad_embedding=False): Transformers gives the same output, '
                     'but CTranslate2 starts Marian decoders from zeros and will differ')
-  kept_path = os.path.join(workdir, KEPT_JSON)
+  kept_path = Workdir(workdir).marian_files
   kept = json.loads(_read_text(kept_path)) if os.path.exists(kept_path) else {}
   files = {
       'config.json': _hf_json(kept.get('config.json'), {

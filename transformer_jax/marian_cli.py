@@ -16,23 +16,19 @@ import logging
 import sys
 from typing import Callable, Mapping, Optional, Sequence
 
-from transformer_jax import checkpoint, marian
+from transformer_jax import cli, inference, marian
+from transformer_jax.workdir import CheckpointError
 
 
 def _main(prog: str, description: str, flags: Mapping[str, str],
           action: Callable[[argparse.Namespace], str], argv: Optional[Sequence[str]]) -> int:
   """Parse the required `flags` (name -> help), run `action` and print what it returns;
-  returns the exit code: 2 with one line on stderr for a user error."""
-  parser = argparse.ArgumentParser(prog=prog, description=description)
+  returns the exit code (2 with one line on stderr for a user error, see `cli`)."""
+  parser = cli.ArgumentParser(prog=prog, description=description)
   for flag, help_text in flags.items():
     parser.add_argument(f'--{flag}', required=True, help=help_text)
-  args = parser.parse_args(argv)
-  try:
-    print(action(args))
-  except (marian.ConversionError, checkpoint.CheckpointError) as e:
-    print(f'{prog}: error: {e}', file=sys.stderr)
-    return 2
-  return 0
+  return cli.run_main(prog, lambda: print(action(parser.parse_args(argv))),
+                      (marian.ConversionError, CheckpointError, inference.InferenceError))
 
 
 def import_main(argv: Optional[Sequence[str]] = None) -> int:

@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from transformer_jax.model import TransformerConfig
+from transformer_jax.workdir import Workdir
 
 Array = jax.Array
 
@@ -124,8 +127,8 @@ class MetricWriter:
     # tensorboard's own event writer: no TensorFlow needed.
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
-    self._events = EventFileWriter(os.path.join(workdir, 'tensorboard'))
+    self._jsonl = open(Workdir(workdir).metrics_jsonl, 'a', encoding='utf-8')
+    self._events = EventFileWriter(Workdir(workdir).tensorboard)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -144,3 +147,87 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.close()
       self._events.close()
+
+
+class Interval:
+  """Sums of the training steps' metrics, seconds, source tokens and FLOPs between two
+  log lines, and the scalars they give (loss, throughput, MFU)."""
+
+  def __init__(self):
+    self.sums, self.steps, self.seconds = {}, 0, 0.0
+    self.source_tokens, self.flops = 0.0, 0.0
+
+  def add(self, metrics: Mapping[str, float], seconds: float, source_tokens: float,
+          flops: float) -> None:
+    for key, value in metrics.items():
+      self.sums[key] = self.sums.get(key, 0.0) + float(value)
+    self.steps += 1
+    self.seconds += seconds
+    self.source_tokens += source_tokens
+    self.flops += flops
+
+  def scalars(self, peak: Optional[float]) -> dict[str, float]:
+    out = {f'train/{k}': v for k, v in summarize(self.sums).items()}
+    out.update({'train/learning_rate': self.sums['learning_rate'] / self.steps,
+                'train/grad_norm': self.sums['grad_norm'] / self.steps,
+                'perf/step_time_s': self.seconds / self.steps,
+                'perf/target_tokens_per_s': self.sums['tokens'] / self.seconds,
+                'perf/source_tokens_per_s': self.source_tokens / self.seconds,
+                'perf/model_tflops_per_s': self.flops / self.seconds / 1e12})
+    if peak:
+      out['perf/mfu'] = self.flops / self.seconds / peak
+    return out
+
+
+class TrainLog:
+  """The training loop's output: each interval's scalars to `writer` and a tqdm progress bar
+  (over the minute budget if there is one, else over the steps), and evaluation lines."""
+
+  def __init__(self, writer: MetricWriter, model_cfg: TransformerConfig,
+               counts: Mapping[str, int], peak: Optional[float], config: Any, step: int,
+               train_seconds: float, is_main: bool):
+    import tqdm
+    self._writer, self._model_cfg, self._counts, self._peak = writer, model_cfg, counts, peak
+    self._by_seconds, self._interval = bool(config.train_minutes), Interval()
+    enabled = is_main and config.progress_bar and sys.stderr.isatty()
+    if self._by_seconds:
+      self._bar = tqdm.tqdm(
+          total=round(config.train_minutes * 60), initial=round(train_seconds), unit='s',
+          disable=not enabled,
+          bar_format='{l_bar}{bar}| {n:.0f}/{total}s [{elapsed}<{remaining}{postfix}]')
+    else:
+      self._bar = tqdm.tqdm(total=config.num_train_steps, initial=step, unit='step',
+                            disable=not enabled)
+
+  def add(self, metrics: Mapping[str, float], batch: Mapping[str, Any], seconds: float) -> None:
+    """One finished step: its metrics, its batch (for tokens and FLOPs), its seconds."""
+    inputs, targets = np.asarray(batch['inputs']), np.asarray(batch['targets'])
+    source_tokens = float(np.sum(inputs > 0))
+    flops = training_flops(self._model_cfg, self._counts, source_tokens,
+                           float(np.sum(targets > 0)), inputs.shape[1], targets.shape[1])
+    self._interval.add(metrics, seconds, source_tokens, flops)
+
+  def write(self, step: int, seconds: float, train_seconds: float) -> None:
+    """Log the interval since the last write (`seconds` of training) and start a new one."""
+    interval, self._interval = self._interval, Interval()
+    self._bar.update(round(seconds) if self._by_seconds else interval.steps)
+    self._bar.set_postfix(loss=f"{interval.sums['loss'] / interval.sums['tokens']:.3f}")
+    self._writer.write(step, {**interval.scalars(self._peak), 'train/minutes': train_seconds / 60})
+
+  def write_eval(self, step: int, label: str, scalars: Mapping[str, float],
+                 train_seconds: float) -> None:
+    """An evaluation's scalars as `label/<name>`, and one line in the log and under the bar."""
+    self._writer.write(step, {**{f'{label}/{k}': v for k, v in scalars.items()},
+                              'train/minutes': train_seconds / 60})
+    line = f'step {step} ({train_seconds / 60:.1f} train min) {label}: ' + ', '.join(
+        f'{k} {v:.3f}' for k, v in scalars.items())
+    logging.info('%s', line)
+    if not self._bar.disable:
+      self._bar.write(line)
+
+  def close(self, step: int, train_seconds: float) -> None:
+    """Write what is left of the interval; close the progress bar."""
+    if self._interval.steps:
+      self._writer.write(step, {**self._interval.scalars(self._peak),
+                                'train/minutes': train_seconds / 60})
+    self._bar.close()

@@ -11,98 +11,23 @@ the CPU as `--cpu_devices` devices (default: 2 where there are at least 2 cores,
 the environment sets JAX_NUM_CPU_DEVICES or XLA's host device count), whose
 decoding loops run side by side (~20% faster beam search on 2 cores than one device
 using both through its thread pool: BENCHMARKS.md).
-A missing or incompatible checkpoint or vocabulary ends with a one-line error, exit 2.
-No TensorFlow: `transformer_jax.tokenizer.Tokenizer` runs on the `sentencepiece` package.
+A bad flag or a missing or incompatible checkpoint or vocabulary ends with one line on
+stderr, exit 2 (`cli`). The work is done by `transformer_jax.inference`; no TensorFlow.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
-import math
 import os
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
-import numpy as np
-from jax.sharding import Mesh
-from tqdm import tqdm
 
-from transformer_jax import bleu, checkpoint, decode, sharding
-from transformer_jax.model import TransformerConfig
-from transformer_jax.tokenizer import Vocabulary, load_vocabulary as read_vocabulary
+from transformer_jax import bleu, cli, inference, sharding
+from transformer_jax.workdir import CheckpointError
 
-MIN_BUCKET = 16
-
-# Source ids [B, S] (int32, 0-padded) -> output ids [B, L].
-TranslateFn = Callable[[np.ndarray], np.ndarray]
-
-
-class TranslateError(Exception):
-  """A problem the user can fix (paths, vocabulary); reported as one line, exit code 2."""
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadedModel:
-  """What a training workdir provides for inference."""
-  params: Any
-  config: TransformerConfig
-  vocab: Vocabulary
-
-
-def load_vocabulary(path: str, config: TransformerConfig) -> Vocabulary:
-  """The vocabulary at `path` (a SentencePiece model, or an imported model's two-model
-  vocabulary), checked against the model's ids and vocabulary size."""
-  try:
-    with open(path, 'rb') as f:
-      vocab = read_vocabulary(f.read())
-  except (OSError, RuntimeError, ValueError) as e:
-    raise TranslateError(f'cannot load the vocabulary {path}: {str(e).splitlines()[0]}') from None
-  if vocab.vocab_size > min(config.vocab_size, config.output_vocab_size):
-    raise TranslateError(f'{path} has {vocab.vocab_size} pieces but the model only '
-                         f'{config.vocab_size}')
-  return vocab
-
-
-def load_model(workdir: str, mesh: Optional[Mesh] = None) -> LoadedModel:
-  """Params (on the default device, or replicated on `mesh`), config and vocabulary of a
-  training workdir (averaged if present)."""
-  if not os.path.isdir(workdir):
-    raise TranslateError(f'workdir {workdir} does not exist')
-  params, config, vocab_path = checkpoint.load_for_inference(workdir)
-  params = jax.device_put(params, None if mesh is None else sharding.replicated(mesh))
-  return LoadedModel(params, config, load_vocabulary(vocab_path, config))
-
-
-def check_search_options(beam_size: int, alpha: float) -> None:
-  """Raise TranslateError unless beam_size >= 1 and alpha is finite and >= 0 (beam search's
-  early stop relies on alpha >= 0)."""
-  if beam_size < 1:
-    raise TranslateError(f'--beam_size must be >= 1, got {beam_size}')
-  if not 0 <= alpha < math.inf:
-    raise TranslateError(f'--alpha must be a finite number >= 0, got {alpha}')
-
-
-def make_translate_fn(model: LoadedModel, *, beam_size: int = 4, alpha: float = 0.6,
-                      max_extra_len: int = 50, mesh: Optional[Mesh] = None) -> TranslateFn:
-  """A function translating a [B, S] numpy batch with `decode.translate_batch`.
-
-  With `mesh`, the parameters are replicated on it (no copy if `load_model` put them there)
-  and each batch is split over its batch axes (sentences are decoded independently),
-  completed with empty rows where B does not divide; without, the batch goes where
-  `model.params` are.
-  """
-  params = model.params if mesh is None else jax.device_put(model.params,
-                                                            sharding.replicated(mesh))
-
-  def translate_fn(inputs: np.ndarray) -> np.ndarray:
-    batch = inputs if mesh is None else sharding.shard_batch({'inputs': inputs}, mesh)['inputs']
-    out = decode.translate_batch(params, model.config, batch, beam_size=beam_size,
-                                 alpha=alpha, max_extra_len=max_extra_len)
-    return np.asarray(out)[:len(inputs)]
-  return translate_fn
+PROG = 'transformer-jax-translate'
 
 
 def default_cpu_devices() -> Optional[int]:
@@ -122,55 +47,12 @@ def use_cpu_devices(count: int) -> None:
   one device whose thread pool parallelises only the larger operations.
   """
   if count < 1:
-    raise TranslateError(f'--cpu_devices must be >= 1, got {count}')
+    raise cli.UserError(f'--cpu_devices must be >= 1, got {count}')
   try:
     jax.config.update('jax_num_cpu_devices', count)
   except RuntimeError:
     logging.warning('--cpu_devices %d not applied: JAX has already started with %d CPU '
                     'device(s)', count, len(jax.devices('cpu')))
-
-
-def bucket_length(length: int, max_len: int) -> int:
-  """Padded source length: the next power of two >= `length` (at least 16), <= max_len."""
-  return min(max(MIN_BUCKET, 1 << (length - 1).bit_length()), max_len)
-
-
-def fit_source(ids: Sequence[int], max_len: int) -> list[int]:
-  """Source ids (EOS last) cut to at most `max_len` tokens, keeping the EOS."""
-  return list(ids) if len(ids) <= max_len else list(ids[:max_len - 1]) + list(ids[-1:])
-
-
-def translate_lines(lines: Sequence[str], translate_fn: TranslateFn, vocab: Any, *,
-                    batch_size: int, max_source_len: int, progress: bool = True) -> list[str]:
-  """Translate `lines` (one sentence each) -> one output per line, in the input order.
-
-  `vocab` has `encode(str) -> ids` (EOS appended) and `decode(ids) -> str`. Blank lines
-  give empty outputs without touching the model; longer sources are cut to
-  `max_source_len` tokens (EOS kept), with a warning. Batches always have `batch_size` rows.
-  """
-  outputs = [''] * len(lines)
-  encoded, cut = {}, []
-  for i, line in enumerate(lines):
-    if line.strip():
-      ids = vocab.encode(line)
-      encoded[i] = fit_source(ids, max_source_len)
-      if len(ids) > max_source_len:
-        cut.append(i)
-  if cut:
-    logging.warning('%d of %d lines have more than %d tokens and were cut to that length '
-                    '(first: line %d)', len(cut), len(lines), max_source_len, cut[0] + 1)
-  order = sorted(encoded, key=lambda i: len(encoded[i]))
-  with tqdm(total=len(order), file=sys.stderr, unit='sent', disable=not progress) as bar:
-    for start in range(0, len(order), batch_size):
-      rows = order[start:start + batch_size]
-      width = bucket_length(max(len(encoded[i]) for i in rows), max_source_len)
-      batch = np.zeros((batch_size, width), np.int32)
-      for r, i in enumerate(rows):
-        batch[r, :len(encoded[i])] = encoded[i]
-      for i, ids in zip(rows, translate_fn(batch)):
-        outputs[i] = vocab.decode(ids)
-      bar.update(len(rows))
-  return outputs
 
 
 def _read_lines(path: Optional[str]) -> list[str]:
@@ -182,7 +64,7 @@ def _read_lines(path: Optional[str]) -> list[str]:
       with open(path, 'rb') as f:
         data = f.read()
   except OSError as e:
-    raise TranslateError(f'cannot read {path}: {e.strerror}') from None
+    raise cli.UserError(f'cannot read {path}: {e.strerror}') from None
   lines = data.decode('utf-8', errors='replace').split('\n')
   if lines[-1] == '':
     lines.pop()
@@ -201,12 +83,11 @@ def _write_lines(path: Optional[str], lines: Sequence[str]) -> None:
     with open(path, 'w', encoding='utf-8', newline='\n') as f:
       f.write(text)
   except OSError as e:
-    raise TranslateError(f'cannot write {path}: {e.strerror}') from None
+    raise cli.UserError(f'cannot write {path}: {e.strerror}') from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog='transformer-jax-translate', description=__doc__.split('\n')[0])
+def build_parser() -> cli.ArgumentParser:
+  parser = cli.ArgumentParser(prog=PROG, description=__doc__.split('\n')[0])
   parser.add_argument('--workdir', required=True, help='training directory with checkpoints')
   parser.add_argument('--input', help='file with one sentence per line (default: stdin)')
   parser.add_argument('--output', help='file for the translations (default: stdout)')
@@ -227,33 +108,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Run the CLI; returns the exit code (2 with a one-line message for user errors)."""
-  args = build_parser().parse_args(argv)
-  try:
-    check_search_options(args.beam_size, args.alpha)
-    if args.batch_size < 1 or args.max_extra_len < 0:
-      raise TranslateError('--batch_size must be >= 1, --max_extra_len >= 0')
-    cpu_devices = default_cpu_devices() if args.cpu_devices is None else args.cpu_devices
-    if cpu_devices is not None:
-      use_cpu_devices(cpu_devices)
-    mesh = sharding.create_mesh()  # all devices, so made after use_cpu_devices
-    model = load_model(args.workdir, mesh)
-    lines = _read_lines(args.input)
-    references = None if args.reference is None else _read_lines(args.reference)
-    if references is not None and len(references) != len(lines):
-      raise TranslateError(f'{args.reference} has {len(references)} lines but the input '
-                           f'{len(lines)}')
-    translate_fn = make_translate_fn(model, beam_size=args.beam_size, alpha=args.alpha,
-                                     max_extra_len=args.max_extra_len, mesh=mesh)
-    outputs = translate_lines(lines, translate_fn, model.vocab, batch_size=args.batch_size,
-                              max_source_len=model.config.max_len,
-                              progress=not args.no_progress)
-    _write_lines(args.output, outputs)
-    if references is not None:
-      print(bleu.format_scores(bleu.corpus_bleu(outputs, references)), file=sys.stderr)
-  except (TranslateError, checkpoint.CheckpointError) as e:
-    print(f'transformer-jax-translate: error: {e}', file=sys.stderr)
-    return 2
-  return 0
+  return cli.run_main(PROG, lambda: _translate(build_parser().parse_args(argv)),
+                      (CheckpointError, inference.InferenceError))
+
+
+def _translate(args) -> None:
+  cli.check_search_options(args.beam_size, args.alpha)
+  if args.batch_size < 1 or args.max_extra_len < 0:
+    raise cli.UserError('--batch_size must be >= 1, --max_extra_len >= 0')
+  cpu_devices = default_cpu_devices() if args.cpu_devices is None else args.cpu_devices
+  if cpu_devices is not None:
+    use_cpu_devices(cpu_devices)
+  mesh = sharding.create_mesh()  # all devices, so made after use_cpu_devices
+  model = inference.load_model(args.workdir, mesh)
+  lines = _read_lines(args.input)
+  references = None if args.reference is None else _read_lines(args.reference)
+  if references is not None and len(references) != len(lines):
+    raise cli.UserError(f'{args.reference} has {len(references)} lines but the input '
+                        f'{len(lines)}')
+  translate_fn = inference.make_translate_fn(model, beam_size=args.beam_size, alpha=args.alpha,
+                                             max_extra_len=args.max_extra_len, mesh=mesh)
+  outputs = inference.translate_lines(lines, translate_fn, model.vocab,
+                                      batch_size=args.batch_size,
+                                      max_source_len=model.config.max_len,
+                                      progress=not args.no_progress)
+  _write_lines(args.output, outputs)
+  if references is not None:
+    print(bleu.format_scores(bleu.corpus_bleu(outputs, references)), file=sys.stderr)
 
 
 def run() -> None:

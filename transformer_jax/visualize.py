@@ -10,7 +10,6 @@ emits; decoder self-attention columns with the token each position reads (`<s>` 
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import os
@@ -25,8 +24,9 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from transformer_jax import checkpoint, decode, translate  # noqa: E402
+from transformer_jax import cli, decode, inference  # noqa: E402
 from transformer_jax.model import Transformer, TransformerConfig  # noqa: E402
+from transformer_jax.workdir import CheckpointError  # noqa: E402
 
 INCHES_PER_TOKEN = 0.28
 HEADS_PER_ROW = 4
@@ -108,42 +108,49 @@ def save_attention_maps(attention: dict[str, list[np.ndarray]], source_pieces: S
   return paths
 
 
+PROG = 'transformer-jax-visualize'
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Run the CLI; returns the exit code (2 with a one-line message for user errors)."""
-  parser = argparse.ArgumentParser(prog='python -m transformer_jax.visualize',
-                                   description='Attention heatmaps of one translated sentence.')
+  parser = cli.ArgumentParser(prog=PROG,
+                              description='Attention heatmaps of one translated sentence.')
   parser.add_argument('--workdir', required=True, help='training directory with checkpoints')
   parser.add_argument('--sentence', required=True, help='source sentence')
   parser.add_argument('--output_dir', required=True, help='where to write the PNGs')
   parser.add_argument('--beam_size', type=int, default=4, help='1 means greedy decoding')
   parser.add_argument('--alpha', type=float, default=0.6, help='length penalty exponent')
-  args = parser.parse_args(argv)
+  return cli.run_main(PROG, lambda: _visualize(parser.parse_args(argv)),
+                      (CheckpointError, inference.InferenceError))
+
+
+def _visualize(args) -> None:
+  if not args.sentence.strip():
+    raise cli.UserError('--sentence is empty')
+  cli.check_search_options(args.beam_size, args.alpha)
+  model = inference.load_model(args.workdir)
+  ids = model.vocab.encode(args.sentence)
+  source = inference.fit_source(ids, model.config.max_len)
+  if len(ids) > len(source):
+    print(f'{PROG}: warning: the sentence has {len(ids)} tokens, cut to the model\'s '
+          f'max_len {len(source)}', file=sys.stderr)
+  output = decode.translate_batch(model.params, model.config, jnp.asarray([source], jnp.int32),
+                                  beam_size=args.beam_size, alpha=args.alpha)
+  target = (decode.trim(output)[0] + [decode.EOS_ID])[:model.config.max_len]
+  attention = collect_attention(model.params, model.config, source, target)
   try:
-    if not args.sentence.strip():
-      raise translate.TranslateError('--sentence is empty')
-    translate.check_search_options(args.beam_size, args.alpha)
-    model = translate.load_model(args.workdir)
-    ids = model.vocab.encode(args.sentence)
-    source = translate.fit_source(ids, model.config.max_len)
-    if len(ids) > len(source):
-      print(f'visualize: warning: the sentence has {len(ids)} tokens, cut to the model\'s '
-            f'max_len {len(source)}', file=sys.stderr)
-    output = decode.translate_batch(model.params, model.config, jnp.asarray([source], jnp.int32),
-                                    beam_size=args.beam_size, alpha=args.alpha)
-    target = (decode.trim(output)[0] + [decode.EOS_ID])[:model.config.max_len]
-    attention = collect_attention(model.params, model.config, source, target)
-    try:
-      paths = save_attention_maps(attention, model.vocab.pieces(source),
-                                  model.vocab.pieces(target), args.output_dir)
-    except OSError as e:
-      raise translate.TranslateError(f'cannot write {e.filename}: {e.strerror}') from None
-  except (translate.TranslateError, checkpoint.CheckpointError) as e:
-    print(f'visualize: error: {e}', file=sys.stderr)
-    return 2
+    paths = save_attention_maps(attention, model.vocab.pieces(source),
+                                model.vocab.pieces(target), args.output_dir)
+  except OSError as e:
+    raise cli.UserError(f'cannot write {e.filename}: {e.strerror}') from None
   print(f'translation: {model.vocab.decode(target)}')
   print(f'wrote {len(paths)} heatmaps to {args.output_dir}')
-  return 0
+
+
+def run() -> None:
+  """Console-script entry point."""
+  sys.exit(main())
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  run()

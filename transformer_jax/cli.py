@@ -1,0 +1,46 @@
+"""What the command lines share: one flag system (argparse) and one error convention.
+
+A user error (a bad flag, a missing or unreadable file, an incompatible checkpoint, a bad
+config value or data file) ends with ONE line `<prog>: error: <message>` on stderr and exit
+status 2; anything else is a bug and keeps its traceback. Library modules never import
+this module or the CLIs (`train_cli`, `translate`, `visualize`, `average_cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Callable, NoReturn
+
+
+class UserError(Exception):
+  """A problem the user can fix (flags, paths); reported as one line, exit status 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse whose usage errors are one line (`<prog>: error: ...`) and exit status 2."""
+
+  def error(self, message: str) -> NoReturn:
+    raise UserError(message)
+
+
+def run_main(prog: str, body: Callable[[], None],
+             user_errors: tuple[type[BaseException], ...] = ()) -> int:
+  """Run `body`; a UserError or one of `user_errors` -> one line on stderr, returns 2."""
+  try:
+    body()
+  except (UserError, *user_errors) as e:
+    message = ' '.join(str(e).split()) or type(e).__name__
+    print(f'{prog}: error: {message}', file=sys.stderr)
+    return 2
+  return 0
+
+
+def check_search_options(beam_size: int, alpha: float) -> None:
+  """UserError unless beam_size >= 1 and alpha is finite and >= 0 (beam search's early
+  stop relies on alpha >= 0)."""
+  if beam_size < 1:
+    raise UserError(f'--beam_size must be >= 1, got {beam_size}')
+  if not 0 <= alpha < math.inf:
+    raise UserError(f'--alpha must be a finite number >= 0, got {alpha}')

@@ -1,0 +1,191 @@
+"""Inference from a training workdir: load the model and its vocabulary, translate lines.
+
+`load_model(workdir)` -> `LoadedModel` (params, `TransformerConfig`, vocabulary);
+`make_translate_fn(model, beam_size=..., mesh=...)` -> a function from [B, S] source ids to
+[B, L] output ids; `translate_lines(lines, fn, vocab, ...)` batches sentences by length
+(fixed shapes: `batch_size` rows, source length rounded up to a power of two, so that few
+programs are compiled) and returns one output per line, in order. The translate CLI,
+`visualize` and training's evaluation (`tasks`) all use these. No TensorFlow, no flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from transformer_jax import checkpoint, decode, sharding
+from transformer_jax.model import Transformer, TransformerConfig
+from transformer_jax.tokenizer import Vocabulary, load_vocabulary as read_vocabulary
+from transformer_jax.workdir import (CheckpointError, Workdir, file_sha256,
+                                     model_config_from_dict, model_config_to_dict, read_json)
+
+MIN_BUCKET = 16
+
+# Source ids [B, S] (int32, 0-padded) -> output ids [B, L].
+TranslateFn = Callable[[np.ndarray], np.ndarray]
+
+
+class InferenceError(ValueError):
+  """A workdir or vocabulary that cannot be used for inference (one-line message)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+  """What a training workdir provides for inference."""
+  params: Any
+  config: TransformerConfig
+  vocab: Vocabulary
+
+
+def load_for_inference(workdir: str) -> tuple[Any, TransformerConfig, str]:
+  """(params as numpy arrays, TransformerConfig, vocabulary path) of a training workdir.
+
+  Uses `<workdir>/averaged` if present, else the latest readable checkpoint
+  (`checkpoint.load_params`). The model config comes from the checkpoint;
+  `model_config.json` and the vocabulary file must agree with it.
+  """
+  wd = Workdir(workdir)
+  params, metadata, where = checkpoint.load_params(wd.root)
+  if 'model_config' in metadata:
+    cfg = model_config_from_dict(metadata['model_config'], source=f'{where} metadata')
+    if os.path.exists(wd.model_config_json) and (diffs := checkpoint.mismatch(
+        metadata, {'model_config': read_json(wd.model_config_json)})):
+      raise CheckpointError(f'{wd.model_config_json} disagrees with {where}: {diffs[0]}')
+  else:
+    cfg = wd.load_model_config()
+  ones = jnp.ones((1, 1), jnp.int32)
+  expected = jax.eval_shape(lambda: nn.meta.unbox(
+      Transformer(cfg).init(jax.random.key(0), ones, ones)['params']))
+  if diffs := checkpoint.shape_mismatch(params, expected):
+    raise CheckpointError(f'{where} does not fit the model of its config: {"; ".join(diffs)}')
+  vocab_path = wd.saved_vocab_path()
+  if 'vocab_sha256' in metadata and file_sha256(vocab_path) != metadata['vocab_sha256']:
+    raise CheckpointError(f'{vocab_path} is not the vocabulary {where} was trained with '
+                          '(SHA-256 differs)')
+  return params, cfg, vocab_path
+
+
+def load_vocabulary(path: str, config: TransformerConfig) -> Vocabulary:
+  """The vocabulary at `path` (a SentencePiece model, or an imported model's two-model
+  vocabulary), checked against the model's ids and vocabulary size."""
+  try:
+    with open(path, 'rb') as f:
+      vocab = read_vocabulary(f.read())
+  except (OSError, RuntimeError, ValueError) as e:
+    raise InferenceError(f'cannot load the vocabulary {path}: {str(e).splitlines()[0]}') from None
+  if vocab.vocab_size > min(config.vocab_size, config.output_vocab_size):
+    raise InferenceError(f'{path} has {vocab.vocab_size} pieces but the model only '
+                         f'{config.vocab_size}')
+  return vocab
+
+
+def load_model(workdir: str, mesh: Optional[Mesh] = None) -> LoadedModel:
+  """Params (on the default device, or replicated on `mesh`), config and vocabulary of a
+  training workdir (averaged if present)."""
+  if not os.path.isdir(workdir):
+    raise InferenceError(f'workdir {workdir} does not exist')
+  params, config, vocab_path = load_for_inference(workdir)
+  params = jax.device_put(params, None if mesh is None else sharding.replicated(mesh))
+  return LoadedModel(params, config, load_vocabulary(vocab_path, config))
+
+
+def make_translate_fn(model: LoadedModel, *, beam_size: int = 4, alpha: float = 0.6,
+                      max_extra_len: int = 50, mesh: Optional[Mesh] = None) -> TranslateFn:
+  """A function translating a [B, S] numpy batch with `decode.translate_batch`.
+
+  With `mesh`, the parameters are replicated on it (no copy if `load_model` put them there)
+  and each batch is split over its batch axes and decoded per device (sentences are
+  decoded independently), completed with empty rows where B does not divide; without,
+  the batch goes where `model.params` are.
+  """
+  params = model.params if mesh is None else jax.device_put(model.params,
+                                                            sharding.replicated(mesh))
+
+  def translate_fn(inputs: np.ndarray) -> np.ndarray:
+    batch = inputs if mesh is None else sharding.shard_batch({'inputs': inputs}, mesh)['inputs']
+    out = decode.translate_batch(params, model.config, batch, beam_size=beam_size,
+                                 alpha=alpha, max_extra_len=max_extra_len, mesh=mesh)
+    return np.asarray(out)[:len(inputs)]
+  return translate_fn
+
+
+def bucket_length(length: int, max_len: int) -> int:
+  """Padded source length: the next power of two >= `length` (at least 16), <= max_len."""
+  return min(max(MIN_BUCKET, 1 << (length - 1).bit_length()), max_len)
+
+
+def fit_source(ids: Sequence[int], max_len: int) -> list[int]:
+  """Source ids (EOS last) cut to at most `max_len` tokens, keeping the EOS."""
+  return list(ids) if len(ids) <= max_len else list(ids[:max_len - 1]) + list(ids[-1:])
+
+
+def translate_lines(lines: Sequence[str], translate_fn: TranslateFn, vocab: Any, *,
+                    batch_size: int, max_source_len: int, progress: bool = True) -> list[str]:
+  """Translate `lines` (one sentence each) -> one output per line, in the input order.
+
+  `vocab` has `encode(str) -> ids` (EOS appended) and `decode(ids) -> str`. Blank lines
+  give empty outputs without touching the model; longer sources are cut to
+  `max_source_len` tokens (EOS kept), with a warning. Batches always have `batch_size` rows.
+  """
+  outputs = [''] * len(lines)
+  encoded, cut = {}, []
+  for i, line in enumerate(lines):
+    if line.strip():
+      ids = vocab.encode(line)
+      encoded[i] = fit_source(ids, max_source_len)
+      if len(ids) > max_source_len:
+        cut.append(i)
+  if cut:
+    logging.warning('%d of %d lines have more than %d tokens and were cut to that length '
+                    '(first: line %d)', len(cut), len(lines), max_source_len, cut[0] + 1)
+  order = sorted(encoded, key=lambda i: len(encoded[i]))
+  with tqdm(total=len(order), file=sys.stderr, unit='sent', disable=not progress) as bar:
+    for start in range(0, len(order), batch_size):
+      rows = order[start:start + batch_size]
+      width = bucket_length(max(len(encoded[i]) for i in rows), max_source_len)
+      batch = np.zeros((batch_size, width), np.int32)
+      for r, i in enumerate(rows):
+        batch[r, :len(encoded[i])] = encoded[i]
+      for i, ids in zip(rows, translate_fn(batch)):
+        outputs[i] = vocab.decode(ids)
+      bar.update(len(rows))
+  return outputs
+
+
+# Model-config fields a fine-tuning run may change: how it trains, not what the weights mean.
+_FINE_TUNING_FIELDS = frozenset({'attention_impl', 'remat', 'dropout_rate',
+                                 'attention_dropout_rate', 'dtype'})
+
+
+def load_initial_params(init_from: str, cfg: TransformerConfig,
+                        vocab_path: Optional[str]) -> Any:
+  """Params (numpy) of the training workdir `init_from` to start a fine-tuning run with.
+
+  Raises CheckpointError (naming config.init_from) if its model differs from `cfg` in any
+  field but dropout, compute dtype and runtime options, or if `vocab_path` (None: no
+  vocabulary, synthetic data) is not the vocabulary it was trained with.
+  """
+  if not os.path.isdir(init_from):
+    raise CheckpointError(f'config.init_from: {init_from} is not a directory')
+  params, theirs, their_vocab = load_for_inference(init_from)
+  mine, other = model_config_to_dict(cfg), model_config_to_dict(theirs)
+  diffs = [f'{key}: {init_from} has {other[key]!r}, this run {mine[key]!r}' for key in mine
+           if key not in _FINE_TUNING_FIELDS and mine[key] != other[key]]
+  if diffs:
+    raise CheckpointError(f'config.init_from: the model differs ({"; ".join(diffs[:3])})')
+  if vocab_path is not None and file_sha256(vocab_path) != file_sha256(their_vocab):
+    raise CheckpointError(f'config.init_from: {init_from} was trained with {their_vocab}, '
+                          f"not this run's vocabulary {vocab_path} (SHA-256 differs); leave "
+                          'config.vocab_path empty to use its vocabulary')
+  return params
+

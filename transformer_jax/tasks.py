@@ -1,0 +1,111 @@
+"""What differs between tasks: how training pairs are read, and what evaluation computes.
+
+A task is two hooks (`Task`): `read_pairs(config, split, process_index, process_count)`, a
+`tf.data.Dataset` of (input, output) string pairs that `input_pipeline` tokenises and
+batches, and `make_evaluator(context)`, the function training's periodic evaluation calls
+beside the loss (`(label, params, step) -> {name: value}`, logged as `<label>/<name>`).
+`config.task` picks one of `TASKS`. Translation reads parallel text (`sources`) and scores
+BLEU; another task (e.g. parsing: a treebank read as (sentence, linearised tree) pairs,
+scored by bracket F1) adds a class with these two methods and an entry in `TASKS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+import jax
+from absl import logging
+from jax.sharding import Mesh
+
+from transformer_jax import bleu, inference
+from transformer_jax.model import TransformerConfig
+from transformer_jax.workdir import Workdir
+
+# (label, params, step) -> scalars, e.g. {'bleu': 17.5}.
+Evaluator = Callable[[str, Any, int], dict[str, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+  """What a task's evaluation may use (`tokenizer` is None on synthetic data)."""
+  config: Any
+  workdir: Workdir
+  model_config: TransformerConfig
+  tokenizer: Any
+  mesh: Mesh
+  is_main: bool
+
+
+class Task(Protocol):
+  """A task's data hook and evaluation hook."""
+
+  def read_pairs(self, config: Any, split: str, process_index: int = 0,
+                 process_count: int = 1) -> Any:
+    """This process's shard of a split's (input, output) string pairs (tf.data)."""
+
+  def make_evaluator(self, context: EvalContext) -> Optional[Evaluator]:
+    """The evaluation beside the loss, or None for none."""
+
+
+def translate_and_score(params: Any, model_cfg: TransformerConfig, tokenizer: Any,
+                        pairs: Sequence[tuple[str, str]], batch_size: int,
+                        max_source_len: int, beam_size: int = 1, alpha: float = 0.6,
+                        mesh: Optional[Mesh] = None) -> tuple[bleu.BleuScores, list[str]]:
+  """Translate the sources of (source, reference) `pairs` greedily (beam_size 1) or with
+  beam search: -> (`bleu.BleuScores`: sacreBLEU and tokenized BLEU, hypotheses).
+
+  With `mesh` (one process only), each batch is split over its devices and decoded per
+  device (`inference.make_translate_fn`)."""
+  translate_fn = inference.make_translate_fn(
+      inference.LoadedModel(params, model_cfg, tokenizer), beam_size=beam_size, alpha=alpha,
+      mesh=mesh)
+  hypotheses = inference.translate_lines([s for s, _ in pairs], translate_fn, tokenizer,
+                                         batch_size=batch_size, max_source_len=max_source_len,
+                                         progress=False)
+  return bleu.corpus_bleu(hypotheses, [t for _, t in pairs]), hypotheses
+
+
+class Translation:
+  """Parallel text (`sources`: text files, the embedded Bible, tfds) scored by BLEU on the
+  first `num_bleu_sentences` pairs of `bleu_split`, greedy; the translations are kept in
+  `Workdir.translations(label, step)`."""
+
+  def read_pairs(self, config: Any, split: str, process_index: int = 0,
+                 process_count: int = 1) -> Any:
+    from transformer_jax import sources  # tf.data: only when training.
+    return sources.raw_dataset(config, split, process_index, process_count)
+
+  def make_evaluator(self, context: EvalContext) -> Optional[Evaluator]:
+    config = context.config
+    if context.tokenizer is None or not config.num_bleu_sentences:
+      return None
+    from transformer_jax import sources
+    pairs = sources.load_raw(config, config.bleu_split)
+    if config.num_bleu_sentences > 0:
+      pairs = pairs[:config.num_bleu_sentences]
+    # Per device on one host; several processes keep the global program (each holds all
+    # the sentences, and the per-device path takes process-local rows).
+    mesh = context.mesh if jax.process_count() == 1 else None
+
+    def evaluate(label: str, params: Any, step: int) -> dict[str, float]:
+      scores, hypotheses = translate_and_score(
+          params, context.model_config, context.tokenizer, pairs, config.decode_batch_size,
+          config.max_eval_len, mesh=mesh)
+      if context.is_main:
+        path = context.workdir.translations(label, step)
+        bleu.write_hypotheses(path, hypotheses)
+        logging.info('step %d %s on %d %s sentences: %s; translations in %s', step, label,
+                     len(pairs), config.bleu_split, bleu.format_scores(scores), path)
+      return {'bleu': scores.sacrebleu, 'bleu_tokenized': scores.tokenized}
+    return evaluate
+
+
+TASKS: dict[str, Task] = {'translation': Translation()}
+
+
+def get_task(config: Any) -> Task:
+  """The task `config.task` names; ValueError for an unknown one."""
+  if config.task not in TASKS:
+    raise ValueError(f'config.task={config.task!r}: expected one of {sorted(TASKS)}')
+  return TASKS[config.task]
