@@ -89,6 +89,9 @@ class Workdir:
   def adopt_vocabulary(self, other: 'Workdir', configured: str = '') -> None:
     """Copy the vocabulary `other` (a finished run) used to this run's, unless it has one."""
     path = self.vocab_path(configured)
+    if other.saved_vocab_path() == other.two_model_vocab:
+      raise CheckpointError(f'{other.root} is an imported Marian model: training cannot read '
+                            'its two-model vocabulary (source and target SentencePiece) yet')
     if not os.path.exists(path):
       os.makedirs(os.path.dirname(path), exist_ok=True)
       tmp = f'{path}.tmp-{os.getpid()}'
