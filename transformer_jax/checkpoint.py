@@ -398,11 +398,17 @@ def average_checkpoints(workdir: str, num_last: int) -> str:
     total = as_float64 if total is None else jax.tree.map(np.add, total, as_float64)
   averaged = jax.tree.map(lambda t, p: (t / len(steps)).astype(p.dtype), total, params)
   metadata = {k: v for k, v in reference.items() if k not in ('checksums', 'step')}
-  metadata.update(averaged_steps=steps, checksums=tree_checksums({'params': averaged}))
-  path = wd.averaged
+  return write_averaged(workdir, averaged, {**metadata, 'averaged_steps': steps})
+
+
+def write_averaged(workdir: str, params: PyTree, metadata: Mapping[str, Any]) -> str:
+  """Write `params` (numpy) and `metadata` (model config, vocabulary hash, ...) with their
+  checksums as `<workdir>/averaged`, the parameters inference prefers; returns the path."""
+  metadata = {**metadata, 'checksums': tree_checksums({'params': params})}
+  path = Workdir(workdir).averaged
   with _averaged_checkpointer() as ckptr:
     ckptr.save(path, force=True, args=ocp.args.Composite(
-        params=ocp.args.PyTreeSave(averaged), metadata=ocp.args.JsonSave(metadata)))
+        params=ocp.args.PyTreeSave(params), metadata=ocp.args.JsonSave(metadata)))
   return path
 
 

@@ -115,7 +115,8 @@ def default_config() -> ml_collections.ConfigDict:
       num_encoder_layers=6, num_decoder_layers=6, dropout_rate=0.1,
       attention_dropout_rate=0.0, max_len=512, positional='sinusoidal',
       share_embeddings=True, logits_via_embedding=True, pre_norm=False,
-      layer_norm_epsilon=1e-6, dtype='float32', param_dtype='float32',
+      layer_norm_epsilon=1e-6, activation='relu', scale_embedding=True, logits_bias=False,
+      zero_pad_embedding=False, dtype='float32', param_dtype='float32',
       attention_impl=placeholder(str), remat='none'))
   return c
 

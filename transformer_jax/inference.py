@@ -1,6 +1,6 @@
 """Inference from a training workdir: load the model and its vocabulary, translate lines.
 
-`load_model(workdir)` -> `LoadedModel` (params, `TransformerConfig`, `Tokenizer`);
+`load_model(workdir)` -> `LoadedModel` (params, `TransformerConfig`, vocabulary);
 `make_translate_fn(model, beam_size=..., mesh=...)` -> a function from [B, S] source ids to
 [B, L] output ids; `translate_lines(lines, fn, vocab, ...)` batches sentences by length
 (fixed shapes: `batch_size` rows, source length rounded up to a power of two, so that few
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from transformer_jax import checkpoint, decode, sharding
 from transformer_jax.model import Transformer, TransformerConfig
-from transformer_jax.tokenizer import Tokenizer
+from transformer_jax.tokenizer import Vocabulary, load_vocabulary as read_vocabulary
 from transformer_jax.workdir import (CheckpointError, Workdir, file_sha256,
                                      model_config_from_dict, model_config_to_dict, read_json)
 
@@ -44,7 +44,7 @@ class LoadedModel:
   """What a training workdir provides for inference."""
   params: Any
   config: TransformerConfig
-  vocab: Tokenizer
+  vocab: Vocabulary
 
 
 def load_for_inference(workdir: str) -> tuple[Any, TransformerConfig, str]:
@@ -75,11 +75,12 @@ def load_for_inference(workdir: str) -> tuple[Any, TransformerConfig, str]:
   return params, cfg, vocab_path
 
 
-def load_vocabulary(path: str, config: TransformerConfig) -> Tokenizer:
-  """The SentencePiece model at `path`, checked against the model's ids and vocabulary size."""
+def load_vocabulary(path: str, config: TransformerConfig) -> Vocabulary:
+  """The vocabulary at `path` (a SentencePiece model, or an imported model's two-model
+  vocabulary), checked against the model's ids and vocabulary size."""
   try:
     with open(path, 'rb') as f:
-      vocab = Tokenizer(f.read())
+      vocab = read_vocabulary(f.read())
   except (OSError, RuntimeError, ValueError) as e:
     raise InferenceError(f'cannot load the vocabulary {path}: {str(e).splitlines()[0]}') from None
   if vocab.vocab_size > min(config.vocab_size, config.output_vocab_size):

@@ -5,6 +5,8 @@
 <workdir>/checkpoints_corrupt/<step>-<t>  corrupt steps moved aside by a resume
 <workdir>/averaged/                      the average of the last steps (`average_checkpoints`)
 <workdir>/spm.model                      the vocabulary, unless config.vocab_path names one
+<workdir>/vocab.two_models.json          ... or that of an imported Marian model (`marian`)
+<workdir>/marian_files.json              an imported Marian model's Transformers JSON files
 <workdir>/config.json                    the training config (once a resume accepted it)
 <workdir>/model_config.json              the TransformerConfig, as `model_config_to_dict`
 <workdir>/metrics.jsonl, tensorboard/    scalars (`metrics.MetricWriter`)
@@ -26,6 +28,11 @@ import jax.numpy as jnp
 from transformer_jax.model import TransformerConfig
 
 _DTYPE_FIELDS = ('dtype', 'param_dtype')
+# Model-config fields added after checkpoints were first written: saved only when they
+# differ from the default, so that older checkpoints' configs still compare equal.
+_OPTIONAL_FIELDS = ('activation', 'scale_embedding', 'logits_bias', 'zero_pad_embedding')
+# The vocabulary file of an imported model (a `tokenizer.TwoModelVocabulary`).
+TWO_MODEL_VOCAB = 'vocab.two_models.json'
 
 
 class CheckpointError(ValueError):
@@ -35,7 +42,8 @@ class CheckpointError(ValueError):
 # Workdir attribute -> path below the root.
 _LAYOUT = {'checkpoints': 'checkpoints', 'corrupt': 'checkpoints_corrupt', 'averaged': 'averaged',
            'config_json': 'config.json', 'model_config_json': 'model_config.json',
-           'metrics_jsonl': 'metrics.jsonl', 'tensorboard': 'tensorboard'}
+           'metrics_jsonl': 'metrics.jsonl', 'tensorboard': 'tensorboard',
+           'two_model_vocab': TWO_MODEL_VOCAB, 'marian_files': 'marian_files.json'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +57,8 @@ class Workdir:
   model_config_json: str = dataclasses.field(init=False)
   metrics_jsonl: str = dataclasses.field(init=False)
   tensorboard: str = dataclasses.field(init=False)
+  two_model_vocab: str = dataclasses.field(init=False)
+  marian_files: str = dataclasses.field(init=False)
 
   def __post_init__(self):
     root = os.path.abspath(os.fspath(self.root))
@@ -64,8 +74,12 @@ class Workdir:
     return self._path('translations', f'{label}_step{step}.txt')
 
   def vocab_path(self, configured: str = '') -> str:
-    """The vocabulary: `configured` (config.vocab_path) if set, else `<workdir>/spm.model`."""
-    return configured or self._path('spm.model')
+    """The vocabulary: `configured` (config.vocab_path) if set, else `<workdir>/spm.model`
+    (or an imported model's two-model vocabulary, where it has one)."""
+    if configured:
+      return configured
+    imported = os.path.exists(self.two_model_vocab)
+    return self.two_model_vocab if imported else self._path('spm.model')
 
   def saved_vocab_path(self) -> str:
     """The vocabulary a finished run used: `vocab_path` of its config.json (if any)."""
@@ -75,6 +89,9 @@ class Workdir:
   def adopt_vocabulary(self, other: 'Workdir', configured: str = '') -> None:
     """Copy the vocabulary `other` (a finished run) used to this run's, unless it has one."""
     path = self.vocab_path(configured)
+    if other.saved_vocab_path() == other.two_model_vocab:
+      raise CheckpointError(f'{other.root} is an imported Marian model: training cannot read '
+                            'its two-model vocabulary (source and target SentencePiece) yet')
     if not os.path.exists(path):
       os.makedirs(os.path.dirname(path), exist_ok=True)
       tmp = f'{path}.tmp-{os.getpid()}'
@@ -103,8 +120,13 @@ class Workdir:
 
 
 def model_config_to_dict(cfg: TransformerConfig) -> dict[str, Any]:
-  """TransformerConfig -> JSON-able dict (dtypes as names, e.g. 'bfloat16')."""
+  """TransformerConfig -> JSON-able dict (dtypes as names, e.g. 'bfloat16'; the
+  `_OPTIONAL_FIELDS` only where they differ from their defaults)."""
   values = dataclasses.asdict(cfg)
+  defaults = {f.name: f.default for f in dataclasses.fields(TransformerConfig)}
+  for key in _OPTIONAL_FIELDS:
+    if values[key] == defaults[key]:
+      del values[key]
   for key in _DTYPE_FIELDS:
     values[key] = jnp.dtype(values[key]).name
   return values
