@@ -87,16 +87,18 @@ class Workdir:
     return self.vocab_path(saved.get('vocab_path') or '')
 
   def adopt_vocabulary(self, other: 'Workdir', configured: str = '') -> None:
-    """Copy the vocabulary `other` (a finished run) used to this run's, unless it has one."""
-    path = self.vocab_path(configured)
-    if other.saved_vocab_path() == other.two_model_vocab:
-      raise CheckpointError(f'{other.root} is an imported Marian model: training cannot read '
-                            'its two-model vocabulary (source and target SentencePiece) yet')
-    if not os.path.exists(path):
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      tmp = f'{path}.tmp-{os.getpid()}'
-      shutil.copyfile(other.saved_vocab_path(), tmp)
-      os.replace(tmp, path)
+    """Copy the vocabulary `other` (a finished or imported run) used to this run's default
+    place (spm.model, or the two-model file for an imported one), unless config.vocab_path
+    names one (`configured`) or the run already has one."""
+    source = other.saved_vocab_path()
+    imported = source == other.two_model_vocab
+    path = self.two_model_vocab if imported else self._path('spm.model')
+    if configured or os.path.exists(self.vocab_path()):
+      return
+    os.makedirs(self.root, exist_ok=True)
+    tmp = f'{path}.tmp-{os.getpid()}'
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, path)
 
   def steps(self) -> list[int]:
     """Steps with a finalized directory under checkpoints/ (none if it does not exist)."""
