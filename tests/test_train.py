@@ -91,13 +91,32 @@ def test_schedule_matches_paper_formula():
   # Linear warm-up, peak at `warmup`, then inverse square root decay.
   assert schedule(2000) < schedule(4000) > schedule(16000)
   np.testing.assert_allclose(schedule(16000), schedule(4000) / 2, rtol=1e-6)
-  # An optional cooldown scales the last `cooldown_steps` linearly down to 0.
-  cooled = train_lib.learning_rate_schedule(512, 4000, 2.0, cooldown_steps=1000,
+  # An optional cooldown scales the last `cooldown_steps` linearly toward 0.
+  cooled = train_lib.learning_rate_schedule(512, 4000, 2.0, cooldown_steps=999,
                                             total_steps=10_000)
-  for s in (1, 4000, 9000):
+  for s in (1, 4000, 9001):
     np.testing.assert_allclose(cooled(s), schedule(s), rtol=1e-6)
-  np.testing.assert_allclose(cooled(9500), schedule(9500) / 2, rtol=1e-5)
-  assert float(cooled(10_000)) == 0.0 == float(cooled(12_000))
+  np.testing.assert_allclose(cooled(9501), schedule(9501) / 2, rtol=1e-5)
+  np.testing.assert_allclose(cooled(10_000), schedule(10_000) / 1000, rtol=1e-5)
+  assert float(cooled(10_001)) == 0.0
+
+
+@pytest.mark.parametrize('cooldown_steps', [1, 2, 4])
+def test_every_update_of_a_cooldown_has_a_positive_decaying_rate(cooldown_steps):
+  """Update n (optax counts from 0) uses lr(n + 1): the last of `num_train_steps` updates
+  still learns, and each cool-down update has a lower rate than the one before."""
+  config = _recipe(warmup_steps=1, num_train_steps=6, cooldown_steps=cooldown_steps)
+  optimizer, schedule = train_lib.create_optimizer(config, 512)
+  params = {'w': jnp.zeros(())}
+  state, rates = optimizer.init(params), []
+  for _ in range(config.num_train_steps):  # the rate optax applies: |update| of a unit grad
+    updates, state = optimizer.update({'w': jnp.ones(())}, state, params)
+    rates.append(float(-updates['w']))
+  np.testing.assert_allclose(rates, [schedule(s) for s in range(1, 7)], rtol=1e-5)
+  peak = 512 ** -0.5 * 6 ** -0.5  # warm-up of 1 step: inverse square root from step 1
+  last = rates[-cooldown_steps - 1:]
+  assert all(a > b > 0 for a, b in zip(last, last[1:]))
+  np.testing.assert_allclose(rates[-1], peak / (cooldown_steps + 1), rtol=1e-5)
 
 
 def test_gradient_accumulation_equals_one_larger_batch(tiny_config, mesh):
