@@ -324,8 +324,14 @@ def test_long_pairs_are_filtered_and_counted(files, tokenizer, caplog):
 
 def test_empty_split_or_every_pair_too_long_fails_up_front(files, tmp_path):
   empty = _write(tmp_path / 'empty.txt', [])
-  with pytest.raises(ip.DataError, match=r'^eval: no sentence pairs \(empty split'):
+  with pytest.raises(ip.DataError, match=rf'^{empty} / {empty}: no sentence pairs \(the eval'):
     ip.get_datasets(make_config(files, eval_source=empty, eval_target=empty), 'unused', 0, 1)
+  # An empty (or all-blank) training file: named before SentencePiece would fail on it.
+  blank = _write(tmp_path / 'blank.tsv', [' \t ', '\t'])
+  with pytest.raises(ip.DataError, match=rf'^{blank}: no sentence pairs \(the train files are '
+                                         'empty, or every pair has an empty side\)$'):
+    ip.get_datasets(make_config(files, train_source=blank, train_target='', vocab_path=''),
+                    str(tmp_path / 'workdir'), 0, 1)
   with pytest.raises(ip.DataError,
                      match=rf'^train \(process 0\): all {N_TRAIN} pairs are longer than 2 tokens$'):
     ip.get_datasets(make_config(files, max_len=2), 'unused', 0, 1)

@@ -1,7 +1,9 @@
 """Translate text with a trained checkpoint: `transformer-jax-translate --workdir DIR`.
 
-Reads stdin (or `--input`), writes exactly one line per input line, in order (an empty
-line gives an empty line) to stdout (or `--output`). Sentences are sorted by length and
+Reads stdin (or `--input`), writes exactly one line per input line, in order (a line with
+no content, e.g. blank or only zero-width characters, gives an empty line) to stdout (or
+`--output`). Input that is not UTF-8 is an error naming the file and its first bad line
+(with the count of such lines); a byte-order mark starting the input is skipped. Sentences are sorted by length and
 decoded in batches of fixed shapes (`--batch_size` rows, source length rounded up to a
 power of two) so that few programs are compiled; a sentence longer than the model's
 `max_len` tokens is cut to it, with a warning on stderr. Uses `<workdir>/averaged` when present.
@@ -18,6 +20,7 @@ No TensorFlow: `transformer_jax.tokenizer.Tokenizer` runs on the `sentencepiece`
 from __future__ import annotations
 
 import argparse
+import codecs
 import dataclasses
 import logging
 import math
@@ -27,14 +30,20 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
+import regex
 from jax.sharding import Mesh
 from tqdm import tqdm
 
 from transformer_jax import bleu, checkpoint, decode, sharding
 from transformer_jax.model import TransformerConfig
-from transformer_jax.tokenizer import Tokenizer
+from transformer_jax.tokenizer import EOS_ID, Tokenizer
 
 MIN_BUCKET = 16
+BOM = '\ufeff'
+# Text with nothing to translate: white space, control characters and Unicode's
+# default-ignorable code points (zero-width spaces and joiners, BOM, soft hyphen, bidi and
+# variation marks, ...), which SentencePiece drops or maps to <unk>.
+_NO_CONTENT = regex.compile(r'[\p{White_Space}\p{Cc}\p{Default_Ignorable_Code_Point}]*')
 
 # Source ids [B, S] (int32, 0-padded) -> output ids [B, L].
 TranslateFn = Callable[[np.ndarray], np.ndarray]
@@ -139,19 +148,31 @@ def fit_source(ids: Sequence[int], max_len: int) -> list[int]:
   return list(ids) if len(ids) <= max_len else list(ids[:max_len - 1]) + list(ids[-1:])
 
 
+def source_ids(line: str, vocab: Any) -> Optional[list[int]]:
+  """The ids `vocab` encodes `line` to (EOS last), or None if it has nothing to translate:
+  only white space, control or default-ignorable characters, or no token before the EOS.
+  A byte-order mark starting the line (a file's signature) is dropped first."""
+  line = line.removeprefix(BOM)
+  if _NO_CONTENT.fullmatch(line):
+    return None
+  ids = vocab.encode(line)
+  return None if list(ids) == [EOS_ID] else ids
+
+
 def translate_lines(lines: Sequence[str], translate_fn: TranslateFn, vocab: Any, *,
                     batch_size: int, max_source_len: int, progress: bool = True) -> list[str]:
   """Translate `lines` (one sentence each) -> one output per line, in the input order.
 
-  `vocab` has `encode(str) -> ids` (EOS appended) and `decode(ids) -> str`. Blank lines
-  give empty outputs without touching the model; longer sources are cut to
-  `max_source_len` tokens (EOS kept), with a warning. Batches always have `batch_size` rows.
+  `vocab` has `encode(str) -> ids` (EOS appended) and `decode(ids) -> str`. Lines with
+  no content (`source_ids` None: blank, zero-width characters only, ...) give empty
+  outputs without touching the model; longer sources are cut to `max_source_len` tokens
+  (EOS kept), with a warning. Batches always have `batch_size` rows.
   """
   outputs = [''] * len(lines)
   encoded, cut = {}, []
   for i, line in enumerate(lines):
-    if line.strip():
-      ids = vocab.encode(line)
+    ids = source_ids(line, vocab)
+    if ids is not None:
       encoded[i] = fit_source(ids, max_source_len)
       if len(ids) > max_source_len:
         cut.append(i)
@@ -173,7 +194,8 @@ def translate_lines(lines: Sequence[str], translate_fn: TranslateFn, vocab: Any,
 
 
 def _read_lines(path: Optional[str]) -> list[str]:
-  """Lines of `path` (or stdin) without their line ends; a final newline adds no line."""
+  """Lines of `path` (or stdin) without their line ends; a final newline adds no line, a
+  UTF-8 byte-order mark at the start is skipped. TranslateError if a line is not UTF-8."""
   try:
     if path is None:
       data = sys.stdin.buffer.read()
@@ -182,10 +204,26 @@ def _read_lines(path: Optional[str]) -> list[str]:
         data = f.read()
   except OSError as e:
     raise TranslateError(f'cannot read {path}: {e.strerror}') from None
-  lines = data.decode('utf-8', errors='replace').split('\n')
+  data = data.removeprefix(codecs.BOM_UTF8)
+  try:
+    lines = data.decode('utf-8').split('\n')
+  except UnicodeDecodeError:
+    raise TranslateError(_not_utf8(path or '<stdin>', data)) from None
   if lines[-1] == '':
     lines.pop()
   return [line.rstrip('\r') for line in lines]
+
+
+def _not_utf8(name: str, data: bytes, shown: int = 10) -> str:
+  """'name:N: not UTF-8 (K lines: N, ...)' for the lines of `data` that do not decode."""
+  bad = []
+  for number, line in enumerate(data.split(b'\n'), start=1):
+    try:
+      line.decode('utf-8')
+    except UnicodeDecodeError:
+      bad.append(number)
+  listed = ', '.join(map(str, bad[:shown])) + (', ...' if len(bad) > shown else '')
+  return f'{name}:{bad[0]}: not UTF-8 ({len(bad)} line{"s" * (len(bad) > 1)}: {listed})'
 
 
 def _write_lines(path: Optional[str], lines: Sequence[str]) -> None:
