@@ -423,7 +423,7 @@ def test_training_on_text_reports_both_bleus_and_keeps_translations(files, tmp_p
   with open(tmp_path / 'metrics.jsonl') as f:
     (record,) = [r for r in map(json.loads, f) if 'eval/bleu' in r]
   hypotheses = (tmp_path / 'translations' / 'eval_step2.txt').read_text('utf-8').splitlines()
-  scores = bleu.corpus_bleu(hypotheses, _bible_lines('dev', 'es', 3))
+  scores = bleu.corpus_bleu(hypotheses, _bible_lines('dev', 'es', 3), target_lang='es')
   assert record['step'] == 2 and len(hypotheses) == 3
   assert record['eval/bleu'] == pytest.approx(scores.sacrebleu)
   assert record['eval/bleu_tokenized'] == pytest.approx(scores.tokenized)

@@ -244,7 +244,7 @@ def test_end_to_end_cli_matches_library(workdir, tmp_path):
   assert lines[-1] == '' and len(lines[:-1]) == len(LINES)
   assert [bool(x) for x in lines[:-1]] == [bool(x.strip()) for x in LINES]
   # --reference: both BLEU scores of the written output, side by side, on stderr.
-  scores = bleu.format_scores(bleu.corpus_bleu(lines[:-1], LINES))
+  scores = bleu.format_scores(bleu.corpus_bleu(lines[:-1], LINES, target_lang=''))
   assert scores in result.stderr.splitlines(), result.stderr
 
   model = translate.load_model(str(workdir))
@@ -263,9 +263,9 @@ mesh = sharding.create_mesh()
 assert mesh.devices.size == 2
 for beam_size in (1, 2):
   expected = train_lib.translate_and_score(model.params, model.config, model.vocab, pairs, 3,
-                                           64, beam_size=beam_size)
+                                           64, beam_size=beam_size, target_lang='en')
   got = train_lib.translate_and_score(model.params, model.config, model.vocab, pairs, 3, 64,
-                                      beam_size=beam_size, mesh=mesh)
+                                      beam_size=beam_size, mesh=mesh, target_lang='en')
   assert got == expected, (got, expected)
 print('ok')
 """
@@ -306,7 +306,9 @@ def test_content_free_lines_and_a_bom_through_the_cli(workdir, tmp_path, capsys)
   source.write_text('\ufeffbad face\n\u200b\n\ufeff\n\u2060\n\nace\n', encoding='utf-8')
   assert translate.main(['--workdir', str(workdir), '--input', str(source), '--output',
                          str(output), '--max_extra_len', '5', '--no_progress',
-                         '--cpu_devices', '1']) == 0, capsys.readouterr().err
+                         '--cpu_devices', '1', '--reference', str(source),
+                         '--target_lang', 'zh']) == 0
+  assert '|tok:zh|' in capsys.readouterr().err  # --reference's BLEU: the zh tokenizer
   model = translate.load_model(str(workdir))
   vocab = model.vocab
   assert [vocab.encode(x) for x in ('\u200b', '\ufeff')] == [[1], [1]]
@@ -315,3 +317,14 @@ def test_content_free_lines_and_a_bom_through_the_cli(workdir, tmp_path, capsys)
   assert all(expected)  # the random model writes something for real text
   assert output.read_text(encoding='utf-8').split('\n') == [
       expected[0], '', '', '', '', expected[1], '']
+
+
+def test_bleu_language_from_the_flag_or_the_workdirs_training_config(tmp_path, caplog):
+  assert translate._bleu_language(None, str(tmp_path)) == ''
+  assert 'no --target_lang and no target_lang in' in caplog.text
+  (tmp_path / 'config.json').write_text('{"target_lang": "ja", "dataset": "text"}')
+  assert translate.stored_target_lang(str(tmp_path)) == 'ja'
+  assert translate._bleu_language(None, str(tmp_path)) == 'ja'
+  assert translate._bleu_language('zh', str(tmp_path)) == 'zh'
+  (tmp_path / 'config.json').write_text('not json')
+  assert translate.stored_target_lang(str(tmp_path)) is None

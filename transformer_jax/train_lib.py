@@ -63,7 +63,7 @@ def default_config():
   c.eval_split = 'validation'
   c.test_split = 'test'
   c.source_lang = 'en'
-  c.target_lang = 'de'
+  c.target_lang = 'de'  # also picks BLEU's tokenizer: sacreBLEU's zh / ja-mecab / ko-mecab
   for split in ('train', 'eval', 'test'):
     c[f'{split}_source'] = ''
     c[f'{split}_target'] = ''
@@ -498,9 +498,11 @@ def evaluate(eval_step: Callable, params: Any, batches: Any, mesh: Mesh,
 def translate_and_score(params: Any, model_cfg: TransformerConfig, tokenizer: Any,
                         pairs: Sequence[tuple[str, str]], batch_size: int,
                         max_source_len: int, beam_size: int = 1, alpha: float = 0.6,
-                        mesh: Optional[Mesh] = None) -> tuple[Any, list[str]]:
+                        mesh: Optional[Mesh] = None, *,
+                        target_lang: str) -> tuple[Any, list[str]]:
   """Translate the sources of (source, reference) `pairs` greedily (beam_size 1) or with
-  beam search: -> (`bleu.BleuScores`: sacreBLEU and tokenized BLEU, hypotheses).
+  beam search: -> (`bleu.BleuScores`: sacreBLEU and tokenized BLEU with the defaults of
+  `target_lang`, hypotheses).
 
   With `mesh` (one process only), each batch is split over its devices and decoded per
   device (`translate.make_translate_fn`)."""
@@ -511,7 +513,8 @@ def translate_and_score(params: Any, model_cfg: TransformerConfig, tokenizer: An
   hypotheses = translate.translate_lines([s for s, _ in pairs], translate_fn, tokenizer,
                                          batch_size=batch_size, max_source_len=max_source_len,
                                          progress=False)
-  return bleu.corpus_bleu(hypotheses, [t for _, t in pairs]), hypotheses
+  return bleu.corpus_bleu(hypotheses, [t for _, t in pairs],
+                          target_lang=target_lang), hypotheses
 
 
 def _datasets(config: Any, workdir: str, mesh: Mesh) -> tuple[Any, Any, Any, Any]:
@@ -622,6 +625,8 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
       bleu_pairs = input_pipeline.load_raw(config, config.bleu_split)
       if config.num_bleu_sentences > 0:
         bleu_pairs = bleu_pairs[:config.num_bleu_sentences]
+      from transformer_jax import bleu
+      bleu.sacrebleu_metric(config.target_lang)  # its tokenizer loads, before training
 
     def run_eval(label: str, params: Any) -> None:
       start = time.perf_counter()
@@ -631,10 +636,10 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
         # all the sentences, and the per-device path takes process-local rows).
         scores, hypotheses = translate_and_score(
             params, model_cfg, tokenizer, bleu_pairs, config.decode_batch_size,
-            config.max_eval_len, mesh=mesh if jax.process_count() == 1 else None)
+            config.max_eval_len, mesh=mesh if jax.process_count() == 1 else None,
+            target_lang=config.target_lang)
         scalars['bleu'], scalars['bleu_tokenized'] = scores.sacrebleu, scores.tokenized
         if is_main:
-          from transformer_jax import bleu
           path = os.path.join(workdir, 'translations', f'{label}_step{step}.txt')
           bleu.write_hypotheses(path, hypotheses)
           logging.info('step %d %s on %d %s sentences: %s; translations in %s', step, label,

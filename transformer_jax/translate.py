@@ -7,7 +7,10 @@ no content, e.g. blank or only zero-width characters, gives an empty line) to st
 decoded in batches of fixed shapes (`--batch_size` rows, source length rounded up to a
 power of two) so that few programs are compiled; a sentence longer than the model's
 `max_len` tokens is cut to it, with a warning on stderr. Uses `<workdir>/averaged` when present.
-With `--reference`, sacreBLEU and tokenized BLEU of the output are printed on stderr.
+With `--reference`, sacreBLEU and tokenized BLEU of the output are printed on stderr, with
+sacreBLEU's defaults for `--target_lang` (default: the training config's `target_lang`
+from `<workdir>/config.json`): the zh / ja-mecab / ko-mecab tokenizers for Chinese,
+Japanese, Korean, 13a otherwise.
 Each batch is split over all of JAX's devices; on a CPU host JAX is first told to present
 the CPU as `--cpu_devices` devices (default: 2 where there are at least 2 cores, unless
 the environment sets JAX_NUM_CPU_DEVICES or XLA's host device count), whose
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -193,6 +197,29 @@ def translate_lines(lines: Sequence[str], translate_fn: TranslateFn, vocab: Any,
   return outputs
 
 
+def stored_target_lang(workdir: str) -> Optional[str]:
+  """`target_lang` of the training config saved in `<workdir>/config.json`, if any."""
+  try:
+    with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
+      return json.load(f).get('target_lang')
+  except (OSError, ValueError, AttributeError):
+    return None
+
+
+def _bleu_language(flag: Optional[str], workdir: str) -> str:
+  """The target language for BLEU: `flag`, else the workdir's config ('' with a warning
+  if it has none); TranslateError if sacreBLEU cannot load its tokenizer."""
+  target_lang = flag if flag is not None else stored_target_lang(workdir) or ''
+  if flag is None and not target_lang:
+    logging.warning('no --target_lang and no target_lang in %s/config.json: BLEU with the '
+                    '13a tokenizer', workdir)
+  try:
+    bleu.sacrebleu_metric(target_lang)
+  except ValueError as e:
+    raise TranslateError(str(e)) from None
+  return target_lang
+
+
 def _read_lines(path: Optional[str]) -> list[str]:
   """Lines of `path` (or stdin) without their line ends; a final newline adds no line, a
   UTF-8 byte-order mark at the start is skipped. TranslateError if a line is not UTF-8."""
@@ -253,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help='output length limit = source length + this')
   parser.add_argument('--reference', help='reference translations, one per input line: '
                       'print sacreBLEU and tokenized BLEU of the output on stderr')
+  parser.add_argument('--target_lang',
+                      help="language of the output for --reference's BLEU tokenizer (zh, ja, "
+                      "ko: sacreBLEU's language defaults; others: 13a); default: the "
+                      "workdir's config.json target_lang")
   parser.add_argument('--batch_size', type=int, default=32, help='sentences per batch')
   parser.add_argument('--cpu_devices', type=int,
                       help='on a CPU host, split each batch over this many JAX devices '
@@ -279,6 +310,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if references is not None and len(references) != len(lines):
       raise TranslateError(f'{args.reference} has {len(references)} lines but the input '
                            f'{len(lines)}')
+    if references is not None:
+      target_lang = _bleu_language(args.target_lang, args.workdir)
     translate_fn = make_translate_fn(model, beam_size=args.beam_size, alpha=args.alpha,
                                      max_extra_len=args.max_extra_len, mesh=mesh)
     outputs = translate_lines(lines, translate_fn, model.vocab, batch_size=args.batch_size,
@@ -286,7 +319,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               progress=not args.no_progress)
     _write_lines(args.output, outputs)
     if references is not None:
-      print(bleu.format_scores(bleu.corpus_bleu(outputs, references)), file=sys.stderr)
+      scores = bleu.corpus_bleu(outputs, references, target_lang=target_lang)
+      print(bleu.format_scores(scores), file=sys.stderr)
   except (TranslateError, checkpoint.CheckpointError) as e:
     print(f'transformer-jax-translate: error: {e}', file=sys.stderr)
     return 2
