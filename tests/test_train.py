@@ -3,6 +3,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -233,3 +235,34 @@ def test_sigterm_during_set_up_saves_and_returns(tmp_path, monkeypatch):
   assert os.listdir(tmp_path / 'checkpoints') == ['0']
   metrics = tmp_path / 'metrics.jsonl'
   assert 'eval/loss' not in (metrics.read_text() if metrics.exists() else '')  # no evaluation
+
+
+NO_SPACE_AT_STEP_6 = """
+import errno, os, sys
+import orbax.checkpoint as ocp
+write = ocp.JsonCheckpointHandler._save_fn
+
+async def save_fn(self, x, directory):  # orbax's writer thread finds the disk full
+  if '/6.orbax-checkpoint-tmp' in str(directory):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+  return await write(self, x, directory)
+ocp.JsonCheckpointHandler._save_fn = save_fn
+from transformer_jax import train_cli
+sys.argv = ['train', '--config=configs/tiny.py', '--workdir=' + sys.argv[1],
+            '--config.average_last=0']
+train_cli.run()
+"""
+
+
+def test_train_cli_reports_a_failed_save_in_one_line(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             JAX_COMPILATION_CACHE_DIR=os.path.join(root, '.jax_cache'))
+  result = subprocess.run([sys.executable, '-c', NO_SPACE_AT_STEP_6, str(tmp_path)], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=300)
+  directory = tmp_path / 'checkpoints'
+  message = (f'cannot write checkpoint step 6 to {directory}/6: no space left on device; the '
+             f'last complete checkpoint is step 3 ({directory}/3), where a rerun resumes')
+  assert result.returncode == 1
+  assert result.stderr.splitlines()[-1] == f'error: {message}', result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr and result.stderr.lower().count('no space') == 2

@@ -7,13 +7,17 @@ vocabulary hash, one checksum per array). Orbax writes a step into
 `<step>.orbax-checkpoint-tmp-*` and renames it once every item is committed, so a
 step directory is complete or absent. Restoring verifies the metadata against the
 current run (config / vocabulary mismatch -> CheckpointError) and the checksums
-(a corrupt step -> warning, fall back to the previous one).
+(a corrupt step -> warning, fall back to the previous one). A save that cannot be written
+(e.g. no space left) is one CheckpointSaveError naming the step, the path, the cause and
+the last complete checkpoint; a partial `<step>.orbax-checkpoint-tmp` is removed on resume.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -40,6 +44,10 @@ _RUNTIME_FIELDS = frozenset({'attention_impl', 'remat'})
 
 class CheckpointError(ValueError):
   """A checkpoint cannot be used: incompatible with this run, or none is readable."""
+
+
+class CheckpointSaveError(CheckpointError):
+  """A checkpoint could not be written (e.g. the disk is full); earlier ones are intact."""
 
 
 # ------------------------------------------------------------------ model config + vocab
@@ -172,6 +180,25 @@ def _describe(error: BaseException) -> str:
   """'TypeName: first line of the message' (at most 300 characters), for one-line errors."""
   lines = str(error).strip().splitlines()
   return f'{type(error).__name__}: {lines[0][:300]}' if lines else type(error).__name__
+
+
+def _save_cause(error: BaseException) -> str:
+  """'no space left on device' (or 'disk quota exceeded') if that is behind `error` (an
+  OSError's errno, or the message of tensorstore's error), else `_describe` of it."""
+  seen = error
+  while seen is not None:
+    for code in (errno.ENOSPC, errno.EDQUOT):
+      if getattr(seen, 'errno', None) == code or os.strerror(code) in str(seen):
+        return os.strerror(code).lower()
+    seen = seen.__cause__ or seen.__context__
+  return _describe(error)
+
+
+def _bytes_to_write(tree: PyTree) -> int:
+  """Bytes of the arrays of `tree` that this process writes (its replica-0 shards)."""
+  return sum(sum(s.data.nbytes for s in x.addressable_shards if s.replica_id == 0)
+             if isinstance(x, jax.Array) else np.asarray(x).nbytes
+             for x in jax.tree.leaves(tree))
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -315,6 +342,7 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self._metadata = _canonical(dict(metadata or {}))
     self.restored_progress: dict[str, Any] = {}
+    self._writing: Optional[int] = None  # the step of the save in flight
     self._manager = _manager(
         self.directory, create=True, max_to_keep=keep,
         save_decision_policy=ocp.checkpoint_managers.AnySavePolicy([
@@ -335,18 +363,48 @@ class Checkpointer:
     """Start saving `state` as `step` if due (or `force`); True if a save started.
 
     The iterator position is read now, synchronously; arrays are copied to host
-    before returning, the write finishes in the background.
+    before returning, the write finishes in the background. CheckpointSaveError if the
+    previous save failed, or if the disk has less free space than the arrays need.
     """
     step = int(step)
     if step in self._manager.all_steps() or not (force or self._manager.should_save(step)):
       return False
+    self.wait()  # orbax would wait too; a failure is reported as the earlier step's
+    needed, free = _bytes_to_write(state), shutil.disk_usage(self.directory).free
+    if free < needed * 1.1:  # + orbax's index and metadata
+      raise CheckpointSaveError(self._save_failure(
+          step, f'no space left on device ({free / 2**20:.2f} MiB free, the checkpoint '
+          f'needs about {needed * 1.1 / 2**20:.2f} MiB)'))
     data = {'position': None if data_iterator is None
             else _encode_data_state(data_iterator.get_state()),
             'progress': dict(progress or {})}
     metadata = dict(self._metadata, step=step, checksums=tree_checksums(state))
-    return self._manager.save(step, force=True, args=ocp.args.Composite(
-        state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data),
-        metadata=ocp.args.JsonSave(metadata)))
+    self._writing = step
+    with self._reporting_save_errors():
+      return self._manager.save(step, force=True, args=ocp.args.Composite(
+          state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data),
+          metadata=ocp.args.JsonSave(metadata)))
+
+  @contextlib.contextmanager
+  def _reporting_save_errors(self):
+    """Turn a failure of the save in flight (orbax's writer threads) into one
+    CheckpointSaveError line."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - any writer failure: the save did not happen.
+      step, self._writing = self._writing, None
+      if step is None:
+        raise
+      raise CheckpointSaveError(self._save_failure(step, _save_cause(e))) from None
+
+  def _save_failure(self, step: int, cause: str) -> str:
+    """One line: the step and path being written, the cause, the last complete step."""
+    done = [s for s in _step_dirs(self.directory) if s != step]
+    last = (f'the last complete checkpoint is step {max(done)} '
+            f'({self.directory}/{max(done)}), where a rerun resumes'
+            if done else 'no checkpoint is complete yet')
+    return (f'cannot write checkpoint step {step} to {self.directory}/{step}: '
+            f'{cause}; {last}')
 
   def restore(self, abstract_state: PyTree, data_iterator: Any = None) -> Optional[PyTree]:
     """The latest readable checkpoint as a pytree shaped (and sharded) like `abstract_state`.
@@ -438,12 +496,16 @@ class Checkpointer:
     return self._manager.is_saving_in_progress()
 
   def wait(self) -> None:
-    """Block until the pending asynchronous save (if any) is committed."""
-    self._manager.wait_until_finished()
+    """Block until the pending asynchronous save (if any) is committed;
+    CheckpointSaveError if it failed."""
+    with self._reporting_save_errors():
+      self._manager.wait_until_finished()
+    self._writing = None
 
   def close(self) -> None:
     """Wait for pending saves and release the manager."""
-    self._manager.close()
+    with self._reporting_save_errors():
+      self._manager.close()
 
   def __enter__(self) -> 'Checkpointer':
     return self

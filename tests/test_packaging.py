@@ -1,0 +1,96 @@
+"""The plain install (`pip install .`, no extras) has every package its modules import."""
+
+import ast
+import configparser
+import importlib.metadata
+import os
+import sys
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, 'transformer_jax')
+# What `pip install .` gives (README, "Installing elsewhere"): the model, decoding,
+# checkpoint loading and averaging, translate, BLEU. The others need the [train] extra.
+PLAIN = {'__init__', 'linear', 'attention', 'model', 'decode', 'sharding', 'distributed',
+         'tokenizer', 'bleu', 'checkpoint', 'translate', 'average_cli'}
+TRAIN = {'input_pipeline', 'metrics', 'train_lib', 'train_cli', 'visualize'}
+# Imports inside functions of plain modules that only training calls (TensorFlow for the
+# tokenizer's training and in-graph tokenisation).
+TRAINING_ONLY_FUNCTIONS = {('tokenizer', 'tensorflow'), ('tokenizer', 'tensorflow_text')}
+
+
+def _setup_cfg() -> configparser.ConfigParser:
+  config = configparser.ConfigParser()
+  config.read(os.path.join(ROOT, 'setup.cfg'))
+  return config
+
+
+def _imports(module: str) -> list[tuple[str, bool]]:
+  """(top-level name imported, inside a function?) for each import of transformer_jax/module.
+  A `from transformer_jax import x` counts as transformer_jax.x."""
+  with open(os.path.join(PACKAGE, f'{module}.py'), encoding='utf-8') as f:
+    tree = ast.parse(f.read())
+  found = []
+
+  def visit(node, nested):
+    for child in ast.iter_child_nodes(node):
+      inner = nested or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+      if isinstance(child, ast.Import):
+        found.extend((alias.name, inner) for alias in child.names)
+      elif isinstance(child, ast.ImportFrom) and child.level == 0:
+        if child.module == 'transformer_jax':
+          found.extend((f'transformer_jax.{alias.name}', inner) for alias in child.names)
+        else:
+          found.append((child.module, inner))
+      visit(child, inner)
+  visit(tree, False)
+  return found
+
+
+def _plain_imports() -> dict[str, set[str]]:
+  """Third-party top-level module -> the plain modules importing it, following the
+  transformer_jax modules the plain ones import (all must be plain themselves)."""
+  third_party, todo, seen = {}, sorted(PLAIN), set()
+  while todo:
+    module = todo.pop()
+    if module in seen:
+      continue
+    seen.add(module)
+    for name, nested in _imports(module):
+      top = name.split('.')[0]
+      if top == 'transformer_jax':
+        inner = name.split('.')[1] if '.' in name else '__init__'
+        assert inner in PLAIN, f'plain module {module} imports training-only {inner}'
+        todo.append(inner)
+      elif top not in sys.stdlib_module_names and not (
+          nested and (module, top) in TRAINING_ONLY_FUNCTIONS):
+        third_party.setdefault(top, set()).add(module)
+  return third_party
+
+
+def test_every_module_is_plain_or_training_only():
+  modules = {name[:-3] for name in os.listdir(PACKAGE) if name.endswith('.py')}
+  assert PLAIN | TRAIN == modules and not PLAIN & TRAIN
+
+
+def test_plain_install_requires_every_third_party_import():
+  required = {canonicalize_name(Requirement(line).name)
+              for line in _setup_cfg()['options']['install_requires'].split('\n') if line}
+  distributions = importlib.metadata.packages_distributions()
+  missing = {}
+  for top, importers in _plain_imports().items():
+    names = {canonicalize_name(d) for d in distributions.get(top, [top])}
+    if not names & required:
+      missing[top] = sorted(importers)
+  assert not missing, f'imported by the plain install but not in install_requires: {missing}'
+
+
+def test_console_scripts_of_the_plain_install_use_plain_modules():
+  scripts = _setup_cfg()['options.entry_points']['console_scripts'].strip().split('\n')
+  targets = dict(line.replace(' ', '').split('=') for line in scripts)
+  modules = {name: target.split(':')[0].split('.')[1] for name, target in targets.items()}
+  assert modules['transformer-jax-translate'] in PLAIN
+  assert modules['transformer-jax-average'] in PLAIN
+  assert modules['transformer-jax-train'] in TRAIN
