@@ -427,3 +427,36 @@ def test_training_on_text_reports_both_bleus_and_keeps_translations(files, tmp_p
   assert record['step'] == 2 and len(hypotheses) == 3
   assert record['eval/bleu'] == pytest.approx(scores.sacrebleu)
   assert record['eval/bleu_tokenized'] == pytest.approx(scores.tokenized)
+
+
+# ------------------------------------------------------------ subword regularisation
+
+
+@pytest.mark.parametrize('alpha', [0.0, 0.5])
+def test_subword_sampling_changes_segmentations_across_epochs_only_with_alpha(
+    files, tokenizer, alpha):
+  """Two passes over the same sentences: sampled segmentations differ somewhere with
+  alpha > 0 (each decoding back to the sentence), never with alpha = 0 (the best one)."""
+  pairs = ip.raw_dataset(make_config(files), 'train').take(40)
+  tokens = ip.tokenize(pairs.repeat(2), tokenizer, alpha=alpha)
+  passes = [ex['inputs'].tolist() for ex in tokens.as_numpy_iterator()]
+  first, second = passes[:40], passes[40:]
+  best = [ex['inputs'].tolist() for ex in ip.tokenize(pairs, tokenizer).as_numpy_iterator()]
+  sources = [s for s, _ in ip.iterate_pairs(pairs)]
+  if alpha == 0:
+    assert first == second == best
+  else:
+    assert first != second and first != best
+    assert [tokenizer.decode(ids) for ids in first + second] == sources + sources
+
+
+def test_training_batches_sample_segmentations_but_eval_batches_do_not(files, tokenizer):
+  config = make_config(files, spm_alpha=0.5, batching='pack', batch_size=4)
+  sampled = ip.train_dataset(ip.raw_dataset(config, 'train'), tokenizer, config)
+  plain = ip.train_dataset(ip.raw_dataset(config, 'train'),
+                           tokenizer, make_config(files, batching='pack', batch_size=4))
+  a, b = (next(iter(ds))['inputs'].numpy() for ds in (sampled, plain))
+  assert not np.array_equal(a, b)  # same shuffle seed, other segmentations
+  evals = [list(ip.eval_dataset(ip.raw_dataset(config, 'eval'), tokenizer, 256, 8)
+                .as_numpy_iterator())[0]['inputs'] for _ in range(2)]
+  np.testing.assert_array_equal(*evals)

@@ -14,7 +14,8 @@ PACKAGE = os.path.join(ROOT, 'transformer_jax')
 # What `pip install .` gives (README, "Installing elsewhere"): the model, decoding,
 # checkpoint loading and averaging, translate, BLEU. The others need the [train] extra.
 PLAIN = {'__init__', 'linear', 'attention', 'model', 'decode', 'sharding', 'distributed',
-         'tokenizer', 'bleu', 'checkpoint', 'translate', 'average_cli'}
+         'tokenizer', 'bleu', 'checkpoint', 'translate', 'average_cli',
+         'parsing', 'parsing.evalb', 'parsing.linearize', 'parsing.treebank'}
 TRAIN = {'input_pipeline', 'metrics', 'train_lib', 'train_cli', 'visualize'}
 # Imports inside functions of plain modules that only training calls (TensorFlow for the
 # tokenizer's training and in-graph tokenisation).
@@ -27,10 +28,23 @@ def _setup_cfg() -> configparser.ConfigParser:
   return config
 
 
-def _imports(module: str) -> list[tuple[str, bool]]:
-  """(top-level name imported, inside a function?) for each import of transformer_jax/module.
-  A `from transformer_jax import x` counts as transformer_jax.x."""
-  with open(os.path.join(PACKAGE, f'{module}.py'), encoding='utf-8') as f:
+def _modules() -> dict[str, str]:
+  """Module name ('translate', 'parsing.evalb'; '__init__' for the package) -> its file."""
+  found = {}
+  for folder, _, names in os.walk(PACKAGE):
+    prefix = os.path.relpath(folder, PACKAGE).replace(os.sep, '.').removeprefix('.')
+    for name in names:
+      if name.endswith('.py'):
+        module = '.'.join(filter(None, [prefix, name[:-3].replace('__init__', '')]))
+        found[module or '__init__'] = os.path.join(folder, name)
+  return found
+
+
+def _imports(path: str, modules: set[str]) -> list[tuple[str, bool]]:
+  """(name imported, inside a function?) for each import of the file at `path`; a module
+  of this package as 'transformer_jax.<module>' ('from transformer_jax.x import y' counts
+  as transformer_jax.x.y when that is a module)."""
+  with open(path, encoding='utf-8') as f:
     tree = ast.parse(f.read())
   found = []
 
@@ -40,10 +54,10 @@ def _imports(module: str) -> list[tuple[str, bool]]:
       if isinstance(child, ast.Import):
         found.extend((alias.name, inner) for alias in child.names)
       elif isinstance(child, ast.ImportFrom) and child.level == 0:
-        if child.module == 'transformer_jax':
-          found.extend((f'transformer_jax.{alias.name}', inner) for alias in child.names)
-        else:
-          found.append((child.module, inner))
+        for alias in child.names:
+          name = f'{child.module}.{alias.name}'
+          inside = name.removeprefix('transformer_jax.')
+          found.append((name if inside in modules else child.module, inner))
       visit(child, inner)
   visit(tree, False)
   return found
@@ -52,16 +66,17 @@ def _imports(module: str) -> list[tuple[str, bool]]:
 def _plain_imports() -> dict[str, set[str]]:
   """Third-party top-level module -> the plain modules importing it, following the
   transformer_jax modules the plain ones import (all must be plain themselves)."""
+  modules = _modules()
   third_party, todo, seen = {}, sorted(PLAIN), set()
   while todo:
     module = todo.pop()
     if module in seen:
       continue
     seen.add(module)
-    for name, nested in _imports(module):
+    for name, nested in _imports(modules[module], set(modules)):
       top = name.split('.')[0]
       if top == 'transformer_jax':
-        inner = name.split('.')[1] if '.' in name else '__init__'
+        inner = name.partition('.')[2] or '__init__'
         assert inner in PLAIN, f'plain module {module} imports training-only {inner}'
         todo.append(inner)
       elif top not in sys.stdlib_module_names and not (
@@ -71,8 +86,7 @@ def _plain_imports() -> dict[str, set[str]]:
 
 
 def test_every_module_is_plain_or_training_only():
-  modules = {name[:-3] for name in os.listdir(PACKAGE) if name.endswith('.py')}
-  assert PLAIN | TRAIN == modules and not PLAIN & TRAIN
+  assert PLAIN | TRAIN == set(_modules()) and not PLAIN & TRAIN
 
 
 def test_plain_install_requires_every_third_party_import():

@@ -237,6 +237,41 @@ def test_sigterm_during_set_up_saves_and_returns(tmp_path, monkeypatch):
   assert 'eval/loss' not in (metrics.read_text() if metrics.exists() else '')  # no evaluation
 
 
+def test_fine_tuning_starts_from_the_given_parameters_with_a_fresh_optimizer(tmp_path):
+  base, tuned = str(tmp_path / 'base'), str(tmp_path / 'tuned')
+  train_lib.train_and_evaluate(_tiny_training_config(), base)
+  start, _, _ = checkpoint.load_for_inference(base)  # what translate would use
+  # No steps: the new run's state is exactly its starting point.
+  state = train_lib.train_and_evaluate(
+      _tiny_training_config(init_from=base, num_train_steps=0, average_last=0), tuned)
+  assert int(state.step) == 0
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), start)
+  assert all(not np.any(x) for x in jax.tree.leaves(state.opt_state) if np.ndim(x))
+  # Training continues from there (step counter from 0) and moves away from it.
+  state = train_lib.train_and_evaluate(
+      _tiny_training_config(init_from=base, num_train_steps=2, average_last=0), tuned)
+  assert int(state.step) == 2
+  moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - b).max(),
+                       jax.device_get(state.params), start)
+  assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_fine_tuning_refuses_another_model_or_vocabulary(tmp_path):
+  base = str(tmp_path / 'base')
+  train_lib.train_and_evaluate(_tiny_training_config(num_train_steps=3, average_last=0), base)
+  wider = _tiny_training_config(init_from=base)
+  wider.model.d_ff = 128
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'config.init_from: the model differs \(d_ff: .* has 64, this run 128'):
+    train_lib.train_and_evaluate(wider, str(tmp_path / 'wider'))
+  (tmp_path / 'base' / 'spm.model').write_bytes(b'their vocabulary')
+  (tmp_path / 'mine.model').write_bytes(b'another vocabulary')
+  cfg = checkpoint.load_for_inference(base)[1]
+  with pytest.raises(checkpoint.CheckpointError, match=r'not this run\'s vocabulary .*mine'):
+    checkpoint.load_initial_params(base, cfg, str(tmp_path / 'mine.model'))
+  assert checkpoint.load_initial_params(base, cfg, str(tmp_path / 'base' / 'spm.model'))
+
+
 NO_SPACE_AT_STEP_6 = """
 import errno, os, sys
 import orbax.checkpoint as ocp

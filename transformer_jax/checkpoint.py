@@ -679,3 +679,39 @@ def load_for_inference(workdir: str) -> tuple[PyTree, TransformerConfig, str]:
     raise CheckpointError(f'{vocab_path} is not the vocabulary {where} was trained with '
                           '(SHA-256 differs)')
   return params, cfg, vocab_path
+
+
+# Model-config fields a fine-tuning run may change: how it trains, not what the weights mean.
+_FINE_TUNING_FIELDS = _RUNTIME_FIELDS | {'dropout_rate', 'attention_dropout_rate', 'dtype'}
+
+
+def load_initial_params(init_from: str, cfg: TransformerConfig,
+                        vocab_path: Optional[str]) -> PyTree:
+  """Params (numpy) of the training workdir `init_from` to start a fine-tuning run with.
+
+  Raises CheckpointError (naming `init_from`) if its model differs from `cfg` in any field
+  but dropout, compute dtype and runtime options, or if `vocab_path` (None: no vocabulary,
+  synthetic data) is not the vocabulary it was trained with.
+  """
+  if not os.path.isdir(init_from):
+    raise CheckpointError(f'config.init_from: {init_from} is not a directory')
+  params, theirs, their_vocab = load_for_inference(init_from)
+  mine, other = model_config_to_dict(cfg), model_config_to_dict(theirs)
+  diffs = [f'{key}: {init_from} has {other[key]!r}, this run {mine[key]!r}' for key in mine
+           if key not in _FINE_TUNING_FIELDS and mine[key] != other[key]]
+  if diffs:
+    raise CheckpointError(f'config.init_from: the model differs ({"; ".join(diffs[:3])})')
+  if vocab_path is not None and file_sha256(vocab_path) != file_sha256(their_vocab):
+    raise CheckpointError(f'config.init_from: {init_from} was trained with {their_vocab}, '
+                          f'not this run\'s vocabulary {vocab_path} (SHA-256 differs); leave '
+                          'config.vocab_path empty to use its vocabulary')
+  return params
+
+
+def adopt_vocabulary(init_from: str, vocab_path: str) -> None:
+  """Copy the vocabulary of the workdir `init_from` to `vocab_path` unless one is there."""
+  if not os.path.exists(vocab_path):
+    source = vocab_path_for(init_from)
+    os.makedirs(os.path.dirname(vocab_path) or '.', exist_ok=True)
+    shutil.copyfile(source, f'{vocab_path}.tmp-{os.getpid()}')
+    os.replace(f'{vocab_path}.tmp-{os.getpid()}', vocab_path)

@@ -64,6 +64,11 @@ Config keys (`ml_collections.ConfigDict`)
   grad_accum_steps   micro-batches per optimizer step (optional, default 1).
   shuffle_buffer     pairs in the shuffle buffer.
   seed               shuffle seed (and SentencePiece sampling seed).
+  spm_alpha, spm_nbest_size
+                     subword regularisation of the TRAIN split only (0: off): each
+                     pass samples a segmentation (unigram: among the nbest_size best,
+                     -1 all, inverse temperature alpha; BPE: dropout alpha). Eval,
+                     test and decoding always use the best segmentation.
 
 Bad input raises `DataError` with a one-line message naming the file and line.
 """
@@ -289,9 +294,13 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> tokenizer_
 
 
 def tokenize(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Tokenizer,
-             chunk: int = 256) -> tf.data.Dataset:
-  """String pairs → {'inputs', 'targets'} int32 id vectors ending in EOS (order kept)."""
-  sp = tokenizer.tf_tokenizer()
+             chunk: int = 256, alpha: float = 0.0, nbest_size: int = -1) -> tf.data.Dataset:
+  """String pairs → {'inputs', 'targets'} int32 id vectors ending in EOS (order kept).
+
+  `alpha` > 0 samples each sentence's segmentation anew every time it is read
+  (subword regularisation, see `Tokenizer.tf_tokenizer`); 0: always the best one.
+  """
+  sp = tokenizer.tf_tokenizer(alpha, nbest_size)
 
   def encode(text: tf.Tensor) -> tf.RaggedTensor:
     ids = sp.tokenize(text)
@@ -436,7 +445,9 @@ def train_dataset(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Tokenizer,
                   config: ml_collections.ConfigDict, process_count: int = 1) -> tf.data.Dataset:
   """Infinite shuffled train batches (see module docstring) from this process's pairs."""
   tokens = filter_length(tokenize(pairs.shuffle(config.shuffle_buffer, seed=config.seed)
-                                  .repeat(), tokenizer), config.max_len)
+                                  .repeat(), tokenizer, alpha=config.get('spm_alpha', 0.0),
+                                  nbest_size=config.get('spm_nbest_size', -1)),
+                         config.max_len)
   if config.batching == 'pack':
     rows = _per_process(config.batch_size, process_count, 'batch_size')
     batches = pack(tokens, config.max_len).batch(rows, drop_remainder=True)

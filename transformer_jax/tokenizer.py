@@ -60,10 +60,19 @@ class Tokenizer:
     """The subword string of each id (for labelling plots)."""
     return [self._sp.id_to_piece(int(i)) for i in ids]
 
-  def tf_tokenizer(self) -> 'tftxt.SentencepieceTokenizer':
-    """In-graph tokenizer from the same model (no EOS: add it in the pipeline)."""
+  def tf_tokenizer(self, alpha: float = 0.0,
+                   nbest_size: int = -1) -> 'tftxt.SentencepieceTokenizer':
+    """In-graph tokenizer from the same model (no EOS: add it in the pipeline).
+
+    `alpha` > 0 samples a segmentation per call (subword regularisation, Kudo 2018):
+    unigram models sample among the `nbest_size` best (-1: all) with inverse temperature
+    `alpha`; BPE models drop merges with probability `alpha` (BPE-dropout). 0: the best.
+    """
     import tensorflow_text as tftxt  # pylint: disable=g-import-not-at-top
-    return tftxt.SentencepieceTokenizer(model=self.model_proto, add_eos=False)
+    if alpha <= 0:
+      return tftxt.SentencepieceTokenizer(model=self.model_proto, add_eos=False)
+    return tftxt.SentencepieceTokenizer(model=self.model_proto, add_eos=False,
+                                        nbest_size=nbest_size, alpha=alpha)
 
 
 def train_model(sentences: Iterable[str], vocab_size: int, model_type: str = 'unigram',

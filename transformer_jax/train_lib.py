@@ -79,6 +79,9 @@ def default_config():
   c.bucket_boundaries = ()
   c.shuffle_buffer = 100_000
   c.seed = 0
+  c.spm_alpha = 0.0  # > 0: subword regularisation of the train split (input_pipeline).
+  c.spm_nbest_size = -1  # segmentations sampled among (unigram; -1: all).
+  c.init_from = ''  # a training workdir whose parameters start this run (fine-tuning).
   # Model: TransformerConfig fields except the vocabulary sizes (from the tokenizer).
   c.model = ml_collections.ConfigDict(dict(
       d_model=512, d_ff=2048, num_heads=8, d_k=placeholder(int), d_v=placeholder(int),
@@ -159,7 +162,7 @@ _VALUE_RULES = (
       'eval_every_steps', 'save_every_steps', 'decode_batch_size', 'max_decode_len'),
      '> 0', lambda v: v > 0),
     (('num_train_steps', 'train_minutes', 'eval_every_minutes', 'cooldown_steps',
-      'grad_clip_norm', 'average_last'), '>= 0', lambda v: v >= 0),
+      'grad_clip_norm', 'average_last', 'spm_alpha'), '>= 0', lambda v: v >= 0),
     (('label_smoothing',), 'in [0, 1)', lambda v: 0 <= v < 1),
     (('num_eval_batches',), '-1 (all) or > 0', lambda v: v == -1 or v > 0),
     (('num_bleu_sentences',), '-1 (all) or >= 0', lambda v: v >= -1),
@@ -586,16 +589,20 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
     validate_config(config)
     is_main = jax.process_index() == 0
     mesh = sharding.create_mesh(config.mesh_shape, config.dcn_mesh_shape or None)
+    if config.init_from and config.dataset != 'synthetic' and is_main:
+      from transformer_jax import input_pipeline  # the run uses init_from's vocabulary
+      checkpoint.adopt_vocabulary(config.init_from, input_pipeline.vocab_path(config, workdir))
     tokenizer, train_iter, eval_ds, _ = _datasets(config, workdir, mesh)
     model_cfg = model_config(config, config.vocab_size if tokenizer is None
                              else tokenizer.vocab_size)
     optimizer, schedule = create_optimizer(config, model_cfg.d_model)
+    vocab = None
     if tokenizer is None:
       metadata = {'model_config': checkpoint.model_config_to_dict(model_cfg)}
     else:  # the vocabulary the tokenizer was loaded from (tf.data is set up: TF is here)
       from transformer_jax import input_pipeline
-      metadata = checkpoint.training_metadata(model_cfg,
-                                              input_pipeline.vocab_path(config, workdir))
+      vocab = input_pipeline.vocab_path(config, workdir)
+      metadata = checkpoint.training_metadata(model_cfg, vocab)
     ckpt = checkpoint.Checkpointer(
         workdir, save_every_steps=config.save_every_steps, keep=config.keep_checkpoints,
         async_save=config.async_checkpointing,
@@ -610,6 +617,11 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
       checkpoint.save_model_config(workdir, model_cfg)
     if state is None:
       state = create_train_state(model_cfg, optimizer, mesh, config.seed)
+      if config.init_from:  # fine-tuning: its parameters, a fresh optimizer and step 0
+        params = checkpoint.load_initial_params(config.init_from, model_cfg, vocab)
+        state = state.replace(params=jax.device_put(params, state_shardings(
+            model_cfg, optimizer, mesh).params))
+        logging.info('starting from the parameters of %s', config.init_from)
     train_step = make_train_step(model_cfg, config, mesh, optimizer, schedule)
     eval_step = make_eval_step(model_cfg, config, mesh, optimizer)
     writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
