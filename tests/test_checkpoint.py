@@ -137,14 +137,16 @@ def test_leftover_partial_save_is_ignored_and_cleaned(tmp_path, tiny_params, met
 
 
 def _no_space(monkeypatch, at_step):
-  """Make orbax's writer thread fail with ENOSPC while writing step `at_step`."""
-  write = ocp.JsonCheckpointHandler._save_fn
+  """Make orbax's background save of step `at_step` fail with ENOSPC as it finalizes its
+  items (once every array is written: no write is left running, see test_train for one
+  failing mid-write)."""
+  finalize = ocp.JsonCheckpointHandler.finalize
 
-  async def save_fn(self, x, directory):
+  def no_space(self, directory):
     if f'/{at_step}.orbax-checkpoint-tmp' in str(directory):
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
-    return await write(self, x, directory)
-  monkeypatch.setattr(ocp.JsonCheckpointHandler, '_save_fn', save_fn)
+    return finalize(self, directory)
+  monkeypatch.setattr(ocp.JsonCheckpointHandler, 'finalize', no_space)
 
 
 def test_a_full_disk_during_a_save_is_one_line_and_a_rerun_resumes_from_the_last_step(
@@ -161,12 +163,12 @@ def test_a_full_disk_during_a_save_is_one_line_and_a_rerun_resumes_from_the_last
       f'cannot write checkpoint step 2 to {directory}/2: no space left on device; the last '
       f'complete checkpoint is step 1 ({directory}/1), where a rerun resumes')
   c.wait()  # reported once
-  # A rerun resumes from step 1; the partial step 2 (its writes may still be in flight in
-  # this process) is no step (orbax removes it on start: see the leftover test above).
-  c = ckpt.Checkpointer(workdir, save_every_steps=1, keep=10, metadata=metadata)
-  assert c.all_steps() == [1]
-  assert_trees_equal(c.restore(abstract_of(make_state(tiny_params, 0))),
-                     make_state(tiny_params, 1))
+  assert os.path.isdir(f'{directory}/2.orbax-checkpoint-tmp')
+  # A rerun resumes from step 1, and the partial step 2 is removed.
+  with ckpt.Checkpointer(workdir, save_every_steps=1, keep=10, metadata=metadata) as c:
+    assert_trees_equal(c.restore(abstract_of(make_state(tiny_params, 0))),
+                       make_state(tiny_params, 1))
+    assert os.listdir(directory) == ['1']
 
 
 def test_a_save_the_free_space_cannot_hold_is_refused_before_writing(

@@ -329,7 +329,7 @@ def test_empty_split_or_every_pair_too_long_fails_up_front(files, tmp_path):
   # An empty (or all-blank) training file: named before SentencePiece would fail on it.
   blank = _write(tmp_path / 'blank.tsv', [' \t ', '\t'])
   with pytest.raises(ip.DataError, match=rf'^{blank}: no sentence pairs \(the train files are '
-                                         'empty, or every pair has an empty side\)$'):
+                                         r'empty, or every pair has an empty side\)$'):
     ip.get_datasets(make_config(files, train_source=blank, train_target='', vocab_path=''),
                     str(tmp_path / 'workdir'), 0, 1)
   with pytest.raises(ip.DataError,
