@@ -43,7 +43,7 @@ _SCHEMA: tuple[tuple[str, Any, Optional[Rule], bool], ...] = (
     ('test_split', 'test', None, RUN),
     # Feature names of the pair: en/de/fr for WMT, en/es for the Bible (either direction).
     ('source_lang', 'en', None, DATA),
-    ('target_lang', 'de', None, DATA),
+    ('target_lang', 'de', None, DATA),  # also BLEU's tokenizer: sacreBLEU's zh / ja / ko ones
     # 'text' files, one sentence a line (.gz decompressed); a TSV (source<TAB>target) is
     # given as *_source with *_target empty.
     *((f'{split}_{side}', '', None, RUN) for split in ('train', 'eval', 'test')
@@ -72,7 +72,7 @@ _SCHEMA: tuple[tuple[str, Any, Optional[Rule], bool], ...] = (
     ('warmup_steps', 4000, POSITIVE, RUN),
     ('learning_rate_multiplier', 1.0, POSITIVE, RUN),
     ('label_smoothing', 0.1, Rule('in [0, 1)', lambda v: 0 <= v < 1), RUN),
-    ('cooldown_steps', 0, NON_NEGATIVE, RUN),  # > 0: lr decays linearly to 0 over the last ones
+    ('cooldown_steps', 0, NON_NEGATIVE, RUN),  # > 0: lr decays linearly toward 0 over the last ones
     ('adam_b1', 0.9, None, RUN),
     ('adam_b2', 0.98, None, RUN),
     ('adam_eps', 1e-9, None, RUN),

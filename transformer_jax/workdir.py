@@ -81,10 +81,13 @@ class Workdir:
     imported = os.path.exists(self.two_model_vocab)
     return self.two_model_vocab if imported else self._path('spm.model')
 
+  def saved_config(self) -> dict[str, Any]:
+    """The training config a run wrote to config.json ({} if there is none)."""
+    return read_json(self.config_json) if os.path.exists(self.config_json) else {}
+
   def saved_vocab_path(self) -> str:
     """The vocabulary a finished run used: `vocab_path` of its config.json (if any)."""
-    saved = read_json(self.config_json) if os.path.exists(self.config_json) else {}
-    return self.vocab_path(saved.get('vocab_path') or '')
+    return self.vocab_path(self.saved_config().get('vocab_path') or '')
 
   def adopt_vocabulary(self, other: 'Workdir', configured: str = '') -> None:
     """Copy the vocabulary `other` (a finished or imported run) used to this run's default
@@ -104,6 +107,15 @@ class Workdir:
     """Steps with a finalized directory under checkpoints/ (none if it does not exist)."""
     directory = self.checkpoints
     return [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+
+  def save_failure(self, step: int, cause: str) -> str:
+    """One line for a checkpoint save that failed: the step and path being written,
+    `cause`, and the last complete step (where a rerun resumes)."""
+    done = [s for s in self.steps() if s != step]
+    last = (f'the last complete checkpoint is step {max(done)} '
+            f'({self.checkpoints}/{max(done)}), where a rerun resumes'
+            if done else 'no checkpoint is complete yet')
+    return f'cannot write checkpoint step {step} to {self.checkpoints}/{step}: {cause}; {last}'
 
   def write_config(self, config: Any) -> None:
     """Write the training ConfigDict to config.json."""
