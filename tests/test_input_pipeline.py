@@ -360,8 +360,16 @@ def test_long_pairs_are_filtered_and_counted(files, tokenizer, caplog):
 
 def test_empty_split_or_every_pair_too_long_fails_up_front(files, tmp_path):
   empty = _write(tmp_path / 'empty.txt', [])
-  with pytest.raises(sources.DataError, match=r'^eval: no sentence pairs \(empty split'):
+  with pytest.raises(sources.DataError,
+                     match=rf'^{empty} / {empty}: no sentence pairs \(the eval'):
     ip.get_datasets(make_config(files, eval_source=empty, eval_target=empty), 'unused', 0, 1)
+  # An empty (or all-blank) training file: named before SentencePiece would fail on it.
+  blank = _write(tmp_path / 'blank.tsv', [' \t ', '\t'])
+  with pytest.raises(sources.DataError, match=rf'^{blank}: no sentence pairs \(the train '
+                                              r'files are empty, or every pair has an empty '
+                                              r'side\)$'):
+    ip.get_datasets(make_config(files, train_source=blank, train_target='', vocab_path=''),
+                    str(tmp_path / 'workdir'), 0, 1)
   with pytest.raises(sources.DataError,
                      match=rf'^train \(process 0\): all {N_TRAIN} pairs are longer than 2 tokens$'):
     ip.get_datasets(make_config(files, max_len=2), 'unused', 0, 1)
@@ -454,7 +462,7 @@ def test_training_on_text_reports_both_bleus_and_keeps_translations(files, tmp_p
   with open(tmp_path / 'metrics.jsonl') as f:
     (record,) = [r for r in map(json.loads, f) if 'eval/bleu' in r]
   hypotheses = (tmp_path / 'translations' / 'eval_step2.txt').read_text('utf-8').splitlines()
-  scores = bleu.corpus_bleu(hypotheses, _bible_lines('dev', 'es', 3))
+  scores = bleu.corpus_bleu(hypotheses, _bible_lines('dev', 'es', 3), target_lang='es')
   assert record['step'] == 2 and len(hypotheses) == 3
   assert record['eval/bleu'] == pytest.approx(scores.sacrebleu)
   assert record['eval/bleu_tokenized'] == pytest.approx(scores.tokenized)

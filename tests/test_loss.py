@@ -56,10 +56,12 @@ def test_chunked_terms_and_gradients_equal_full_logits(label_smoothing, with_bia
   assert np.abs(grads_f[0]).max() > 0 and np.all(grads_f[0][-1] == 0)  # padded row: no grad
 
 
-@pytest.mark.parametrize('tied', [True, False])
-def test_model_loss_and_parameter_gradients_equal_full_logits(tiny_config, tied):
-  cfg = tiny_config if tied else tiny_config.replace(
-      share_embeddings=False, logits_via_embedding=False, target_vocab_size=VOCAB * 3)
+@pytest.mark.parametrize('output', ['tied', 'tied with bias', 'untied'])
+def test_model_loss_and_parameter_gradients_equal_full_logits(tiny_config, output):
+  tied = output != 'untied'
+  cfg = tiny_config.replace(logits_bias=output == 'tied with bias') if tied else (
+      tiny_config.replace(share_embeddings=False, logits_via_embedding=False,
+                          target_vocab_size=VOCAB * 3))
   model = Transformer(cfg)
   rng = np.random.default_rng(1)
   batch = {'inputs': _targets(rng, ROWS, LENGTH, cfg.vocab_size),

@@ -3,13 +3,14 @@
 A user error (a bad flag, a missing or unreadable file, an incompatible checkpoint, a bad
 config value or data file) ends with ONE line `<prog>: error: <message>` on stderr and exit
 status 2; anything else is a bug and keeps its traceback. Library modules never import
-this module or the CLIs (`train_cli`, `translate`, `visualize`, `average_cli`).
+this module or the CLIs (`train`, `translate`, `visualize`, `average`).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import Callable, NoReturn
 
@@ -26,13 +27,20 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_main(prog: str, body: Callable[[], None],
-             user_errors: tuple[type[BaseException], ...] = ()) -> int:
-  """Run `body`; a UserError or one of `user_errors` -> one line on stderr, returns 2."""
+             user_errors: tuple[type[BaseException], ...] = (),
+             silence_after: tuple[type[BaseException], ...] = ()) -> int:
+  """Run `body`; a UserError or one of `user_errors` -> one line on stderr, returns 2.
+
+  After one of `silence_after` (errors whose background threads keep failing until the
+  process ends), the process's stderr goes to /dev/null once the line is printed.
+  """
   try:
     body()
   except (UserError, *user_errors) as e:
     message = ' '.join(str(e).split()) or type(e).__name__
-    print(f'{prog}: error: {message}', file=sys.stderr)
+    print(f'{prog}: error: {message}', file=sys.stderr, flush=True)
+    if isinstance(e, silence_after):
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
     return 2
   return 0
 

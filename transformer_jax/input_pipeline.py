@@ -98,15 +98,14 @@ def tokenize(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Tokenizer,
   `alpha` > 0 samples each sentence's segmentation anew every time it is read
   (subword regularisation, see `Tokenizer.tf_tokenizer`); 0: always the best one.
   """
-  sp = tokenizer.tf_tokenizer(alpha, nbest_size)
+  source, target = tokenizer.tf_encoders(alpha, nbest_size)
 
-  def encode(text: tf.Tensor) -> tf.RaggedTensor:
-    ids = sp.tokenize(text)
+  def with_eos(ids: tf.RaggedTensor) -> tf.RaggedTensor:
     eos = tf.fill([ids.nrows(), 1], tf.constant(tokenizer_lib.EOS_ID, ids.dtype))
     return tf.concat([ids, eos], axis=1)
 
   return (pairs.batch(chunk)
-          .map(lambda s, t: {'inputs': encode(s), 'targets': encode(t)},
+          .map(lambda s, t: {'inputs': with_eos(source(s)), 'targets': with_eos(target(t))},
                num_parallel_calls=AUTOTUNE)
           .unbatch()
           .map(lambda ex: ex))  # unbatched rows come typed as ragged rank 0: make them dense

@@ -13,6 +13,7 @@ Every parameter carries logical axis names (`vocab`, `embed`, `mlp`, `heads`,
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import jax
@@ -27,6 +28,9 @@ from transformer_jax.linear import Linear, project
 
 Array = jax.Array
 
+# Feed-forward activations by name (the names Transformers' configs use).
+ACTIVATIONS = {'relu': nn.relu, 'gelu': functools.partial(nn.gelu, approximate=False),
+               'swish': nn.swish, 'silu': nn.silu}
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
@@ -37,6 +41,13 @@ class TransformerConfig:
   drops attention weights (0 in the paper). `pre_norm=False` is the paper's post-LN
   block LayerNorm(x + Sublayer(x)); True gives x + Sublayer(LayerNorm(x)) with a
   final LayerNorm. `remat` is 'none', 'full' or 'dots' (activation checkpointing per layer).
+
+  Options for other trainers' models (Marian / OPUS-MT, see `transformer_jax.marian`), the
+  paper's choice by default: `activation` of the FFN ('relu'; 'gelu' is the exact erf
+  form, 'swish' = 'silu' = x·sigmoid(x)); `scale_embedding` multiplies token embeddings by
+  sqrt(d_model); `logits_bias` adds a trained [V] bias to the shared-embedding logits;
+  `zero_pad_embedding` embeds id 0 (padding and the decoder's start symbol) as a zero
+  vector, so the decoder starts from zeros like Marian (the row then only feeds the logits).
   """
   vocab_size: int
   target_vocab_size: Optional[int] = None  # None: shared with vocab_size.
@@ -55,6 +66,10 @@ class TransformerConfig:
   logits_via_embedding: bool = True
   pre_norm: bool = False
   layer_norm_epsilon: float = 1e-6
+  activation: str = 'relu'  # or 'gelu', 'swish' / 'silu'
+  scale_embedding: bool = True
+  logits_bias: bool = False
+  zero_pad_embedding: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   attention_impl: Optional[str] = None  # jax.nn.dot_product_attention implementation.
@@ -73,6 +88,11 @@ class TransformerConfig:
         raise ValueError(f'{name} must be in [0, 1), got {getattr(self, name)!r}')
     if self.positional not in ('sinusoidal', 'learned'):
       raise ValueError(f"positional must be 'sinusoidal' or 'learned', got {self.positional!r}")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f'activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}')
+    if self.logits_bias and not self.logits_via_embedding:
+      raise ValueError('logits_bias needs logits_via_embedding (a separate logits layer has '
+                       'its own bias)')
     if self.remat not in ('none', 'full', 'dots'):
       raise ValueError(f"remat must be 'none', 'full' or 'dots', got {self.remat!r}")
     if self.d_k is None and self.d_model % self.num_heads:
@@ -133,7 +153,7 @@ def shift_right(targets: Array, segmentation: Optional[Array] = None) -> Array:
 
 
 class Embed(nn.Module):
-  """Token embedding [V, D] scaled by sqrt(D), plus positions and dropout."""
+  """Token embedding [V, D] scaled by sqrt(D) (`scale_embedding`), plus positions and dropout."""
   config: TransformerConfig
   num_embeddings: int
 
@@ -155,7 +175,11 @@ class Embed(nn.Module):
     """[B, L] ids and [B, L] (or None: 0..L-1) positions -> [B, L, D]."""
     cfg = self.config
     table = jnp.asarray(self.embedding, cfg.dtype)
-    x = jnp.take(table, tokens, axis=0) * jnp.asarray(cfg.d_model ** 0.5, cfg.dtype)
+    x = jnp.take(table, tokens, axis=0)
+    if cfg.scale_embedding:
+      x = x * jnp.asarray(cfg.d_model ** 0.5, cfg.dtype)
+    if cfg.zero_pad_embedding:
+      x = jnp.where((tokens == 0)[..., None], jnp.zeros((), cfg.dtype), x)
     if positions is None:
       if tokens.shape[1] > cfg.max_len:
         raise ValueError(f'sequence length {tokens.shape[1]} exceeds max_len={cfg.max_len} '
@@ -179,7 +203,7 @@ class Embed(nn.Module):
 
 
 class FeedForward(nn.Module):
-  """FFN(x) = max(0, x W1 + b1) W2 + b2: [B, L, D] -> [B, L, D]."""
+  """FFN(x) = max(0, x W1 + b1) W2 + b2 (or another `activation`): [B, L, D] -> [B, L, D]."""
   config: TransformerConfig
 
   @nn.compact
@@ -187,7 +211,7 @@ class FeedForward(nn.Module):
     cfg = self.config
     h = Linear((cfg.d_ff,), ('mlp', 'embed'), dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                name='wi')(x)
-    h = nn.with_logical_constraint(nn.relu(h), ('batch', 'length', 'mlp'))
+    h = nn.with_logical_constraint(ACTIVATIONS[cfg.activation](h), ('batch', 'length', 'mlp'))
     return Linear((cfg.d_model,), ('embed', 'mlp'), dtype=cfg.dtype,
                   param_dtype=cfg.param_dtype, name='wo')(h)
 
@@ -357,6 +381,10 @@ class Decoder(nn.Module):
       y = _layer_norm(cfg, 'final_norm')(y)
     if cfg.logits_via_embedding:
       kernel, bias = self.embed.output_kernel(), None
+      if cfg.logits_bias:
+        bias = jnp.asarray(self.param(
+            'logits_bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
+            (cfg.output_vocab_size,), cfg.param_dtype), cfg.dtype)
     else:
       kernel, bias = Linear((cfg.output_vocab_size,), ('vocab', 'embed'), dtype=cfg.dtype,
                             param_dtype=cfg.param_dtype, name='logits').weights((cfg.d_model,))

@@ -49,18 +49,20 @@ _BATCH_TO_MODEL = {'inputs_position': 'inputs_positions', 'targets_position': 't
 
 def learning_rate_schedule(d_model: int, warmup_steps: int, multiplier: float = 1.0,
                            cooldown_steps: int = 0, total_steps: int = 0) -> optax.Schedule:
-  """Paper eq. 3 as a function of the 1-based step s:
+  """Paper eq. 3 as a function of the 1-based step s (update s of `total_steps`):
 
   lr(s) = multiplier · d_model^-0.5 · min(s^-0.5, s · warmup^-1.5),
 
-  times min(1, (total_steps - s) / cooldown_steps) when `cooldown_steps` > 0: a linear
-  decay to 0 over the last `cooldown_steps` steps (not in the paper; for short runs).
+  times min(1, (total_steps + 1 - s) / (cooldown_steps + 1)) when `cooldown_steps` > 0:
+  the last `cooldown_steps` updates decay linearly, by 1/(cooldown_steps + 1) of the rate
+  each, toward the 0 that step total_steps + 1 would have; every update of the run keeps a
+  positive rate (not in the paper; for short runs).
   """
   def schedule(step):
     s = jnp.maximum(jnp.asarray(step, jnp.float32), 1.0)
     lr = multiplier * d_model ** -0.5 * jnp.minimum(s ** -0.5, s * warmup_steps ** -1.5)
     if cooldown_steps:
-      lr = lr * jnp.clip((total_steps - s) / cooldown_steps, 0.0, 1.0)
+      lr = lr * jnp.clip((total_steps + 1 - s) / (cooldown_steps + 1), 0.0, 1.0)
     return lr
   return schedule
 

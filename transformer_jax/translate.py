@@ -1,11 +1,17 @@
 """Translate text with a trained checkpoint: `transformer-jax-translate --workdir DIR`.
 
-Reads stdin (or `--input`), writes exactly one line per input line, in order (an empty
-line gives an empty line) to stdout (or `--output`). Sentences are sorted by length and
-decoded in batches of fixed shapes (`--batch_size` rows, source length rounded up to a
-power of two) so that few programs are compiled; a sentence longer than the model's
-`max_len` tokens is cut to it, with a warning on stderr. Uses `<workdir>/averaged` when present.
-With `--reference`, sacreBLEU and tokenized BLEU of the output are printed on stderr.
+Reads stdin (or `--input`), writes exactly one line per input line, in order (a line with
+no content, e.g. blank or only zero-width characters, gives an empty line) to stdout (or
+`--output`). Input that is not UTF-8 is an error naming the file and its first bad line
+(with the count of such lines); a byte-order mark starting the input is skipped. Sentences
+are sorted by length and decoded in batches of fixed shapes (`--batch_size` rows, source
+length rounded up to a power of two) so that few programs are compiled; a sentence longer
+than the model's `max_len` tokens is cut to it, with a warning on stderr. Uses
+`<workdir>/averaged` when present.
+With `--reference`, sacreBLEU and tokenized BLEU of the output are printed on stderr, with
+sacreBLEU's defaults for `--target_lang` (default: the training config's `target_lang`
+from `<workdir>/config.json`): the zh / ja-mecab / ko-mecab tokenizers for Chinese,
+Japanese, Korean, 13a otherwise.
 Each batch is split over all of JAX's devices; on a CPU host JAX is first told to present
 the CPU as `--cpu_devices` devices (default: 2 where there are at least 2 cores, unless
 the environment sets JAX_NUM_CPU_DEVICES or XLA's host device count), whose
@@ -17,6 +23,7 @@ stderr, exit 2 (`cli`). The work is done by `transformer_jax.inference`; no Tens
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import sys
@@ -25,7 +32,7 @@ from typing import Optional, Sequence
 import jax
 
 from transformer_jax import bleu, cli, inference, sharding
-from transformer_jax.workdir import CheckpointError
+from transformer_jax.workdir import CheckpointError, Workdir
 
 PROG = 'transformer-jax-translate'
 
@@ -55,8 +62,24 @@ def use_cpu_devices(count: int) -> None:
                     'device(s)', count, len(jax.devices('cpu')))
 
 
+def bleu_language(flag: Optional[str], workdir: str) -> str:
+  """The target language for BLEU: `flag`, else the workdir's config.json ('' with a
+  warning if it has none); UserError if sacreBLEU cannot load its tokenizer."""
+  target_lang = flag if flag is not None else Workdir(workdir).saved_config().get(
+      'target_lang') or ''
+  if flag is None and not target_lang:
+    logging.warning('no --target_lang and no target_lang in %s/config.json: BLEU with the '
+                    '13a tokenizer', workdir)
+  try:
+    bleu.sacrebleu_metric(target_lang)
+  except ValueError as e:
+    raise cli.UserError(str(e)) from None
+  return target_lang
+
+
 def _read_lines(path: Optional[str]) -> list[str]:
-  """Lines of `path` (or stdin) without their line ends; a final newline adds no line."""
+  """Lines of `path` (or stdin) without their line ends; a final newline adds no line, a
+  UTF-8 byte-order mark at the start is skipped. UserError if a line is not UTF-8."""
   try:
     if path is None:
       data = sys.stdin.buffer.read()
@@ -65,10 +88,26 @@ def _read_lines(path: Optional[str]) -> list[str]:
         data = f.read()
   except OSError as e:
     raise cli.UserError(f'cannot read {path}: {e.strerror}') from None
-  lines = data.decode('utf-8', errors='replace').split('\n')
+  data = data.removeprefix(codecs.BOM_UTF8)
+  try:
+    lines = data.decode('utf-8').split('\n')
+  except UnicodeDecodeError:
+    raise cli.UserError(_not_utf8(path or '<stdin>', data)) from None
   if lines[-1] == '':
     lines.pop()
   return [line.rstrip('\r') for line in lines]
+
+
+def _not_utf8(name: str, data: bytes, shown: int = 10) -> str:
+  """'name:N: not UTF-8 (K lines: N, ...)' for the lines of `data` that do not decode."""
+  bad = []
+  for number, line in enumerate(data.split(b'\n'), start=1):
+    try:
+      line.decode('utf-8')
+    except UnicodeDecodeError:
+      bad.append(number)
+  listed = ', '.join(map(str, bad[:shown])) + (', ...' if len(bad) > shown else '')
+  return f'{name}:{bad[0]}: not UTF-8 ({len(bad)} line{"s" * (len(bad) > 1)}: {listed})'
 
 
 def _write_lines(path: Optional[str], lines: Sequence[str]) -> None:
@@ -97,6 +136,10 @@ def build_parser() -> cli.ArgumentParser:
                       help='output length limit = source length + this')
   parser.add_argument('--reference', help='reference translations, one per input line: '
                       'print sacreBLEU and tokenized BLEU of the output on stderr')
+  parser.add_argument('--target_lang',
+                      help="language of the output for --reference's BLEU tokenizer (zh, ja, "
+                      "ko: sacreBLEU's language defaults; others: 13a); default: the "
+                      "workdir's config.json target_lang")
   parser.add_argument('--batch_size', type=int, default=32, help='sentences per batch')
   parser.add_argument('--cpu_devices', type=int,
                       help='on a CPU host, split each batch over this many JAX devices '
@@ -126,6 +169,8 @@ def _translate(args) -> None:
   if references is not None and len(references) != len(lines):
     raise cli.UserError(f'{args.reference} has {len(references)} lines but the input '
                         f'{len(lines)}')
+  if references is not None:
+    target_lang = bleu_language(args.target_lang, args.workdir)
   translate_fn = inference.make_translate_fn(model, beam_size=args.beam_size, alpha=args.alpha,
                                              max_extra_len=args.max_extra_len, mesh=mesh)
   outputs = inference.translate_lines(lines, translate_fn, model.vocab,
@@ -134,7 +179,8 @@ def _translate(args) -> None:
                                       progress=not args.no_progress)
   _write_lines(args.output, outputs)
   if references is not None:
-    print(bleu.format_scores(bleu.corpus_bleu(outputs, references)), file=sys.stderr)
+    scores = bleu.corpus_bleu(outputs, references, target_lang=target_lang)
+    print(bleu.format_scores(scores), file=sys.stderr)
 
 
 def run() -> None:
