@@ -154,6 +154,94 @@ def test_filter_logits_matches_temperature_and_top_k():
   np.testing.assert_array_equal(decode.filter_logits(logits, 1.0, 10), logits)  # top_k > V
 
 
+def test_top_p_keeps_the_nucleus():
+  """Probabilities 0.5, 0.25, 0.15, 0.1: the nucleus of 0.7 is the first two (0.5 < 0.7
+  before the second, 0.75 before the third), of 0.5 the first alone; top-k filters first
+  (top 3: 0.56, 0.28, 0.17)."""
+  logits = jnp.log(jnp.array([0.5, 0.25, 0.15, 0.1]))
+  for top_k, top_p, kept in ((0, 0.7, 2), (0, 0.5, 1), (0, 0.76, 3), (0, 1.0, 4), (2, 0.9, 2),
+                             (3, 0.85, 3), (3, 0.8, 2)):
+    filtered = decode.filter_logits(logits, 1.0, top_k, top_p)
+    np.testing.assert_array_equal(filtered[:kept], logits[:kept])
+    assert np.all(np.isneginf(filtered[kept:]))
+  # Temperature first: at 0.5 the probabilities are 0.66, 0.17, 0.10, 0.07.
+  assert np.sum(np.isfinite(decode.filter_logits(logits, 0.5, 0, 0.7))) == 1
+
+
+def test_sampling_is_reproducible_and_unfiltered_at_top_p_1_and_top_k_v(tiny_config,
+                                                                          tiny_params, sources):
+  plain = decode.sample(tiny_params, tiny_config, sources, jax.random.key(5), max_extra_len=4)
+  again = decode.sample(tiny_params, tiny_config, sources, jax.random.key(5), max_extra_len=4)
+  unfiltered = decode.sample(tiny_params, tiny_config, sources, jax.random.key(5), top_p=1.0,
+                             top_k=tiny_config.vocab_size, max_extra_len=4)
+  for other in (again, unfiltered):
+    np.testing.assert_array_equal(other[0], plain[0])
+    np.testing.assert_array_equal(other[1], plain[1])
+  greedy = decode.greedy_decode(tiny_params, tiny_config, sources, max_extra_len=4)
+  nucleus = decode.sample(tiny_params, tiny_config, sources, jax.random.key(5), top_p=1e-6,
+                          max_extra_len=4)  # the most likely token alone
+  np.testing.assert_array_equal(nucleus[0], greedy[0])
+  np.testing.assert_allclose(nucleus[1], greedy[1], atol=1e-5)
+  with pytest.raises(ValueError, match=r'top_p must be in \(0, 1\]'):
+    decode.sample(tiny_params, tiny_config, sources, jax.random.key(5), top_p=0.0)
+
+
+@pytest.fixture(scope='module')
+def other_member(tiny_config):
+  """A smaller model with the tiny model's vocabulary: an ensemble member of another size."""
+  config = tiny_config.replace(d_model=16, d_ff=32, num_heads=2, num_encoder_layers=1,
+                               num_decoder_layers=1)
+  ones = jnp.ones((1, 8), jnp.int32)
+  return config, nn.meta.unbox(jax.jit(Transformer(config).init)(jax.random.key(9), ones,
+                                                                   ones)['params'])
+
+
+def test_ensembles_of_one_model_and_of_two_copies_decode_as_the_model(tiny_config,
+                                                                       tiny_params, sources):
+  params = tiny_params
+  kw = dict(max_extra_len=4, min_len=2)  # outputs of 3 tokens or more
+  key = jax.random.key(2)
+  runs = {
+      'greedy': lambda p, c: decode.greedy_decode(p, c, sources, **kw),
+      'beam': lambda p, c: decode.beam_search(p, c, sources, **kw),
+      'sample': lambda p, c: decode.sample(p, c, sources, key, top_k=5, **kw)}
+  for name, run in runs.items():
+    tokens, scores = run(params, tiny_config)
+    assert np.all(np.sum(np.asarray(tokens) != 0, axis=1) > 2)
+    one = run([params], [tiny_config])
+    np.testing.assert_array_equal(one[0], tokens, err_msg=name)
+    np.testing.assert_array_equal(one[1], scores, err_msg=name)
+    two = run([params, params], (tiny_config, tiny_config))
+    np.testing.assert_array_equal(two[0], tokens, err_msg=name)
+    np.testing.assert_allclose(two[1], scores, atol=1e-5, err_msg=name)
+
+
+def test_an_ensemble_scores_the_mean_of_its_members_log_probs(tiny_config, tiny_params,
+                                                              sources, other_member):
+  """Members of different sizes: each token's score is the mean of the members'
+  log-probabilities, so a sequence's is the mean of the members' teacher-forced ones."""
+  params = _adjust_output(tiny_params, tiny_config, -1.5)  # EOS less likely: long outputs
+  other_config, other_params = other_member
+  members = ([params, other_params], [tiny_config, other_config])
+  kw = dict(max_extra_len=4)
+  greedy, greedy_scores = decode.greedy_decode(*members, sources, **kw)
+  tokens, _, log_probs = decode.beam_search(*members, sources, n_best=2, **kw)
+  for outputs, scores, src in ((greedy, greedy_scores, sources),
+                               (tokens.reshape(6, -1), log_probs.reshape(-1),
+                                jnp.repeat(sources, 2, 0))):
+    expected = (_teacher_forced_log_prob(tiny_config, params, src, outputs)
+                + _teacher_forced_log_prob(other_config, other_params, src, outputs)) / 2
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+  assert np.all(np.sum(np.asarray(greedy) != 0, axis=1) > 2)
+  alone, _ = decode.greedy_decode(params, tiny_config, sources, **kw)
+  assert not np.array_equal(alone, greedy)  # the other member changes the outputs
+  with pytest.raises(ValueError, match='must share their vocabularies'):
+    decode.greedy_decode([params, other_params],
+                         [tiny_config, other_config.replace(vocab_size=41)], sources)
+  with pytest.raises(ValueError, match='one params per config, got 1 params and 2 configs'):
+    decode.beam_search([params], [tiny_config, other_config], sources)
+
+
 def test_chunked_top_log_probs_equal_lax_top_k_of_log_softmax_with_ties_and_minus_inf():
   """Beam search ranks a hypothesis' tokens through `_top_log_probs` (chunk maxima first,
   on vocabulary-major logits): it must give the values of lax.top_k of log_softmax, its
@@ -200,10 +288,10 @@ def test_translate_batch_and_trim(tiny_config, params, sources):
       [5, 6], [7], [3, 4, 5, 6]]
 
 
-def test_beam_search_finds_the_exhaustive_optimum():
+def test_beam_search_finds_the_exhaustive_optimum_and_n_best_list():
   """Vocabulary 6 (4 real words + pad + EOS), outputs of at most 4 tokens: a beam of 320
   keeps every candidate of every step, so beam search must return the best-scoring
-  sequence overall."""
+  sequence overall, and its n-best list the best n, for any length penalty."""
   config = TransformerConfig(vocab_size=6, d_model=16, d_ff=32, num_heads=2,
                              num_encoder_layers=1, num_decoder_layers=1, max_len=16,
                              dropout_rate=0.0, logits_via_embedding=False)
@@ -213,23 +301,104 @@ def test_beam_search_finds_the_exhaustive_optimum():
   logits_layer = params['decoder']['logits']  # sharper outputs: a less flat search space
   params['decoder']['logits'] = {**logits_layer, 'kernel': 2.0 * logits_layer['kernel']}
   src = jnp.array([[3, 4, 5, 0]])
-  max_len, alpha = 4, 0.6
-  candidates = [list(words) + [EOS] for n in range(max_len)
-                for words in itertools.product(range(2, 6), repeat=n)]
+  max_len, n = 4, 5
+  candidates = [list(words) + [EOS] for length in range(max_len)
+                for words in itertools.product(range(2, 6), repeat=length)]
   candidates += [list(words) for words in itertools.product(range(2, 6), repeat=max_len)]
   tokens = jnp.array([c + [0] * (max_len - len(c)) for c in candidates])
   log_probs = _teacher_forced_log_prob(config, params, jnp.repeat(src, len(candidates), 0),
                                        tokens)
   lengths = jnp.array([len(c) for c in candidates], jnp.float32)
-  scores = log_probs / decode.length_penalty(lengths, alpha)
-  best = int(jnp.argmax(scores))
   greedy, _ = decode.greedy_decode(params, config, src, max_decode_len=max_len)
-  assert candidates[best][-1] == EOS and not np.array_equal(greedy[0], tokens[best])
+  for alpha in (0.0, 0.6, 2.0):
+    scores = log_probs / decode.length_penalty(lengths, alpha)
+    best = np.argsort(-np.asarray(scores), kind='stable')[:n]
+    if alpha == 0.6:
+      assert candidates[best[0]][-1] == EOS and not np.array_equal(greedy[0], tokens[best[0]])
+    found, found_score = decode.beam_search(params, config, src, beam_size=320, alpha=alpha,
+                                            max_decode_len=max_len)
+    np.testing.assert_array_equal(found[0], tokens[best[0]])
+    np.testing.assert_allclose(found_score[0], scores[best[0]], atol=1e-5)
+    listed, listed_scores, listed_log_probs = decode.beam_search(
+        params, config, src, beam_size=320, alpha=alpha, max_decode_len=max_len, n_best=n)
+    np.testing.assert_array_equal(listed[0], tokens[best])
+    np.testing.assert_allclose(listed_scores[0], scores[best], atol=1e-5)
+    np.testing.assert_allclose(listed_log_probs[0], log_probs[best], atol=1e-5)
 
-  found, found_score = decode.beam_search(params, config, src, beam_size=320, alpha=alpha,
-                                          max_decode_len=max_len)
-  np.testing.assert_array_equal(found[0], tokens[best])
-  np.testing.assert_allclose(found_score[0], scores[best], atol=1e-5)
+
+TINY = TransformerConfig(vocab_size=7, d_model=16, d_ff=32, num_heads=2, num_encoder_layers=1,
+                         num_decoder_layers=1, max_len=16, dropout_rate=0.0)
+
+
+def _random_tiny_models(keys):
+  """Params of TINY models (vocabulary 7, d_model 16, 1+1 layers), stacked along keys."""
+  ones = jnp.ones((1, 4), jnp.int32)
+  init = lambda key: nn.meta.unbox(Transformer(TINY).init(key, ones, ones)['params'])
+  return jax.jit(jax.vmap(init))(keys)
+
+
+def test_beam_search_continues_while_an_alive_hypothesis_can_win():
+  """Issue 26's kind of case: beam 2, alpha 0.6. After step 2 two hypotheses have
+  finished, [EOS] and [5, EOS] (score -1.938), but the alive [5, 5] (log-prob -0.979) can
+  still beat them; it finishes one step later as [5, 5, EOS] (-1.684). Stopping once K
+  hypotheses had finished returned [5, EOS]."""
+  params = jax.tree.map(lambda x: x[0], _random_tiny_models(
+      jax.random.split(jax.random.key(0), 1500)[1132:1133]))
+  src = jnp.array([[3, 4, 5, 6]])
+  tokens, scores, log_probs = decode.beam_search(params, TINY, src, beam_size=2, alpha=0.6,
+                                                 max_extra_len=4, n_best=2)
+  np.testing.assert_array_equal(tokens[0, :, :3], [[5, 5, EOS], [5, EOS, 0]])
+  np.testing.assert_allclose(scores[0], [-1.684, -1.938], atol=1e-3)
+  np.testing.assert_allclose(log_probs[0, 0] - log_probs[0, 1], -2.0016 + 2.1253, atol=1e-3)
+  best, best_score = decode.beam_search(params, TINY, src, beam_size=2, alpha=0.6,
+                                        max_extra_len=4)
+  np.testing.assert_array_equal(best, tokens[:, 0])
+  np.testing.assert_allclose(best_score, scores[:, 0])
+
+
+def test_stopping_early_never_changes_what_the_beam_returns():
+  """48 random tiny models x 3 sentences x alpha in {0, 0.6, 2}, beam 2 (one vmapped call
+  per variant): the result (1-best, and the whole n-best list) equals that of the same beam
+  run to every sentence's length limit."""
+  params = _random_tiny_models(jax.random.split(jax.random.key(1), 48))
+  alphas = jnp.repeat(jnp.array([0.0, 0.6, 2.0]), 48)
+  params = jax.tree.map(lambda x: jnp.concatenate([x] * 3), params)
+  src = jnp.array([[3, 4, 5, 6], [2, 3, 0, 0], [6, 5, 4, 0]])
+
+  def run(n_best, stop_early):
+    search = functools.partial(decode._beam_search, config=TINY, inputs=src, max_extra_len=4,
+                               min_len=0, beam_size=2, max_decode_len=8, eos_id=EOS,
+                               n_best=n_best, stop_early=stop_early)
+    return jax.jit(jax.vmap(lambda p, alpha: search(p, alpha=alpha)))(params, alphas)
+
+  full = run(2, False)
+  for n_best in (1, 2):
+    tokens, scores, log_probs = run(n_best, True)
+    np.testing.assert_array_equal(tokens, full[0][:, :, :n_best])
+    np.testing.assert_allclose(scores, full[1][:, :, :n_best], atol=1e-6)
+    np.testing.assert_allclose(log_probs, full[2][:, :, :n_best], atol=1e-6)
+
+
+def test_n_best_lists_are_distinct_sorted_and_score_their_tokens(tiny_config, params,
+                                                                 sources):
+  tokens, scores, log_probs = decode.beam_search(params, tiny_config, sources, beam_size=4,
+                                                 max_extra_len=4, n_best=4)
+  assert tokens.shape == (3, 4, S + 4) and scores.shape == log_probs.shape == (3, 4)
+  for row in np.asarray(tokens):
+    assert len({r.tobytes() for r in row}) == 4
+  assert np.all(np.diff(np.asarray(scores), axis=1) <= 0)
+  flat = tokens.reshape(12, -1)
+  expected = _teacher_forced_log_prob(tiny_config, params, jnp.repeat(sources, 4, 0), flat)
+  np.testing.assert_allclose(log_probs.reshape(-1), expected, atol=1e-5)
+  lengths = np.sum(np.asarray(flat) != 0, axis=-1)
+  np.testing.assert_allclose(scores.reshape(-1),
+                             expected / decode.length_penalty(lengths, 0.6), atol=1e-5)
+  best, best_scores = decode.beam_search(params, tiny_config, sources, max_extra_len=4)
+  np.testing.assert_array_equal(best, tokens[:, 0])
+  np.testing.assert_allclose(best_scores, scores[:, 0], atol=1e-6)
+  for bad in (0, 5):
+    with pytest.raises(ValueError, match=r'n_best must be in \[1, beam_size=4\]'):
+      decode.beam_search(params, tiny_config, sources, n_best=bad)
 
 
 SHARDED = '''
@@ -249,6 +418,13 @@ for fn in (decode.greedy_decode, decode.beam_search):
   expected, _ = fn(params, config, src, max_extra_len=4)
   got, _ = fn(params, config, sharded, max_extra_len=4, mesh=mesh)
   np.testing.assert_array_equal(got, expected)
+# n-best lists and ensembles too.
+for members, fn, kw in (((params, config), decode.beam_search, {'n_best': 2}),
+                        (([params] * 2, [config] * 2), decode.greedy_decode, {})):
+  expected = fn(*members, src, max_extra_len=4, **kw)
+  got = fn(*members, sharded, max_extra_len=4, mesh=mesh, **kw)
+  np.testing.assert_array_equal(got[0], expected[0])
+  np.testing.assert_allclose(got[1], expected[1], atol=1e-5)
 # Each device decodes its own rows: no collectives, not even to agree on when to stop.
 local = decode._per_device(decode._beam_search, config, mesh, ('data',), 3,
                            (('beam_size', 4), ('eos_id', 1), ('max_decode_len', 12)))

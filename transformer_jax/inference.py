@@ -1,10 +1,12 @@
 """Inference from a training workdir: load the model and its vocabulary, translate lines.
 
-`load_model(workdir)` -> `LoadedModel` (params, `TransformerConfig`, `Tokenizer`);
+`load_model(workdir)` -> `LoadedModel` (params, `TransformerConfig`, vocabulary);
 `make_translate_fn(model, beam_size=..., mesh=...)` -> a function from [B, S] source ids to
 [B, L] output ids; `translate_lines(lines, fn, vocab, ...)` batches sentences by length
 (fixed shapes: `batch_size` rows, source length rounded up to a power of two, so that few
-programs are compiled) and returns one output per line, in order. The translate CLI,
+programs are compiled) and returns one output per line, in order; a line with no content
+(`source_ids` None: blank, zero-width or format characters only) gives '' without reaching
+the model, and a BOM starting a line is dropped. The translate CLI,
 `visualize` and training's evaluation (`tasks`) all use these. No TensorFlow, no flags.
 """
 
@@ -19,17 +21,23 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import regex
 from flax import linen as nn
 from jax.sharding import Mesh
 from tqdm import tqdm
 
 from transformer_jax import checkpoint, decode, sharding
 from transformer_jax.model import Transformer, TransformerConfig
-from transformer_jax.tokenizer import Tokenizer
+from transformer_jax.tokenizer import EOS_ID, Vocabulary, load_vocabulary as read_vocabulary
 from transformer_jax.workdir import (CheckpointError, Workdir, file_sha256,
                                      model_config_from_dict, model_config_to_dict, read_json)
 
 MIN_BUCKET = 16
+BOM = '\ufeff'
+# Text with nothing to translate: white space, control characters and Unicode's
+# default-ignorable code points (zero-width spaces and joiners, BOM, soft hyphen, bidi and
+# variation marks, ...), which SentencePiece drops or maps to <unk>.
+_NO_CONTENT = regex.compile(r'[\p{White_Space}\p{Cc}\p{Default_Ignorable_Code_Point}]*')
 
 # Source ids [B, S] (int32, 0-padded) -> output ids [B, L].
 TranslateFn = Callable[[np.ndarray], np.ndarray]
@@ -44,7 +52,7 @@ class LoadedModel:
   """What a training workdir provides for inference."""
   params: Any
   config: TransformerConfig
-  vocab: Tokenizer
+  vocab: Vocabulary
 
 
 def load_for_inference(workdir: str) -> tuple[Any, TransformerConfig, str]:
@@ -75,11 +83,12 @@ def load_for_inference(workdir: str) -> tuple[Any, TransformerConfig, str]:
   return params, cfg, vocab_path
 
 
-def load_vocabulary(path: str, config: TransformerConfig) -> Tokenizer:
-  """The SentencePiece model at `path`, checked against the model's ids and vocabulary size."""
+def load_vocabulary(path: str, config: TransformerConfig) -> Vocabulary:
+  """The vocabulary at `path` (a SentencePiece model, or an imported model's two-model
+  vocabulary), checked against the model's ids and vocabulary size."""
   try:
     with open(path, 'rb') as f:
-      vocab = Tokenizer(f.read())
+      vocab = read_vocabulary(f.read())
   except (OSError, RuntimeError, ValueError) as e:
     raise InferenceError(f'cannot load the vocabulary {path}: {str(e).splitlines()[0]}') from None
   if vocab.vocab_size > min(config.vocab_size, config.output_vocab_size):
@@ -128,19 +137,31 @@ def fit_source(ids: Sequence[int], max_len: int) -> list[int]:
   return list(ids) if len(ids) <= max_len else list(ids[:max_len - 1]) + list(ids[-1:])
 
 
+def source_ids(line: str, vocab: Any) -> Optional[list[int]]:
+  """The ids `vocab` encodes `line` to (EOS last), or None if it has nothing to translate:
+  only white space, control or default-ignorable characters, or no token before the EOS.
+  A byte-order mark starting the line (a file's signature) is dropped first."""
+  line = line.removeprefix(BOM)
+  if _NO_CONTENT.fullmatch(line):
+    return None
+  ids = vocab.encode(line)
+  return None if list(ids) == [EOS_ID] else ids
+
+
 def translate_lines(lines: Sequence[str], translate_fn: TranslateFn, vocab: Any, *,
                     batch_size: int, max_source_len: int, progress: bool = True) -> list[str]:
   """Translate `lines` (one sentence each) -> one output per line, in the input order.
 
-  `vocab` has `encode(str) -> ids` (EOS appended) and `decode(ids) -> str`. Blank lines
-  give empty outputs without touching the model; longer sources are cut to
-  `max_source_len` tokens (EOS kept), with a warning. Batches always have `batch_size` rows.
+  `vocab` has `encode(str) -> ids` (EOS appended) and `decode(ids) -> str`. Lines with
+  no content (`source_ids` None: blank, zero-width characters only, ...) give empty
+  outputs without touching the model; longer sources are cut to `max_source_len` tokens
+  (EOS kept), with a warning. Batches always have `batch_size` rows.
   """
   outputs = [''] * len(lines)
   encoded, cut = {}, []
   for i, line in enumerate(lines):
-    if line.strip():
-      ids = vocab.encode(line)
+    ids = source_ids(line, vocab)
+    if ids is not None:
       encoded[i] = fit_source(ids, max_source_len)
       if len(ids) > max_source_len:
         cut.append(i)

@@ -1,11 +1,17 @@
 """Translate text with a trained checkpoint: `transformer-jax-translate --workdir DIR`.
 
-Reads stdin (or `--input`), writes exactly one line per input line, in order (an empty
-line gives an empty line) to stdout (or `--output`). Sentences are sorted by length and
-decoded in batches of fixed shapes (`--batch_size` rows, source length rounded up to a
-power of two) so that few programs are compiled; a sentence longer than the model's
-`max_len` tokens is cut to it, with a warning on stderr. Uses `<workdir>/averaged` when present.
-With `--reference`, sacreBLEU and tokenized BLEU of the output are printed on stderr.
+Reads stdin (or `--input`), writes exactly one line per input line, in order (a line with
+no content, e.g. blank or only zero-width characters, gives an empty line) to stdout (or
+`--output`). Input that is not UTF-8 is an error naming the file and its first bad line
+(with the count of such lines); a byte-order mark starting the input is skipped. Sentences
+are sorted by length and decoded in batches of fixed shapes (`--batch_size` rows, source
+length rounded up to a power of two) so that few programs are compiled; a sentence longer
+than the model's `max_len` tokens is cut to it, with a warning on stderr. Uses
+`<workdir>/averaged` when present.
+With `--reference`, sacreBLEU and tokenized BLEU of the output are printed on stderr, with
+sacreBLEU's defaults for `--target_lang` (default: the training config's `target_lang`
+from `<workdir>/config.json`): the zh / ja-mecab / ko-mecab tokenizers for Chinese,
+Japanese, Korean, 13a otherwise.
 Each batch is split over all of JAX's devices; on a CPU host JAX is first told to present
 the CPU as `--cpu_devices` devices (default: 2 where there are at least 2 cores, unless
 the environment sets JAX_NUM_CPU_DEVICES or XLA's host device count), whose
@@ -25,7 +31,7 @@ from typing import Optional, Sequence
 import jax
 
 from transformer_jax import bleu, cli, inference, sharding
-from transformer_jax.workdir import CheckpointError
+from transformer_jax.workdir import CheckpointError, Workdir
 
 PROG = 'transformer-jax-translate'
 
@@ -55,6 +61,21 @@ def use_cpu_devices(count: int) -> None:
                     'device(s)', count, len(jax.devices('cpu')))
 
 
+def bleu_language(flag: Optional[str], workdir: str) -> str:
+  """The target language for BLEU: `flag`, else the workdir's config.json ('' with a
+  warning if it has none); UserError if sacreBLEU cannot load its tokenizer."""
+  target_lang = flag if flag is not None else Workdir(workdir).saved_config().get(
+      'target_lang') or ''
+  if flag is None and not target_lang:
+    logging.warning('no --target_lang and no target_lang in %s/config.json: BLEU with the '
+                    '13a tokenizer', workdir)
+  try:
+    bleu.sacrebleu_metric(target_lang)
+  except ValueError as e:
+    raise cli.UserError(str(e)) from None
+  return target_lang
+
+
 def build_parser() -> cli.ArgumentParser:
   parser = cli.ArgumentParser(prog=PROG, description=__doc__.split('\n')[0])
   parser.add_argument('--workdir', required=True, help='training directory with checkpoints')
@@ -66,6 +87,10 @@ def build_parser() -> cli.ArgumentParser:
                       help='output length limit = source length + this')
   parser.add_argument('--reference', help='reference translations, one per input line: '
                       'print sacreBLEU and tokenized BLEU of the output on stderr')
+  parser.add_argument('--target_lang',
+                      help="language of the output for --reference's BLEU tokenizer (zh, ja, "
+                      "ko: sacreBLEU's language defaults; others: 13a); default: the "
+                      "workdir's config.json target_lang")
   parser.add_argument('--batch_size', type=int, default=32, help='sentences per batch')
   parser.add_argument('--cpu_devices', type=int,
                       help='on a CPU host, split each batch over this many JAX devices '
@@ -95,6 +120,8 @@ def _translate(args) -> None:
   if references is not None and len(references) != len(lines):
     raise cli.UserError(f'{args.reference} has {len(references)} lines but the input '
                         f'{len(lines)}')
+  if references is not None:
+    target_lang = bleu_language(args.target_lang, args.workdir)
   translate_fn = inference.make_translate_fn(model, beam_size=args.beam_size, alpha=args.alpha,
                                              max_extra_len=args.max_extra_len, mesh=mesh)
   outputs = inference.translate_lines(lines, translate_fn, model.vocab,
@@ -103,7 +130,8 @@ def _translate(args) -> None:
                                       progress=not args.no_progress)
   cli.write_lines(args.output, outputs)
   if references is not None:
-    print(bleu.format_scores(bleu.corpus_bleu(outputs, references)), file=sys.stderr)
+    scores = bleu.corpus_bleu(outputs, references, target_lang=target_lang)
+    print(bleu.format_scores(scores), file=sys.stderr)
 
 
 def run() -> None:

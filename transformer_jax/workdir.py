@@ -5,6 +5,8 @@
 <workdir>/checkpoints_corrupt/<step>-<t>  corrupt steps moved aside by a resume
 <workdir>/averaged/                      the average of the last steps (`average_checkpoints`)
 <workdir>/spm.model                      the vocabulary, unless config.vocab_path names one
+<workdir>/vocab.two_models.json          ... or that of an imported Marian model (`marian`)
+<workdir>/marian_files.json              an imported Marian model's Transformers JSON files
 <workdir>/config.json                    the training config (once a resume accepted it)
 <workdir>/model_config.json              the TransformerConfig, as `model_config_to_dict`
 <workdir>/metrics.jsonl, tensorboard/    scalars (`metrics.MetricWriter`)
@@ -26,6 +28,11 @@ import jax.numpy as jnp
 from transformer_jax.model import TransformerConfig
 
 _DTYPE_FIELDS = ('dtype', 'param_dtype')
+# Model-config fields added after checkpoints were first written: saved only when they
+# differ from the default, so that older checkpoints' configs still compare equal.
+_OPTIONAL_FIELDS = ('activation', 'scale_embedding', 'logits_bias', 'zero_pad_embedding')
+# The vocabulary file of an imported model (a `tokenizer.TwoModelVocabulary`).
+TWO_MODEL_VOCAB = 'vocab.two_models.json'
 
 
 class CheckpointError(ValueError):
@@ -35,7 +42,8 @@ class CheckpointError(ValueError):
 # Workdir attribute -> path below the root.
 _LAYOUT = {'checkpoints': 'checkpoints', 'corrupt': 'checkpoints_corrupt', 'averaged': 'averaged',
            'config_json': 'config.json', 'model_config_json': 'model_config.json',
-           'metrics_jsonl': 'metrics.jsonl', 'tensorboard': 'tensorboard'}
+           'metrics_jsonl': 'metrics.jsonl', 'tensorboard': 'tensorboard',
+           'two_model_vocab': TWO_MODEL_VOCAB, 'marian_files': 'marian_files.json'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +57,8 @@ class Workdir:
   model_config_json: str = dataclasses.field(init=False)
   metrics_jsonl: str = dataclasses.field(init=False)
   tensorboard: str = dataclasses.field(init=False)
+  two_model_vocab: str = dataclasses.field(init=False)
+  marian_files: str = dataclasses.field(init=False)
 
   def __post_init__(self):
     root = os.path.abspath(os.fspath(self.root))
@@ -64,27 +74,48 @@ class Workdir:
     return self._path('translations', f'{label}_step{step}.txt')
 
   def vocab_path(self, configured: str = '') -> str:
-    """The vocabulary: `configured` (config.vocab_path) if set, else `<workdir>/spm.model`."""
-    return configured or self._path('spm.model')
+    """The vocabulary: `configured` (config.vocab_path) if set, else `<workdir>/spm.model`
+    (or an imported model's two-model vocabulary, where it has one)."""
+    if configured:
+      return configured
+    imported = os.path.exists(self.two_model_vocab)
+    return self.two_model_vocab if imported else self._path('spm.model')
+
+  def saved_config(self) -> dict[str, Any]:
+    """The training config a run wrote to config.json ({} if there is none)."""
+    return read_json(self.config_json) if os.path.exists(self.config_json) else {}
 
   def saved_vocab_path(self) -> str:
     """The vocabulary a finished run used: `vocab_path` of its config.json (if any)."""
-    saved = read_json(self.config_json) if os.path.exists(self.config_json) else {}
-    return self.vocab_path(saved.get('vocab_path') or '')
+    return self.vocab_path(self.saved_config().get('vocab_path') or '')
 
   def adopt_vocabulary(self, other: 'Workdir', configured: str = '') -> None:
-    """Copy the vocabulary `other` (a finished run) used to this run's, unless it has one."""
-    path = self.vocab_path(configured)
-    if not os.path.exists(path):
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      tmp = f'{path}.tmp-{os.getpid()}'
-      shutil.copyfile(other.saved_vocab_path(), tmp)
-      os.replace(tmp, path)
+    """Copy the vocabulary `other` (a finished or imported run) used to this run's default
+    place (spm.model, or the two-model file for an imported one), unless config.vocab_path
+    names one (`configured`) or the run already has one."""
+    source = other.saved_vocab_path()
+    imported = source == other.two_model_vocab
+    path = self.two_model_vocab if imported else self._path('spm.model')
+    if configured or os.path.exists(self.vocab_path()):
+      return
+    os.makedirs(self.root, exist_ok=True)
+    tmp = f'{path}.tmp-{os.getpid()}'
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, path)
 
   def steps(self) -> list[int]:
     """Steps with a finalized directory under checkpoints/ (none if it does not exist)."""
     directory = self.checkpoints
     return [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+
+  def save_failure(self, step: int, cause: str) -> str:
+    """One line for a checkpoint save that failed: the step and path being written,
+    `cause`, and the last complete step (where a rerun resumes)."""
+    done = [s for s in self.steps() if s != step]
+    last = (f'the last complete checkpoint is step {max(done)} '
+            f'({self.checkpoints}/{max(done)}), where a rerun resumes'
+            if done else 'no checkpoint is complete yet')
+    return f'cannot write checkpoint step {step} to {self.checkpoints}/{step}: {cause}; {last}'
 
   def write_config(self, config: Any) -> None:
     """Write the training ConfigDict to config.json."""
@@ -103,8 +134,13 @@ class Workdir:
 
 
 def model_config_to_dict(cfg: TransformerConfig) -> dict[str, Any]:
-  """TransformerConfig -> JSON-able dict (dtypes as names, e.g. 'bfloat16')."""
+  """TransformerConfig -> JSON-able dict (dtypes as names, e.g. 'bfloat16'; the
+  `_OPTIONAL_FIELDS` only where they differ from their defaults)."""
   values = dataclasses.asdict(cfg)
+  defaults = {f.name: f.default for f in dataclasses.fields(TransformerConfig)}
+  for key in _OPTIONAL_FIELDS:
+    if values[key] == defaults[key]:
+      del values[key]
   for key in _DTYPE_FIELDS:
     values[key] = jnp.dtype(values[key]).name
   return values

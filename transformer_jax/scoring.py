@@ -1,0 +1,108 @@
+"""Force-decoding of given translations: their scores and word alignments, from one
+teacher-forced forward pass (no search).
+
+Shapes: B = batch, S = source length, T = target length, V = vocabulary. Targets hold each
+sentence's tokens, its EOS and padding (0) after it, as decoding outputs them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from transformer_jax.decode import NEG_INF, PAD_ID, as_ensemble
+from transformer_jax.model import Transformer, TransformerConfig
+
+Array = jax.Array
+
+WORD_START = '\u2581'  # SentencePiece's mark of a piece that begins a whitespace word
+
+
+@functools.partial(jax.jit, static_argnames=('config',))
+def _token_log_probs(params: Any, config: Any, inputs: Array, targets: Array) -> Array:
+  """[B, T] log-probability of each target token (0 at padding); an ensemble's mean."""
+  per_member = []
+  for p, c in zip(*as_ensemble(params, config)):
+    logits = Transformer(c).apply({'params': p}, inputs, targets)
+    # As in decoding: padding is never a candidate, so it takes no probability mass.
+    log_probs = jax.nn.log_softmax(logits.at[..., PAD_ID].set(NEG_INF), axis=-1)
+    per_member.append(jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0])
+  return jnp.where(targets != PAD_ID, jnp.mean(jnp.stack(per_member), axis=0), 0.0)
+
+
+def score(params: Any, config: Any, inputs: Array, targets: Array, *,
+          normalise: bool = False) -> tuple[Array, Array]:
+  """The model's log-probabilities of given translations: [B, S] source ids and [B, T]
+  target ids (EOS included, 0-padded) -> (per sentence [B]: the sum over its tokens, or
+  with `normalise` their mean; per token [B, T], 0 at padding), in nats.
+
+  They are those that decoding computes (padding is never a candidate): a translation
+  found by `decode.beam_search` scores its log-probability. One model or an ensemble (the
+  mean of its members' log-probabilities, as in decoding; see `decode.as_ensemble`).
+  """
+  params, config = as_ensemble(params, config)
+  targets = jnp.asarray(targets, jnp.int32)
+  per_token = _token_log_probs(params, config, jnp.asarray(inputs, jnp.int32), targets)
+  total = jnp.sum(per_token, axis=-1)
+  if normalise:
+    total = total / jnp.maximum(jnp.sum(targets != PAD_ID, axis=-1), 1)
+  return total, per_token
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'layer'))
+def cross_attention(params: Any, config: TransformerConfig, inputs: Array, targets: Array,
+                    layer: Optional[int] = None) -> Array:
+  """Encoder-decoder attention of decoder layer `layer` (default: the penultimate one, or
+  the only one), averaged over its heads: [B, S] source and [B, T] target ids -> [B, T, S]
+  weights of target position t (the decoder state that predicts token t) over the source;
+  each row sums to 1 over the source's non-pad tokens.
+
+  The penultimate layer's attention is the best word aligner of a Transformer's layers
+  (Garg et al. 2019, "Jointly Learning to Align and Translate with Transformer Models").
+  """
+  layers = config.num_decoder_layers
+  layer = max(layers - 2, 0) if layer is None else layer
+  if not 0 <= layer < layers:
+    raise ValueError(f'layer must be in [0, {layers}), got {layer}')
+  _, state = Transformer(config).apply({'params': params}, inputs, targets,
+                                       mutable=['intermediates'])
+  weights = state['intermediates']['decoder'][f'layer_{layer}']['cross_attention']
+  return jnp.mean(weights['attention_weights'][0], axis=1)
+
+
+def word_indices(pieces: Sequence[str]) -> list[int]:
+  """SentencePiece pieces of one sentence's words (without EOS) -> for each, the index of
+  the whitespace word it belongs to (a piece starting with '▁' starts a new word)."""
+  indices, word = [], -1
+  for piece in pieces:
+    if piece.startswith(WORD_START) or word < 0:
+      word += 1
+    indices.append(word)
+  return indices
+
+
+def align(weights: Any, source_words: Sequence[int],
+          target_words: Sequence[int]) -> list[tuple[int, int]]:
+  """Word alignment of one sentence pair from attention weights [T, S] (e.g. a sentence's
+  `cross_attention`, cut to its tokens) and each token's word index (-1: none, e.g. EOS and
+  padding; see `word_indices`): every target token with a word is aligned to the source
+  token of largest weight among those with a word, giving the pair (source word, target
+  word). -> the distinct pairs, sorted."""
+  weights = np.asarray(weights, np.float64)
+  source_words, target_words = np.asarray(source_words), np.asarray(target_words)
+  if weights.shape != (len(target_words), len(source_words)):
+    raise ValueError(f'weights of shape {weights.shape} do not match {len(target_words)} '
+                     f'target and {len(source_words)} source tokens')
+  if not np.any(source_words >= 0):
+    return []
+  best = np.argmax(np.where(source_words >= 0, weights, -np.inf), axis=1)
+  return sorted({(int(source_words[s]), int(w)) for s, w in zip(best, target_words) if w >= 0})
+
+
+def pharaoh(pairs: Sequence[tuple[int, int]]) -> str:
+  """Alignment pairs (source word i, target word j) -> Pharaoh format 'i-j i-j ...'."""
+  return ' '.join(f'{i}-{j}' for i, j in pairs)
