@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, Optional, Sequence
 
 
 class UserError(Exception):
@@ -35,6 +35,46 @@ def run_main(prog: str, body: Callable[[], None],
     print(f'{prog}: error: {message}', file=sys.stderr)
     return 2
   return 0
+
+
+def add_workdir_argument(parser: argparse.ArgumentParser) -> None:
+  """`--workdir DIR`, given once, several times or comma-separated (an ensemble) -> a list."""
+  parser.add_argument('--workdir', required=True, action='extend',
+                      type=lambda value: [w for w in value.split(',') if w],
+                      help='training directory with checkpoints; several (repeated or '
+                      'comma-separated): an ensemble of models sharing one vocabulary')
+
+
+def read_lines(path: Optional[str]) -> list[str]:
+  """Lines of `path` (or stdin) without their line ends; a final newline adds no line."""
+  try:
+    if path is None:
+      data = sys.stdin.buffer.read()
+    else:
+      with open(path, 'rb') as f:
+        data = f.read()
+  except OSError as e:
+    raise UserError(f'cannot read {path}: {e.strerror}') from None
+  lines = data.decode('utf-8', errors='replace').split('\n')
+  if lines[-1] == '':
+    lines.pop()
+  return [line.rstrip('\r') for line in lines]
+
+
+def write_lines(path: Optional[str], lines: Sequence[str]) -> None:
+  """Write `lines` to `path` (or stdout) as UTF-8, whatever the locale, like the input."""
+  text = ''.join(line + '\n' for line in lines)
+  if path is None:
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text.encode('utf-8'))
+    sys.stdout.buffer.flush()
+    return
+  try:
+    with open(path, 'w', encoding='utf-8', newline='\n') as f:
+      f.write(text)
+  except OSError as e:
+    raise UserError(f'cannot write {path}: {e.strerror}') from None
+
 
 
 def check_search_options(beam_size: int, alpha: float) -> None:
