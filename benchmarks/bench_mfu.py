@@ -33,13 +33,14 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from transformer_jax import TransformerConfig, metrics, sharding, train_lib  # noqa: E402
+from transformer_jax import TransformerConfig, loss, metrics, sharding, train_lib  # noqa: E402
 
 # The paper's optimisation recipe (§5.3-5.4), as the train step reads it.
 RECIPE = types.SimpleNamespace(
     label_smoothing=0.1, warmup_steps=4000, learning_rate_multiplier=1.0, adam_b1=0.9,
     adam_b2=0.98, adam_eps=1e-9, grad_clip_norm=0.0, grad_accum_steps=1, cooldown_steps=0,
-    num_train_steps=100_000)
+    num_train_steps=100_000, loss_chunk_tokens=loss.CHUNK_TOKENS,
+    flatten_optimizer=False)
 GIB = 2.0 ** 30
 
 
@@ -73,8 +74,10 @@ def bench(name: str, args: argparse.Namespace, mesh: jax.sharding.Mesh) -> dict:
   shards = int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES]))
   rows = max(shards, round(args.tokens / args.seq_len / shards) * shards)
   batch = synthetic_batch(rows, args.seq_len, args.vocab_size)
-  optimizer, schedule = train_lib.create_optimizer(RECIPE, cfg.d_model)
-  step = train_lib.make_train_step(cfg, RECIPE, mesh, optimizer, schedule)  # traced once, below
+  recipe = types.SimpleNamespace(**{**vars(RECIPE), 'loss_chunk_tokens': args.loss_chunk_tokens,
+                                    'flatten_optimizer': args.flatten_optimizer})
+  optimizer, schedule = train_lib.create_optimizer(recipe, cfg.d_model)
+  step = train_lib.make_train_step(cfg, recipe, mesh, optimizer, schedule)  # traced once, below
   abstract = train_lib.abstract_train_state(cfg, optimizer, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
@@ -89,7 +92,8 @@ def bench(name: str, args: argparse.Namespace, mesh: jax.sharding.Mesh) -> dict:
   result = {
       'model': name, 'device': jax.devices()[0].device_kind, 'devices': jax.device_count(),
       'mesh': dict(mesh.shape), 'dtype': args.dtype, 'remat': args.remat,
-      'attention_impl': args.attention_impl, 'rows': rows, 'seq_len': args.seq_len,
+      'attention_impl': args.attention_impl, 'loss_chunk_tokens': args.loss_chunk_tokens,
+      'flatten_optimizer': args.flatten_optimizer, 'rows': rows, 'seq_len': args.seq_len,
       'tokens_per_side': tokens, 'params': counts['total'],
       'compile_s': time.perf_counter() - start, 'model_tflop_per_step': flops / 1e12,
       'xla_tflop_per_step': float((cost or {}).get('flops', float('nan'))) * jax.device_count()
@@ -193,6 +197,11 @@ def main() -> None:
                       help='compute dtype (parameters stay float32)')
   parser.add_argument('--remat', default='none', choices=('none', 'full', 'dots'))
   parser.add_argument('--attention_impl', default=None, choices=(None, 'xla', 'cudnn'))
+  parser.add_argument('--loss_chunk_tokens', type=int, default=loss.CHUNK_TOKENS,
+                      help='tokens per chunk of the fused output projection + loss; 0: the '
+                           'whole batch at once (float32 [tokens, V] logits)')
+  parser.add_argument('--flatten_optimizer', action='store_true',
+                      help='Adam over one flat buffer of all parameters (optax.flatten)')
   parser.add_argument('--mesh', default='-1,1,1', help='data,fsdp,tensor')
   parser.add_argument('--steps', type=int, default=10,
                       help='steps per timed round: 3 rounds of back-to-back steps, the median '

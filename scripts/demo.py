@@ -53,7 +53,7 @@ def main() -> None:
     start = time.perf_counter()
     scores[beam_size], hypotheses = tasks.translate_and_score(
         params, model_cfg, tokenizer, pairs, config.decode_batch_size, config.max_eval_len,
-        beam_size=beam_size)
+        beam_size=beam_size, target_lang=config.target_lang)
     how = 'greedy' if beam_size == 1 else f'beam {beam_size}, alpha 0.6'
     path = os.path.join(args.workdir, f'test_translations_beam{beam_size}.txt')
     bleu.write_hypotheses(path, hypotheses)

@@ -51,6 +51,7 @@ def train_config():
   # Adam divides by sqrt(v) + eps: with the paper's 1e-9, float rounding in gradients
   # that are ~0 would flip whole update steps; 1e-4 keeps the comparison about sharding.
   config.adam_eps = 1e-4
+  config.loss_chunk_tokens = 32  # 4 positions of the 8 rows a chunk: the loss in 4 chunks
   return config
 
 

@@ -1,15 +1,18 @@
 """Unit tests of transformer_jax.checkpoint over a hand-made TrainState-like pytree."""
 
+import errno
 import glob
 import json
 import logging
 import os
+import shutil
 import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from flax import struct
 
@@ -132,6 +135,54 @@ def test_leftover_partial_save_is_ignored_and_cleaned(tmp_path, tiny_params, met
     c.wait()
     assert not os.path.exists(partial)
     assert c.all_steps() == [1, 2, 3]
+
+
+def _no_space(monkeypatch, at_step):
+  """Make orbax's background save of step `at_step` fail with ENOSPC as it finalizes its
+  items (once every array is written: no write is left running, see test_train for one
+  failing mid-write)."""
+  finalize = ocp.JsonCheckpointHandler.finalize
+
+  def no_space(self, directory):
+    if f'/{at_step}.orbax-checkpoint-tmp' in str(directory):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+    return finalize(self, directory)
+  monkeypatch.setattr(ocp.JsonCheckpointHandler, 'finalize', no_space)
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_a_rerun_resumes_from_the_last_step(
+    tmp_path, tiny_params, metadata, monkeypatch):
+  workdir = str(tmp_path)
+  directory = f'{tmp_path}/checkpoints'
+  _no_space(monkeypatch, at_step=2)
+  c = ckpt.Checkpointer(workdir, save_every_steps=1, keep=10, metadata=metadata)
+  assert c.maybe_save(1, make_state(tiny_params, 1))
+  assert c.maybe_save(2, make_state(tiny_params, 2))  # fails in the background
+  with pytest.raises(ckpt.CheckpointSaveError) as error:
+    c.wait()
+  assert str(error.value) == (
+      f'cannot write checkpoint step 2 to {directory}/2: no space left on device; the last '
+      f'complete checkpoint is step 1 ({directory}/1), where a rerun resumes')
+  c.wait()  # reported once
+  assert os.path.isdir(f'{directory}/2.orbax-checkpoint-tmp')
+  # A rerun resumes from step 1, and the partial step 2 is removed.
+  with ckpt.Checkpointer(workdir, save_every_steps=1, keep=10, metadata=metadata) as c:
+    assert_trees_equal(c.restore(abstract_of(make_state(tiny_params, 0))),
+                       make_state(tiny_params, 1))
+    assert os.listdir(directory) == ['1']
+
+
+def test_a_save_the_free_space_cannot_hold_is_refused_before_writing(
+    tmp_path, tiny_params, metadata, monkeypatch):
+  monkeypatch.setattr(ckpt.shutil, 'disk_usage', lambda path: shutil._ntuple_diskusage(
+      1 << 30, (1 << 30) - (1 << 19), 1 << 19))
+  with ckpt.Checkpointer(str(tmp_path), save_every_steps=1, keep=10, metadata=metadata) as c:
+    with pytest.raises(ckpt.CheckpointSaveError, match=(
+        rf'^cannot write checkpoint step 1 to {tmp_path}/checkpoints/1: no space left on '
+        r'device \(0.50 MiB free, the checkpoint needs about [0-9.]+ MiB\); no checkpoint is '
+        'complete yet$')):
+      c.maybe_save(1, make_state(tiny_params, 1))
+  assert os.listdir(tmp_path / 'checkpoints') == []
 
 
 def _largest_array_file(item_dir):

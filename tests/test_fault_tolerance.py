@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from transformer_jax import checkpoint, inference
+from transformer_jax import inference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY = 32, 4

@@ -136,6 +136,41 @@ def test_packing_keeps_every_token_and_never_mixes_segments(examples):
       np.testing.assert_array_equal(got[side], want[side])
 
 
+def _greedy_rows(examples, length, window):
+  """Reference packing, one example at a time: a new row when the next example does not
+  fit on either side, and at the start of every window of `window` examples."""
+  rows = []
+  for index, example in enumerate(examples):
+    row = rows[-1] if rows else None
+    if (row is None or index % window == 0
+        or any(row['used'][side] + len(example[side]) > length for side in ip.SIDES)):
+      row = {'used': dict.fromkeys(ip.SIDES, 0), 'segments': 0,
+             **{key: np.zeros(length, np.int32) for key in ip.PACKED_KEYS}}
+      rows.append(row)
+    row['segments'] += 1
+    for side in ip.SIDES:
+      start, size = row['used'][side], len(example[side])
+      row[side][start:start + size] = example[side]
+      row[f'{side}_position'][start:start + size] = np.arange(size)
+      row[f'{side}_segmentation'][start:start + size] = row['segments']
+      row['used'][side] += size
+  return [{key: row[key] for key in ip.PACKED_KEYS} for row in rows]
+
+
+@pytest.mark.parametrize('window', [7, 4096])  # 4096: all examples in one window
+def test_packing_is_greedy_within_each_window(examples, window):
+  rng = np.random.default_rng(0)  # short random rows: many rows are filled exactly
+  short = [{side: rng.integers(1, 50, rng.integers(1, 9), dtype=np.int32) for side in ip.SIDES}
+           for _ in range(300)]
+  for data, length in ((examples, 48), (short, 8)):
+    dataset = tf.data.Dataset.from_generator(
+        lambda data=data: iter(data),
+        output_signature={k: tf.TensorSpec([None], tf.int32) for k in ip.SIDES})
+    rows = list(ip.pack(dataset, length, window).as_numpy_iterator())
+    assert len(data) < 4096 and len(rows) > len(data) // window
+    _assert_same_batches(rows, _greedy_rows(data, length, window))
+
+
 # ----------------------------------------------------------- token batching
 
 
@@ -325,8 +360,16 @@ def test_long_pairs_are_filtered_and_counted(files, tokenizer, caplog):
 
 def test_empty_split_or_every_pair_too_long_fails_up_front(files, tmp_path):
   empty = _write(tmp_path / 'empty.txt', [])
-  with pytest.raises(sources.DataError, match=r'^eval: no sentence pairs \(empty split'):
+  with pytest.raises(sources.DataError,
+                     match=rf'^{empty} / {empty}: no sentence pairs \(the eval'):
     ip.get_datasets(make_config(files, eval_source=empty, eval_target=empty), 'unused', 0, 1)
+  # An empty (or all-blank) training file: named before SentencePiece would fail on it.
+  blank = _write(tmp_path / 'blank.tsv', [' \t ', '\t'])
+  with pytest.raises(sources.DataError, match=rf'^{blank}: no sentence pairs \(the train '
+                                              r'files are empty, or every pair has an empty '
+                                              r'side\)$'):
+    ip.get_datasets(make_config(files, train_source=blank, train_target='', vocab_path=''),
+                    str(tmp_path / 'workdir'), 0, 1)
   with pytest.raises(sources.DataError,
                      match=rf'^train \(process 0\): all {N_TRAIN} pairs are longer than 2 tokens$'):
     ip.get_datasets(make_config(files, max_len=2), 'unused', 0, 1)
@@ -419,7 +462,7 @@ def test_training_on_text_reports_both_bleus_and_keeps_translations(files, tmp_p
   with open(tmp_path / 'metrics.jsonl') as f:
     (record,) = [r for r in map(json.loads, f) if 'eval/bleu' in r]
   hypotheses = (tmp_path / 'translations' / 'eval_step2.txt').read_text('utf-8').splitlines()
-  scores = bleu.corpus_bleu(hypotheses, _bible_lines('dev', 'es', 3))
+  scores = bleu.corpus_bleu(hypotheses, _bible_lines('dev', 'es', 3), target_lang='es')
   assert record['step'] == 2 and len(hypotheses) == 3
   assert record['eval/bleu'] == pytest.approx(scores.sacrebleu)
   assert record['eval/bleu_tokenized'] == pytest.approx(scores.tokenized)

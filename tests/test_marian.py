@@ -191,3 +191,48 @@ def test_new_options_leave_saved_configs_unchanged():
   saved = model_config_to_dict(TransformerConfig(vocab_size=8))
   assert not {'activation', 'scale_embedding', 'logits_bias', 'zero_pad_embedding'} & set(saved)
   assert model_config_from_dict(saved) == TransformerConfig(vocab_size=8)
+
+
+def test_training_encoders_match_marian_tokenization(hf_dir, imported):
+  """The tf.data encoders of an imported vocabulary give the ids MarianTokenizer gives:
+  sources with the source model (a >>xx<< code kept whole), targets with the target one."""
+  import tensorflow as tf
+  from transformers import MarianTokenizer
+  hf = MarianTokenizer.from_pretrained(hf_dir)
+  vocab = imported[1].vocab
+  sources = _sentences(8)[:6] + ['>>es<< In the beginning', '']
+  targets = marian_models.bible_lines('es', 'test', 6)
+  source, target = vocab.tf_encoders()
+  ours = source(tf.constant(sources)).to_list()
+  assert [ids + [tokenizer.EOS_ID] for ids in ours] == [vocab.encode(s) for s in sources]
+  want = [hf(text_target=t)['input_ids'][:-1] for t in targets]  # Marian ids, no EOS
+  got = [[vocab.marian_ids[i] for i in ids] for ids in target(tf.constant(targets)).to_list()]
+  assert got == want
+
+
+def test_fine_tuning_an_imported_model(imported, tmp_path):
+  from transformer_jax import config as config_lib
+  from transformer_jax import train_lib
+  workdir, model = imported
+  files = {}
+  for split, count in (('train', 64), ('dev', 8)):
+    for lang in ('en', 'es'):
+      path = tmp_path / f'{split}.{lang}'
+      path.write_text('\n'.join(marian_models.bible_lines(lang, split, count)) + '\n')
+      files[split, lang] = str(path)
+  config = config_lib.load_config(os.path.join(os.path.dirname(__file__), '..', 'configs',
+                                               'tiny.py'))
+  config.update(dataset='text', init_from=workdir, vocab_size=model.vocab.vocab_size,
+                max_len=64, max_eval_len=64, num_train_steps=2, num_bleu_sentences=0,
+                average_last=0, train_source=files['train', 'en'],
+                train_target=files['train', 'es'], eval_source=files['dev', 'en'],
+                eval_target=files['dev', 'es'], test_source=files['dev', 'en'],
+                test_target=files['dev', 'es'])
+  shape = model_config_to_dict(model.config)
+  config.model.update({k: v for k, v in shape.items() if k in config.model})
+  tuned = str(tmp_path / 'tuned')
+  state = train_lib.train_and_evaluate(config, tuned)
+  assert int(state.step) == 2
+  assert os.path.exists(Workdir(tuned).two_model_vocab)  # adopted from the imported run
+  assert inference.load_model(tuned).vocab.encode('Jesus wept.') == model.vocab.encode(
+      'Jesus wept.')

@@ -5,7 +5,6 @@ so a misplaced bias, norm, scale or mask shows up in the logits.
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn

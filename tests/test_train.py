@@ -3,6 +3,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -92,13 +94,32 @@ def test_schedule_matches_paper_formula():
   # Linear warm-up, peak at `warmup`, then inverse square root decay.
   assert schedule(2000) < schedule(4000) > schedule(16000)
   np.testing.assert_allclose(schedule(16000), schedule(4000) / 2, rtol=1e-6)
-  # An optional cooldown scales the last `cooldown_steps` linearly down to 0.
-  cooled = train_lib.learning_rate_schedule(512, 4000, 2.0, cooldown_steps=1000,
+  # An optional cooldown scales the last `cooldown_steps` linearly toward 0.
+  cooled = train_lib.learning_rate_schedule(512, 4000, 2.0, cooldown_steps=999,
                                             total_steps=10_000)
-  for s in (1, 4000, 9000):
+  for s in (1, 4000, 9001):
     np.testing.assert_allclose(cooled(s), schedule(s), rtol=1e-6)
-  np.testing.assert_allclose(cooled(9500), schedule(9500) / 2, rtol=1e-5)
-  assert float(cooled(10_000)) == 0.0 == float(cooled(12_000))
+  np.testing.assert_allclose(cooled(9501), schedule(9501) / 2, rtol=1e-5)
+  np.testing.assert_allclose(cooled(10_000), schedule(10_000) / 1000, rtol=1e-5)
+  assert float(cooled(10_001)) == 0.0
+
+
+@pytest.mark.parametrize('cooldown_steps', [1, 2, 4])
+def test_every_update_of_a_cooldown_has_a_positive_decaying_rate(cooldown_steps):
+  """Update n (optax counts from 0) uses lr(n + 1): the last of `num_train_steps` updates
+  still learns, and each cool-down update has a lower rate than the one before."""
+  config = _recipe(warmup_steps=1, num_train_steps=6, cooldown_steps=cooldown_steps)
+  optimizer, schedule = train_lib.create_optimizer(config, 512)
+  params = {'w': jnp.zeros(())}
+  state, rates = optimizer.init(params), []
+  for _ in range(config.num_train_steps):  # the rate optax applies: |update| of a unit grad
+    updates, state = optimizer.update({'w': jnp.ones(())}, state, params)
+    rates.append(float(-updates['w']))
+  np.testing.assert_allclose(rates, [schedule(s) for s in range(1, 7)], rtol=1e-5)
+  peak = 512 ** -0.5 * 6 ** -0.5  # warm-up of 1 step: inverse square root from step 1
+  last = rates[-cooldown_steps - 1:]
+  assert all(a > b > 0 for a, b in zip(last, last[1:]))
+  np.testing.assert_allclose(rates[-1], peak / (cooldown_steps + 1), rtol=1e-5)
 
 
 def test_gradient_accumulation_equals_one_larger_batch(tiny_config, mesh):
@@ -115,6 +136,22 @@ def test_gradient_accumulation_equals_one_larger_batch(tiny_config, mesh):
     np.testing.assert_allclose(metrics_k[key], metrics_1[key], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                jax.device_get(state_k.params), jax.device_get(state_1.params))
+
+
+def test_flattened_adam_takes_the_same_steps(tiny_config, mesh):
+  # Losses, not parameters: Adam turns the rounding noise of gradients that are 0 in exact
+  # arithmetic (the key biases) into ±lr steps, which change no output.
+  batches = [sharding.shard_batch(_batch(0, 4, 9), mesh)] * 4
+  runs = []
+  for flatten in (False, True):
+    state, step = _state_and_step(tiny_config, _recipe(flatten_optimizer=flatten), mesh)
+    runs.append([])
+    for batch in batches:
+      state, metrics = step(state, batch)
+      runs[-1].append(float(metrics['loss']))
+  assert len(jax.tree.leaves(state.opt_state)) < len(jax.tree.leaves(state.params))
+  assert runs[0][-1] < runs[0][0]
+  np.testing.assert_allclose(runs[1], runs[0], rtol=1e-6)
 
 
 def test_same_seed_same_losses(tiny_config, mesh):
@@ -250,3 +287,35 @@ def test_fine_tuning_refuses_another_model_or_vocabulary(tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match=r'not this run\'s vocabulary .*mine'):
     inference.load_initial_params(base, cfg, str(tmp_path / 'mine.model'))
   assert inference.load_initial_params(base, cfg, str(tmp_path / 'base' / 'spm.model'))
+
+
+NO_SPACE_AT_STEP_6 = """
+import errno, os, sys
+import orbax.checkpoint as ocp
+write = ocp.JsonCheckpointHandler._save_fn
+
+async def save_fn(self, x, directory):  # orbax's writer thread finds the disk full
+  if '/6.orbax-checkpoint-tmp' in str(directory):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+  return await write(self, x, directory)
+ocp.JsonCheckpointHandler._save_fn = save_fn
+from transformer_jax import train
+sys.argv = ['train', '--config=configs/tiny.py', '--workdir=' + sys.argv[1],
+            '--config.average_last=0']
+train.run()
+"""
+
+
+def test_train_cli_reports_a_failed_save_in_one_line(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             JAX_COMPILATION_CACHE_DIR=os.path.join(root, '.jax_cache'))
+  result = subprocess.run([sys.executable, '-c', NO_SPACE_AT_STEP_6, str(tmp_path)], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=300)
+  directory = tmp_path / 'checkpoints'
+  message = (f'cannot write checkpoint step 6 to {directory}/6: no space left on device; the '
+             f'last complete checkpoint is step 3 ({directory}/3), where a rerun resumes')
+  assert result.returncode == 2
+  assert result.stderr.splitlines()[-1] == f'transformer-jax-train: error: {message}', (
+      result.stderr[-3000:])
+  assert 'Traceback' not in result.stderr and result.stderr.lower().count('no space') == 1

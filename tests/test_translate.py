@@ -15,7 +15,7 @@ from flax import linen as nn
 
 from transformer_jax import Transformer, checkpoint
 from transformer_jax import bleu, cli, inference, translate
-from transformer_jax.workdir import Workdir
+from transformer_jax.workdir import CheckpointError, Workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINES = ['bad face', '', 'dead bead cab fad ace abc', 'ace', '   ', 'cab cab', 'fad bad ace',
@@ -58,6 +58,32 @@ def test_order_and_one_line_per_input(batch_size):
   assert all(rows == batch_size and width in (16, 32, 64) for rows, width in model.shapes)
 
 
+# Lines without content: nothing but white space, controls or default-ignorable characters
+# (zero-width space, BOM, word joiner + zero-width joiner, soft hyphen, variation selector).
+CONTENT_FREE = ['\u200b', '\ufeff', ' \u2060\u200d ', '\u00ad', '\ufe0f\t', '\x00']
+
+
+def test_lines_without_content_come_out_empty_like_blank_lines():
+  model = ReverseModel()
+  lines = ['\ufeffbad face', *CONTENT_FREE, 'ace\u200bbad']
+  out = inference.translate_lines(lines, model, CharVocab(), batch_size=4, max_source_len=64,
+                                  progress=False)
+  # A leading BOM changes nothing; a zero-width space inside text is text.
+  assert out == ['ecaf dab', *[''] * len(CONTENT_FREE), 'dab\u200beca']
+  assert len(model.shapes) == 1  # only the two real lines reached the model
+
+
+def test_lines_the_vocabulary_encodes_to_eos_alone_come_out_empty():
+  class DropsX(CharVocab):
+    def encode(self, text):
+      return super().encode(text.replace('x', ''))
+  def writes_z(batch):  # a model that writes 'z' for any row, even one of EOS alone
+    return np.tile(DropsX().encode('z'), (len(batch), 1))
+  out = inference.translate_lines(['xx', 'ab'], writes_z, DropsX(), batch_size=2,
+                                  max_source_len=16, progress=False)
+  assert out == ['', 'z']
+
+
 def test_long_sources_are_cut_keeping_eos_with_a_warning(caplog):
   out = inference.translate_lines(['ab', 'abcdefghijklmnopqrstuvwxyz'], ReverseModel(),
                                   CharVocab(), batch_size=2, max_source_len=16, progress=False)
@@ -77,6 +103,16 @@ def test_read_lines_keeps_empty_lines(tmp_path):
   assert cli.read_lines(str(path)) == ['one', '', 'two']
   path.write_bytes(b'one\n\n')
   assert cli.read_lines(str(path)) == ['one', '']
+
+
+def test_read_lines_skips_a_leading_bom_and_refuses_bytes_that_are_not_utf8(tmp_path):
+  path = tmp_path / 'in.txt'
+  path.write_bytes(b'\xef\xbb\xbfone\n\xef\xbb\xbftwo\n')
+  assert cli.read_lines(str(path)) == ['one', '\ufefftwo']
+  path.write_bytes(b'fine\nna\xefve\nok\n\xff\n')
+  with pytest.raises(cli.UserError) as error:
+    cli.read_lines(str(path))
+  assert str(error.value) == f'{path}:2: not UTF-8 (2 lines: 2, 4)'
 
 
 def test_stdout_is_utf8_whatever_the_locale(monkeypatch):
@@ -214,7 +250,7 @@ def test_end_to_end_cli_matches_library(workdir, tmp_path):
   assert lines[-1] == '' and len(lines[:-1]) == len(LINES)
   assert [bool(x) for x in lines[:-1]] == [bool(x.strip()) for x in LINES]
   # --reference: both BLEU scores of the written output, side by side, on stderr.
-  scores = bleu.format_scores(bleu.corpus_bleu(lines[:-1], LINES))
+  scores = bleu.format_scores(bleu.corpus_bleu(lines[:-1], LINES, target_lang=''))
   assert scores in result.stderr.splitlines(), result.stderr
 
   model = inference.load_model(str(workdir))
@@ -233,9 +269,9 @@ mesh = sharding.create_mesh()
 assert mesh.devices.size == 2
 for beam_size in (1, 2):
   expected = tasks.translate_and_score(model.params, model.config, model.vocab, pairs, 3,
-                                           64, beam_size=beam_size)
+                                       64, beam_size=beam_size, target_lang='en')
   got = tasks.translate_and_score(model.params, model.config, model.vocab, pairs, 3, 64,
-                                      beam_size=beam_size, mesh=mesh)
+                                  beam_size=beam_size, mesh=mesh, target_lang='en')
   assert got == expected, (got, expected)
 print('ok')
 """
@@ -257,3 +293,44 @@ def test_reference_with_other_line_count_is_a_one_line_error(workdir, tmp_path, 
                          '--reference', str(reference)]) == 2
   err = capsys.readouterr().err
   assert err == f'transformer-jax-translate: error: {reference} has 1 lines but the input 2\n'
+
+
+def test_input_that_is_not_utf8_is_a_one_line_error_naming_file_and_lines(workdir, tmp_path,
+                                                                         capsys):
+  source = tmp_path / 'latin1.txt'
+  source.write_bytes('bad face\nna\u00efve\n'.encode('latin-1') * 6)
+  assert translate.main(['--workdir', str(workdir), '--input', str(source),
+                         '--cpu_devices', '1']) == 2
+  assert capsys.readouterr().err == ('transformer-jax-translate: error: '
+                                     f'{source}:2: not UTF-8 (6 lines: 2, 4, 6, 8, 10, 12)\n')
+
+
+def test_content_free_lines_and_a_bom_through_the_cli(workdir, tmp_path, capsys):
+  """A BOM-prefixed first line translates like the plain one; lines that encode to EOS
+  alone (U+200B, U+FEFF) or to <unk> only (word joiner) come out empty, like a blank one."""
+  source, output = tmp_path / 'in.txt', tmp_path / 'out.txt'
+  source.write_text('\ufeffbad face\n\u200b\n\ufeff\n\u2060\n\nace\n', encoding='utf-8')
+  assert translate.main(['--workdir', str(workdir), '--input', str(source), '--output',
+                         str(output), '--max_extra_len', '5', '--no_progress',
+                         '--cpu_devices', '1', '--reference', str(source),
+                         '--target_lang', 'zh']) == 0
+  assert '|tok:zh|' in capsys.readouterr().err  # --reference's BLEU: the zh tokenizer
+  model = inference.load_model(str(workdir))
+  vocab = model.vocab
+  assert [vocab.encode(x) for x in ('\u200b', '\ufeff')] == [[1], [1]]
+  expected = inference.translate_lines(['bad face', 'ace'], inference.make_translate_fn(
+      model, max_extra_len=5), vocab, batch_size=32, max_source_len=64, progress=False)
+  assert all(expected)  # the random model writes something for real text
+  assert output.read_text(encoding='utf-8').split('\n') == [
+      expected[0], '', '', '', '', expected[1], '']
+
+
+def test_bleu_language_from_the_flag_or_the_workdirs_training_config(tmp_path, caplog):
+  assert translate.bleu_language(None, str(tmp_path)) == ''
+  assert 'no --target_lang and no target_lang in' in caplog.text
+  (tmp_path / 'config.json').write_text('{"target_lang": "ja", "dataset": "text"}')
+  assert translate.bleu_language(None, str(tmp_path)) == 'ja'
+  assert translate.bleu_language('zh', str(tmp_path)) == 'zh'
+  (tmp_path / 'config.json').write_text('not json')
+  with pytest.raises(CheckpointError, match=r'config.json:1: invalid JSON'):
+    translate.bleu_language(None, str(tmp_path))

@@ -1,11 +1,15 @@
 """BLEU as reported today (sacreBLEU) and as the paper-era WMT EN-DE numbers were computed.
 
-* sacreBLEU: detokenized corpus BLEU with its signature string (Post 2018).
+* sacreBLEU: detokenized corpus BLEU with its signature string (Post 2018), with the
+  tokenizer sacreBLEU picks for the target language (`sacrebleu -l xx-zh` etc.): `zh` for
+  Chinese, `ja-mecab` for Japanese, `ko-mecab` for Korean, `13a` for every other language
+  (and for ''). A whole unsegmented CJK sentence would be one 13a word.
 * Tokenized BLEU with compound splitting, the tensor2tensor / fairseq
   `compound_split_bleu` convention behind the paper's 27.3 / 28.4: tokenize hypotheses
   and references, split hyphenated compounds `a-b` -> `a ##AT##-##AT## b`, then BLEU on
-  the tokens. Tokenization here is sacreBLEU's 13a (close to Moses' tokenizer.perl, which
-  those scripts used); the BLEU itself is sacreBLEU's with tokenize='none'.
+  the tokens. Tokenization is the same language-aware one (13a, close to Moses'
+  tokenizer.perl that those scripts used, for EN-DE); the BLEU itself is sacreBLEU's with
+  tokenize='none'.
 """
 
 from __future__ import annotations
@@ -13,23 +17,23 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 from sacrebleu.metrics import BLEU
-from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
 # The scripts' `perl -ple 's{(\S)-(\S)}{$1 ##AT##-##AT## $2}g'`, quirk included:
 # matches do not overlap, so the second hyphen of `x-y-z` (one-letter middle) stays.
 _COMPOUND = re.compile(r'(\S)-(\S)')
-_tokenize_13a = Tokenizer13a()
 
 
 @dataclasses.dataclass(frozen=True)
 class BleuScores:
-  """Corpus BLEU two ways (0-100): sacreBLEU with its signature, and tokenized BLEU."""
+  """Corpus BLEU two ways (0-100): sacreBLEU with its signature, and tokenized BLEU
+  (with `tokenizer`, the signature's `tok:`, before compound splitting)."""
   sacrebleu: float
   signature: str
   tokenized: float
+  tokenizer: str
 
 
 def compound_split(text: str) -> str:
@@ -37,41 +41,52 @@ def compound_split(text: str) -> str:
   return _COMPOUND.sub(r'\1 ##AT##-##AT## \2', text)
 
 
-def tokenize_for_bleu(text: str) -> str:
-  """13a tokenization followed by compound splitting."""
-  return compound_split(_tokenize_13a(text.strip()))
+def sacrebleu_metric(target_lang: str) -> BLEU:
+  """sacreBLEU's BLEU with its defaults for `target_lang` (an ISO 639-1 code such as 'de'
+  or 'zh'; a region, 'zh-TW', is ignored; '' = unknown: 13a). ValueError in one line if
+  the language's tokenizer cannot be set up (e.g. MeCab missing for ja / ko)."""
+  lang = re.split('[-_]', target_lang)[0].lower()
+  try:
+    return BLEU(trg_lang=lang)
+  except (RuntimeError, ImportError, AssertionError) as e:
+    raise ValueError(f'BLEU for target language {target_lang!r}: sacreBLEU cannot set up '
+                     f'its tokenizer: {" ".join(str(e).split())}') from None
 
 
-def sacrebleu_score(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[float, str]:
-  """sacreBLEU corpus BLEU of detokenized text (one reference each) -> (score, signature)."""
-  metric = BLEU()
-  score = metric.corpus_score(list(hypotheses), [list(references)])
-  return score.score, str(metric.get_signature())
+def tokenize_for_bleu(text: str, tokenizer: Callable[[str], str]) -> str:
+  """`tokenizer` (a sacreBLEU tokenizer, e.g. `sacrebleu_metric('de').tokenizer`: 13a)
+  followed by compound splitting."""
+  return compound_split(tokenizer(text.strip()))
 
 
-def tokenized_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+def tokenized_bleu(hypotheses: Sequence[str], references: Sequence[str],
+                   tokenizer: Callable[[str], str]) -> float:
   """Compound-split tokenized corpus BLEU (t2t / fairseq `compound_split_bleu`)."""
   metric = BLEU(tokenize='none', force=True)
-  hyps = [tokenize_for_bleu(h) for h in hypotheses]
-  refs = [tokenize_for_bleu(r) for r in references]
+  hyps = [tokenize_for_bleu(h, tokenizer) for h in hypotheses]
+  refs = [tokenize_for_bleu(r, tokenizer) for r in references]
   return metric.corpus_score(hyps, [refs]).score
 
 
-def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> BleuScores:
-  """Both BLEU scores of detokenized `hypotheses` against one reference each."""
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str], *,
+                target_lang: str) -> BleuScores:
+  """Both BLEU scores of detokenized `hypotheses` (in `target_lang`, see
+  `sacrebleu_metric`) against one reference each."""
   if len(hypotheses) != len(references):
     raise ValueError(f'{len(hypotheses)} hypotheses but {len(references)} references')
   if not hypotheses:
     raise ValueError('no hypotheses to score')
-  score, signature = sacrebleu_score(hypotheses, references)
-  return BleuScores(sacrebleu=score, signature=signature,
-                    tokenized=tokenized_bleu(hypotheses, references))
+  metric = sacrebleu_metric(target_lang)
+  score = metric.corpus_score(list(hypotheses), [list(references)]).score
+  return BleuScores(sacrebleu=score, signature=str(metric.get_signature()),
+                    tokenized=tokenized_bleu(hypotheses, references, metric.tokenizer),
+                    tokenizer=metric.tokenizer.signature())
 
 
 def format_scores(scores: BleuScores) -> str:
   """One line with both scores side by side."""
   return (f'sacreBLEU {scores.sacrebleu:.2f} ({scores.signature})  |  '
-          f'tokenized BLEU {scores.tokenized:.2f} (13a + compound split)')
+          f'tokenized BLEU {scores.tokenized:.2f} ({scores.tokenizer} + compound split)')
 
 
 def write_hypotheses(path: str, hypotheses: Sequence[str]) -> None:

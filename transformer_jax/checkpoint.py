@@ -8,12 +8,17 @@ vocabulary hash, one checksum per array). Orbax writes a step into
 step directory is complete or absent. Restoring verifies the metadata against the
 current run (config / vocabulary mismatch -> CheckpointError) and the checksums
 (a corrupt step -> warning, fall back to the previous one: `newest_readable`, for
-resuming and for inference alike). Paths come from `workdir.Workdir`.
+resuming and for inference alike). A save that cannot be written (e.g. no space left) is
+one CheckpointSaveError naming the step, the path, the cause and the last complete
+checkpoint; a partial `<step>.orbax-checkpoint-tmp` is removed on resume. Paths come from
+`workdir.Workdir`; checksums from `checksums`.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -22,11 +27,11 @@ import time
 from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from transformer_jax.checksums import CorruptError, path_name, tree_checksums, verify_checksums
 from transformer_jax.model import TransformerConfig
 from transformer_jax.workdir import CheckpointError, Workdir, file_sha256, model_config_to_dict
 
@@ -36,70 +41,38 @@ T = TypeVar('T')
 _RUNTIME_FIELDS = frozenset({'attention_impl', 'remat'})
 
 
+class CheckpointSaveError(CheckpointError):
+  """A checkpoint could not be written (e.g. the disk is full); earlier ones are intact."""
+
+
 def training_metadata(cfg: TransformerConfig, vocab_path: str) -> dict[str, Any]:
   """The `metadata` a training run passes to `Checkpointer`: model config + vocabulary hash."""
   return {'model_config': model_config_to_dict(cfg), 'vocab_sha256': file_sha256(vocab_path)}
-
-
-# ------------------------------------------------------------------------------ checksums
-
-
-def _path_name(path: Sequence[Any]) -> str:
-  return '/'.join(str(getattr(k, 'name', getattr(k, 'key', getattr(k, 'idx', k)))) for k in path)
-
-
-def _leaf_checksum(x: jax.Array) -> jax.Array:
-  """uint32 sum over elements of bits_i * (2i + 1) mod 2^32, i = row-major index.
-
-  The index comes from per-axis iotas (no reshape), so a sharded array is summed
-  where it lies and only the partial sums are communicated.
-  """
-  bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f'uint{8 * x.dtype.itemsize}'))
-  index, stride = jnp.zeros(x.shape, jnp.uint32), 1
-  for axis in reversed(range(x.ndim)):
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis) * np.uint32(stride % 2**32)
-    stride *= x.shape[axis]
-  return jnp.sum(bits.astype(jnp.uint32) * (index * 2 + 1), dtype=jnp.uint32)
-
-
-@jax.jit
-def _leaf_checksums(leaves: list[jax.Array]) -> jax.Array:
-  """[num_leaves] uint32 checksums (`_leaf_checksum`) of the raw bits of each leaf."""
-  return jnp.stack([_leaf_checksum(jnp.asarray(x)) for x in leaves])
-
-
-def tree_checksums(tree: PyTree) -> dict[str, int]:
-  """{'params/encoder/.../kernel': checksum} of the exact bits of every array leaf.
-
-  Any change of one array element changes its checksum; values depend only on the
-  global array, not on how it is sharded.
-  """
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  for path, leaf in flat:
-    if jax.dtypes.issubdtype(getattr(leaf, 'dtype', None), jax.dtypes.prng_key):
-      raise CheckpointError(f'state leaf {_path_name(path)} is a typed PRNG key; store '
-                            'jax.random.key_data(key) in the train state instead')
-  sums = np.asarray(_leaf_checksums([leaf for _, leaf in flat])) if flat else []
-  return {_path_name(path): int(s) for (path, _), s in zip(flat, sums)}
-
-
-def _verify_checksums(tree: PyTree, expected: Mapping[str, int], where: str) -> None:
-  actual = tree_checksums(tree)
-  bad = [k for k, v in actual.items() if k in expected and expected[k] != v]
-  missing = [k for k in actual if k not in expected]
-  if bad or missing:
-    raise _CorruptError(f'{where}: checksum mismatch for {(bad + missing)[:3]} '
-                        f'({len(bad)} differ, {len(missing)} unknown)')
-
-
-class _CorruptError(Exception):
-  """A step whose bytes do not match what was saved."""
 
 
 def _describe(error: BaseException) -> str:
   """'TypeName: first line of the message' (at most 300 characters), for one-line errors."""
   lines = str(error).strip().splitlines()
   return f'{type(error).__name__}: {lines[0][:300]}' if lines else type(error).__name__
+
+
+def _save_cause(error: BaseException) -> str:
+  """'no space left on device' (or 'disk quota exceeded') if that is behind `error` (an
+  OSError's errno, or the message of tensorstore's error), else `_describe` of it."""
+  seen = error
+  while seen is not None:
+    for code in (errno.ENOSPC, errno.EDQUOT):
+      if getattr(seen, 'errno', None) == code or os.strerror(code) in str(seen):
+        return os.strerror(code).lower()
+    seen = seen.__cause__ or seen.__context__
+  return _describe(error)
+
+
+def _bytes_to_write(tree: PyTree) -> int:
+  """Bytes of the arrays of `tree` that this process writes (its replica-0 shards)."""
+  return sum(sum(s.data.nbytes for s in x.addressable_shards if s.replica_id == 0)
+             if isinstance(x, jax.Array) else np.asarray(x).nbytes
+             for x in jax.tree.leaves(tree))
 
 
 def _canonical(value: Any) -> Any:
@@ -129,14 +102,14 @@ def _structure_mismatch(saved: Mapping[str, Any], abstract_state: PyTree) -> lis
   """Arrays the checkpoint has and the state lacks or vice versa (e.g. another optimizer)."""
   if 'checksums' not in saved:
     return []
-  paths = {_path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+  paths = {path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
   missing, extra = sorted(set(saved['checksums']) - paths), sorted(paths - set(saved['checksums']))
   return ([f'state arrays only in the checkpoint: {missing[:3]}'] if missing else []) + (
       [f'state arrays not in the checkpoint: {extra[:3]}'] if extra else [])
 
 
 def _shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
-  return {_path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def shape_mismatch(saved: PyTree, expected: PyTree) -> list[str]:
@@ -203,7 +176,7 @@ def _restore_params(manager: ocp.CheckpointManager, step: int) -> tuple[PyTree, 
   abstract = {'params': _numpy_abstract(saved_tree['params'])}
   restored = manager.restore(step, args=ocp.args.Composite(state=_as_numpy_args(abstract)))
   where = f'{manager.directory}/{step}'
-  _verify_checksums(restored.state, metadata.get('checksums', {}), where)
+  verify_checksums(restored.state, metadata.get('checksums', {}), where)
   return restored.state['params'], metadata
 
 
@@ -248,6 +221,7 @@ class Checkpointer:
     self.directory = self._workdir.checkpoints
     self._metadata = _canonical(dict(metadata or {}))
     self.restored_progress: dict[str, Any] = {}
+    self._writing: Optional[int] = None  # the step of the save in flight
     self._manager = _manager(
         self.directory, create=True, max_to_keep=keep,
         save_decision_policy=ocp.checkpoint_managers.AnySavePolicy([
@@ -268,18 +242,39 @@ class Checkpointer:
     """Start saving `state` as `step` if due (or `force`); True if a save started.
 
     The iterator position is read now, synchronously; arrays are copied to host
-    before returning, the write finishes in the background.
+    before returning, the write finishes in the background. CheckpointSaveError if the
+    previous save failed, or if the disk has less free space than the arrays need.
     """
     step = int(step)
     if step in self._manager.all_steps() or not (force or self._manager.should_save(step)):
       return False
+    self.wait()  # orbax would wait too; a failure is reported as the earlier step's
+    needed, free = _bytes_to_write(state), shutil.disk_usage(self.directory).free
+    if free < needed * 1.1:  # + orbax's index and metadata
+      raise CheckpointSaveError(self._workdir.save_failure(
+          step, f'no space left on device ({free / 2**20:.2f} MiB free, the checkpoint '
+          f'needs about {needed * 1.1 / 2**20:.2f} MiB)'))
     data = {'position': None if data_iterator is None
             else _encode_data_state(data_iterator.get_state()),
             'progress': dict(progress or {})}
     metadata = dict(self._metadata, step=step, checksums=tree_checksums(state))
-    return self._manager.save(step, force=True, args=ocp.args.Composite(
-        state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data),
-        metadata=ocp.args.JsonSave(metadata)))
+    self._writing = step
+    with self._reporting_save_errors():
+      return self._manager.save(step, force=True, args=ocp.args.Composite(
+          state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data),
+          metadata=ocp.args.JsonSave(metadata)))
+
+  @contextlib.contextmanager
+  def _reporting_save_errors(self):
+    """Turn a failure of the save in flight (orbax's writer threads) into one
+    CheckpointSaveError line."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - any writer failure: the save did not happen.
+      step, self._writing = self._writing, None
+      if step is None:
+        raise
+      raise CheckpointSaveError(self._workdir.save_failure(step, _save_cause(e))) from None
 
   def restore(self, abstract_state: PyTree, data_iterator: Any = None) -> Optional[PyTree]:
     """The latest readable checkpoint as a pytree shaped (and sharded) like `abstract_state`.
@@ -327,7 +322,7 @@ class Checkpointer:
             item=abstract_state,
             restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)),
         data=ocp.args.JsonRestore()))
-    _verify_checksums(restored.state, saved.get('checksums', {}), where)
+    verify_checksums(restored.state, saved.get('checksums', {}), where)
     return restored.state, restored.data
 
   def _quarantine(self, steps: Sequence[int]) -> None:
@@ -350,12 +345,16 @@ class Checkpointer:
     return self._manager.is_saving_in_progress()
 
   def wait(self) -> None:
-    """Block until the pending asynchronous save (if any) is committed."""
-    self._manager.wait_until_finished()
+    """Block until the pending asynchronous save (if any) is committed;
+    CheckpointSaveError if it failed."""
+    with self._reporting_save_errors():
+      self._manager.wait_until_finished()
+    self._writing = None
 
   def close(self) -> None:
     """Wait for pending saves and release the manager."""
-    self._manager.close()
+    with self._reporting_save_errors():
+      self._manager.close()
 
   def __enter__(self) -> 'Checkpointer':
     return self
@@ -387,7 +386,7 @@ def average_checkpoints(workdir: str, num_last: int) -> str:
   for step in steps:
     try:
       params, metadata = _restore_params(manager, step)
-    except _CorruptError as e:
+    except CorruptError as e:
       raise CheckpointError(str(e)) from None
     if reference is None:
       reference = metadata
@@ -427,7 +426,7 @@ def _load_averaged(path: str) -> tuple[PyTree, dict]:
       abstract = _numpy_abstract(ckptr.metadata(path).item_metadata['params'].tree)
       params = ckptr.restore(path, args=ocp.args.Composite(
           params=_as_numpy_args(abstract))).params
-    _verify_checksums({'params': params}, metadata.get('checksums', {}), path)
+    verify_checksums({'params': params}, metadata.get('checksums', {}), path)
   except Exception as e:  # noqa: BLE001 - unreadable or corrupt: say how to fix it.
     raise CheckpointError(f'{path} is unreadable ({_describe(e)}); re-run average_checkpoints'
                           ) from None

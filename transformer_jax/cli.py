@@ -3,13 +3,15 @@
 A user error (a bad flag, a missing or unreadable file, an incompatible checkpoint, a bad
 config value or data file) ends with ONE line `<prog>: error: <message>` on stderr and exit
 status 2; anything else is a bug and keeps its traceback. Library modules never import
-this module or the CLIs (`train_cli`, `translate`, `visualize`, `average_cli`).
+this module or the CLIs (`train`, `translate`, `visualize`, `average`).
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import math
+import os
 import sys
 from typing import Callable, NoReturn, Optional, Sequence
 
@@ -26,13 +28,20 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_main(prog: str, body: Callable[[], None],
-             user_errors: tuple[type[BaseException], ...] = ()) -> int:
-  """Run `body`; a UserError or one of `user_errors` -> one line on stderr, returns 2."""
+             user_errors: tuple[type[BaseException], ...] = (),
+             silence_after: tuple[type[BaseException], ...] = ()) -> int:
+  """Run `body`; a UserError or one of `user_errors` -> one line on stderr, returns 2.
+
+  After one of `silence_after` (errors whose background threads keep failing until the
+  process ends), the process's stderr goes to /dev/null once the line is printed.
+  """
   try:
     body()
   except (UserError, *user_errors) as e:
     message = ' '.join(str(e).split()) or type(e).__name__
-    print(f'{prog}: error: {message}', file=sys.stderr)
+    print(f'{prog}: error: {message}', file=sys.stderr, flush=True)
+    if isinstance(e, silence_after):
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
     return 2
   return 0
 
@@ -46,7 +55,8 @@ def add_workdir_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def read_lines(path: Optional[str]) -> list[str]:
-  """Lines of `path` (or stdin) without their line ends; a final newline adds no line."""
+  """Lines of `path` (or stdin) without their line ends; a final newline adds no line, a
+  UTF-8 byte-order mark at the start is skipped. UserError if a line is not UTF-8."""
   try:
     if path is None:
       data = sys.stdin.buffer.read()
@@ -55,10 +65,26 @@ def read_lines(path: Optional[str]) -> list[str]:
         data = f.read()
   except OSError as e:
     raise UserError(f'cannot read {path}: {e.strerror}') from None
-  lines = data.decode('utf-8', errors='replace').split('\n')
+  data = data.removeprefix(codecs.BOM_UTF8)
+  try:
+    lines = data.decode('utf-8').split('\n')
+  except UnicodeDecodeError:
+    raise UserError(_not_utf8(path or '<stdin>', data)) from None
   if lines[-1] == '':
     lines.pop()
   return [line.rstrip('\r') for line in lines]
+
+
+def _not_utf8(name: str, data: bytes, shown: int = 10) -> str:
+  """'name:N: not UTF-8 (K lines: N, ...)' for the lines of `data` that do not decode."""
+  bad = []
+  for number, line in enumerate(data.split(b'\n'), start=1):
+    try:
+      line.decode('utf-8')
+    except UnicodeDecodeError:
+      bad.append(number)
+  listed = ', '.join(map(str, bad[:shown])) + (', ...' if len(bad) > shown else '')
+  return f'{name}:{bad[0]}: not UTF-8 ({len(bad)} line{"s" * (len(bad) > 1)}: {listed})'
 
 
 def write_lines(path: Optional[str], lines: Sequence[str]) -> None:

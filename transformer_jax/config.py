@@ -43,7 +43,7 @@ _SCHEMA: tuple[tuple[str, Any, Optional[Rule], bool], ...] = (
     ('test_split', 'test', None, RUN),
     # Feature names of the pair: en/de/fr for WMT, en/es for the Bible (either direction).
     ('source_lang', 'en', None, DATA),
-    ('target_lang', 'de', None, DATA),
+    ('target_lang', 'de', None, DATA),  # also BLEU's tokenizer: sacreBLEU's zh / ja / ko ones
     # 'text' files, one sentence a line (.gz decompressed); a TSV (source<TAB>target) is
     # given as *_source with *_target empty.
     *((f'{split}_{side}', '', None, RUN) for split in ('train', 'eval', 'test')
@@ -72,11 +72,15 @@ _SCHEMA: tuple[tuple[str, Any, Optional[Rule], bool], ...] = (
     ('warmup_steps', 4000, POSITIVE, RUN),
     ('learning_rate_multiplier', 1.0, POSITIVE, RUN),
     ('label_smoothing', 0.1, Rule('in [0, 1)', lambda v: 0 <= v < 1), RUN),
-    ('cooldown_steps', 0, NON_NEGATIVE, RUN),  # > 0: lr decays linearly to 0 over the last ones
+    # The loss over chunks of ~this many tokens of the global batch (transformer_jax.loss:
+    # no float32 [tokens, V] logits); 0: the whole batch at once.
+    ('loss_chunk_tokens', 8192, NON_NEGATIVE, RUN),
+    ('cooldown_steps', 0, NON_NEGATIVE, RUN),  # > 0: lr decays linearly toward 0 over the last ones
     ('adam_b1', 0.9, None, RUN),
     ('adam_b2', 0.98, None, RUN),
     ('adam_eps', 1e-9, None, RUN),
     ('grad_clip_norm', 0.0, NON_NEGATIVE, RUN),  # 0: no clipping
+    ('flatten_optimizer', False, None, RUN),  # Adam over one flat buffer (data parallel only)
     ('grad_accum_steps', 1, POSITIVE, RUN),  # micro-batches per optimizer step
     ('num_train_steps', 100_000, NON_NEGATIVE, RUN),
     ('train_minutes', 0.0, NON_NEGATIVE, RUN),  # training budget (evaluation excluded); 0: none

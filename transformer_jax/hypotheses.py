@@ -157,7 +157,7 @@ def score_lines(sources: Sequence[str], targets: Sequence[str],
   if len(sources) != len(targets):
     raise ValueError(f'{len(sources)} sources but {len(targets)} targets')
   encode = lambda lines, what: inference.encode_lines(lines, model.vocab, model.max_len,
-                                                      skip_blank=False, what=what)
+                                                      skip_empty=False, what=what)
   source_ids, target_ids = encode(sources, 'source lines'), encode(targets, 'target lines')
   results: list[tuple[float, list[float]]] = [(0.0, [])] * len(sources)
   pairs = {i: (source_ids[i], target_ids[i]) for i in range(len(sources))}

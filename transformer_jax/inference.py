@@ -6,7 +6,9 @@
 [B, L] output ids; `translate_lines(lines, fn, vocab, ...)` batches sentences by length
 (fixed shapes: `batch_size` rows, source length rounded up to a power of two, so that few
 programs are compiled; `encode_lines`, `length_batches`) and returns one output per line,
-in order. The translate and score CLIs (through `hypotheses`), `visualize` and training's
+in order; a line with no content (`source_ids` None: blank, zero-width or format
+characters only) gives '' without reaching the model, and a BOM starting a line is
+dropped. The translate and score CLIs (through `hypotheses`), `visualize` and training's
 evaluation (`tasks`) all use these. No TensorFlow, no flags.
 """
 
@@ -21,17 +23,23 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import regex
 from flax import linen as nn
 from jax.sharding import Mesh
 from tqdm import tqdm
 
 from transformer_jax import checkpoint, decode, sharding
 from transformer_jax.model import Transformer, TransformerConfig
-from transformer_jax.tokenizer import Vocabulary, load_vocabulary as read_vocabulary
+from transformer_jax.tokenizer import EOS_ID, Vocabulary, load_vocabulary as read_vocabulary
 from transformer_jax.workdir import (CheckpointError, Workdir, file_sha256,
                                      model_config_from_dict, model_config_to_dict, read_json)
 
 MIN_BUCKET = 16
+BOM = '\ufeff'
+# Text with nothing to translate: white space, control characters and Unicode's
+# default-ignorable code points (zero-width spaces and joiners, BOM, soft hyphen, bidi and
+# variation marks, ...), which SentencePiece drops or maps to <unk>.
+_NO_CONTENT = regex.compile(r'[\p{White_Space}\p{Cc}\p{Default_Ignorable_Code_Point}]*')
 
 # Source ids [B, S] (int32, 0-padded) -> output ids [B, L].
 TranslateFn = Callable[[np.ndarray], np.ndarray]
@@ -159,15 +167,26 @@ def fit_source(ids: Sequence[int], max_len: int) -> list[int]:
   return list(ids) if len(ids) <= max_len else list(ids[:max_len - 1]) + list(ids[-1:])
 
 
-def encode_lines(lines: Sequence[str], vocab: Any, max_len: int, *, skip_blank: bool = True,
+def source_ids(line: str, vocab: Any) -> Optional[list[int]]:
+  """The ids `vocab` encodes `line` to (EOS last), or None if it has nothing to translate:
+  only white space, control or default-ignorable characters, or no token before the EOS.
+  A byte-order mark starting the line (a file's signature) is dropped first."""
+  line = line.removeprefix(BOM)
+  if _NO_CONTENT.fullmatch(line):
+    return None
+  ids = vocab.encode(line)
+  return None if list(ids) == [EOS_ID] else ids
+
+
+def encode_lines(lines: Sequence[str], vocab: Any, max_len: int, *, skip_empty: bool = True,
                  what: str = 'lines') -> dict[int, list[int]]:
-  """Line number -> the line's ids (EOS last; `vocab.encode`), cut to `max_len` tokens
-  keeping the EOS (with one warning naming the first cut line); blank lines are left out
-  (`skip_blank`) or encoded (EOS alone)."""
+  """Line number -> the line's ids (EOS last), cut to `max_len` tokens keeping the EOS
+  (with one warning naming the first cut line); lines with no content are left out
+  (`skip_empty`: `source_ids` None) or encoded as they are (`vocab.encode`; EOS alone)."""
   encoded, cut = {}, []
   for i, line in enumerate(lines):
-    if line.strip() or not skip_blank:
-      ids = vocab.encode(line)
+    ids = source_ids(line, vocab) if skip_empty else vocab.encode(line)
+    if ids is not None:
       encoded[i] = fit_source(ids, max_len)
       if len(ids) > max_len:
         cut.append(i)
@@ -202,9 +221,10 @@ def translate_lines(lines: Sequence[str], translate_fn: TranslateFn, vocab: Any,
                     batch_size: int, max_source_len: int, progress: bool = True) -> list[str]:
   """Translate `lines` (one sentence each) -> one output per line, in the input order.
 
-  `vocab` has `encode(str) -> ids` (EOS appended) and `decode(ids) -> str`. Blank lines
-  give empty outputs without touching the model; longer sources are cut to
-  `max_source_len` tokens (EOS kept), with a warning. Batches always have `batch_size` rows.
+  `vocab` has `encode(str) -> ids` (EOS appended) and `decode(ids) -> str`. Lines with
+  no content (`source_ids` None: blank, zero-width characters only, ...) give empty
+  outputs without touching the model; longer sources are cut to `max_source_len` tokens
+  (EOS kept), with a warning. Batches always have `batch_size` rows.
   """
   outputs = [''] * len(lines)
   encoded = encode_lines(lines, vocab, max_source_len)

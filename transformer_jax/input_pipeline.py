@@ -39,6 +39,7 @@ Bad input raises `DataError` with a one-line message naming the file and line.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -97,15 +98,14 @@ def tokenize(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Tokenizer,
   `alpha` > 0 samples each sentence's segmentation anew every time it is read
   (subword regularisation, see `Tokenizer.tf_tokenizer`); 0: always the best one.
   """
-  sp = tokenizer.tf_tokenizer(alpha, nbest_size)
+  source, target = tokenizer.tf_encoders(alpha, nbest_size)
 
-  def encode(text: tf.Tensor) -> tf.RaggedTensor:
-    ids = sp.tokenize(text)
+  def with_eos(ids: tf.RaggedTensor) -> tf.RaggedTensor:
     eos = tf.fill([ids.nrows(), 1], tf.constant(tokenizer_lib.EOS_ID, ids.dtype))
     return tf.concat([ids, eos], axis=1)
 
   return (pairs.batch(chunk)
-          .map(lambda s, t: {'inputs': encode(s), 'targets': encode(t)},
+          .map(lambda s, t: {'inputs': with_eos(source(s)), 'targets': with_eos(target(t))},
                num_parallel_calls=AUTOTUNE)
           .unbatch()
           .map(lambda ex: ex))  # unbatched rows come typed as ragged rank 0: make them dense
@@ -150,50 +150,56 @@ def _log_too_long(ds: tf.data.Dataset, max_len: int, what: str,
 # ------------------------------------------------------------------- packing
 
 
-def _empty_row(length: int) -> dict[str, tf.Tensor]:
-  row = {key: tf.zeros([length], tf.int32) for key in PACKED_KEYS}
-  row.update({'inputs_len': tf.constant(0), 'targets_len': tf.constant(0),
-              'segments': tf.constant(0)})
-  return row
+def _pack_window(window: dict[str, tf.RaggedTensor], length: int) -> dict[str, tf.Tensor]:
+  """Greedily pack a window of examples (ragged [W, None] per side) into [rows, length].
 
+  The rows are found one at a time (a loop over rows, not examples): a row starting at
+  example s holds s .. e-1, e the first example whose running total exceeds `length` on
+  either side (a binary search in the cumulative lengths). The tokens are then placed
+  with one scatter per key.
+  """
+  lengths = {side: tf.cast(window[side].row_lengths(), tf.int32) for side in SIDES}
+  ends = {side: tf.cumsum(lengths[side]) for side in SIDES}  # inclusive running totals
+  count = tf.shape(lengths['inputs'])[0]
 
-def _append(row: dict[str, tf.Tensor], example: dict[str, tf.Tensor],
-            length: int) -> dict[str, tf.Tensor]:
-  """`row` with `example` placed after its current contents as a new segment."""
-  segment = row['segments'] + tf.cast(tf.size(example['inputs']) > 0, tf.int32)
-  new = {'segments': segment}
+  def next_row(start, starts):
+    end = tf.reduce_min([tf.searchsorted(ends[side], ends[side][start:start + 1]
+                                         - lengths[side][start] + length, side='right')[0]
+                         for side in SIDES])
+    return tf.maximum(end, start + 1), starts.write(starts.size(), start)
+
+  _, starts = tf.while_loop(lambda start, _: start < count, next_row,
+                            (tf.constant(0), tf.TensorArray(tf.int32, size=0,
+                                                            dynamic_size=True)))
+  starts = starts.stack()  # first example of each row
+  row = tf.cumsum(tf.scatter_nd(starts[:, None], tf.ones_like(starts), [count])) - 1
+  first = tf.gather(starts, row)  # first example of each example's row
+  shape = tf.stack([tf.size(starts), length])
+  out = {}
   for side in SIDES:
-    start, size = row[f'{side}_len'], tf.size(example[side])
-    place = lambda values: tf.pad(values, [[start, length - start - size]])
-    new[side] = row[side] + place(tf.cast(example[side], tf.int32))
-    new[f'{side}_position'] = row[f'{side}_position'] + place(tf.range(size))
-    new[f'{side}_segmentation'] = row[f'{side}_segmentation'] + place(tf.fill([size], segment))
-    new[f'{side}_len'] = start + size
-  return new
+    before = ends[side] - lengths[side]  # tokens before each example in the window
+    example = window[side].value_rowids()
+    position = tf.range(tf.size(example, tf.int32)) - tf.gather(before, example)
+    column = tf.gather(before - tf.gather(before, first), example) + position
+    place = functools.partial(tf.scatter_nd, tf.stack([tf.gather(row, example), column], 1),
+                              shape=shape)
+    out[side] = place(tf.cast(window[side].flat_values, tf.int32))
+    out[f'{side}_position'] = place(position)
+    out[f'{side}_segmentation'] = place(tf.gather(tf.range(count) - first + 1, example))
+  return out
 
 
-def pack(ds: tf.data.Dataset, length: int) -> tf.data.Dataset:
+def pack(ds: tf.data.Dataset, length: int, window: int = 4096) -> tf.data.Dataset:
   """Greedily pack examples (each side ≤ length) into rows of `length` tokens per side.
 
-  Examples are kept in order; a row is closed when the next example does not fit
-  on either side. Output: dicts with the six PACKED_KEYS, int32 [length].
+  Examples are kept in order; a row is closed when the next example does not fit on
+  either side, or at the end of a window of `window` examples: windows are packed
+  independently and in parallel (order kept). Output: dicts with the six PACKED_KEYS,
+  int32 [length].
   """
-  sentinel = tf.data.Dataset.from_tensors(
-      {side: tf.zeros([0], ds.element_spec[side].dtype) for side in SIDES})
-
-  def step(row, example):
-    is_end = tf.equal(tf.size(example['inputs']), 0)
-    fits = tf.logical_and(row['inputs_len'] + tf.size(example['inputs']) <= length,
-                          row['targets_len'] + tf.size(example['targets']) <= length)
-    emit = tf.logical_and(tf.logical_or(is_end, tf.logical_not(fits)), row['segments'] > 0)
-    base = tf.nest.map_structure(lambda kept, empty: tf.where(fits, kept, empty),
-                                 row, _empty_row(length))
-    return _append(base, example, length), ({k: row[k] for k in PACKED_KEYS}, emit)
-
-  return (ds.concatenate(sentinel)
-          .scan(_empty_row(length), step)
-          .filter(lambda row, emit: emit)
-          .map(lambda row, emit: row))
+  return (ds.ragged_batch(window)
+          .map(lambda w: _pack_window(w, length), num_parallel_calls=AUTOTUNE)
+          .unbatch())
 
 
 # ------------------------------------------------------------ token batching

@@ -158,7 +158,8 @@ def raw_dataset(config: ml_collections.ConfigDict, split: str, process_index: in
                 process_count: int = 1) -> tf.data.Dataset:
   """(source, target) string pairs of a split ('train'|'eval'|'test'), this process's shard.
 
-  Pairs with an empty side are skipped. Text inputs are validated first.
+  Pairs with an empty side are skipped. Text inputs are validated first (DataError naming
+  the files if they hold no usable pair).
   """
   if split not in SPLITS:
     raise DataError(f'unknown split role {split!r}; expected one of {SPLITS}')
@@ -170,7 +171,9 @@ def raw_dataset(config: ml_collections.ConfigDict, split: str, process_index: in
     source, target = _text_paths(config, split)
     if not source:
       raise DataError(f'text: no file given for split {split!r} (config.{split}_source)')
-    check_parallel_text(source, target)
+    if not check_parallel_text(source, target):
+      raise DataError(f'{source}{f" / {target}" if target else ""}: no sentence pairs (the '
+                      f'{split} files are empty, or every pair has an empty side)')
     ds = text_dataset(source, target).shard(process_count, process_index)
   else:
     raise DataError(f'unknown dataset {config.dataset!r}; expected bible, tfds or text')

@@ -51,9 +51,11 @@ class Task(Protocol):
 def translate_and_score(params: Any, model_cfg: TransformerConfig, tokenizer: Any,
                         pairs: Sequence[tuple[str, str]], batch_size: int,
                         max_source_len: int, beam_size: int = 1, alpha: float = 0.6,
-                        mesh: Optional[Mesh] = None) -> tuple[bleu.BleuScores, list[str]]:
+                        mesh: Optional[Mesh] = None, *,
+                        target_lang: str) -> tuple[bleu.BleuScores, list[str]]:
   """Translate the sources of (source, reference) `pairs` greedily (beam_size 1) or with
-  beam search: -> (`bleu.BleuScores`: sacreBLEU and tokenized BLEU, hypotheses).
+  beam search: -> (`bleu.BleuScores`: sacreBLEU and tokenized BLEU with the defaults of
+  `target_lang`, hypotheses).
 
   With `mesh` (one process only), each batch is split over its devices and decoded per
   device (`inference.make_translate_fn`)."""
@@ -63,12 +65,14 @@ def translate_and_score(params: Any, model_cfg: TransformerConfig, tokenizer: An
   hypotheses = inference.translate_lines([s for s, _ in pairs], translate_fn, tokenizer,
                                          batch_size=batch_size, max_source_len=max_source_len,
                                          progress=False)
-  return bleu.corpus_bleu(hypotheses, [t for _, t in pairs]), hypotheses
+  return bleu.corpus_bleu(hypotheses, [t for _, t in pairs],
+                          target_lang=target_lang), hypotheses
 
 
 class Translation:
-  """Parallel text (`sources`: text files, the embedded Bible, tfds) scored by BLEU on the
-  first `num_bleu_sentences` pairs of `bleu_split`, greedy; the translations are kept in
+  """Parallel text (`sources`: text files, the embedded Bible, tfds) scored by BLEU (with
+  the tokenizer of `target_lang`) on the first `num_bleu_sentences` pairs of `bleu_split`,
+  greedy; the translations are kept in
   `Workdir.translations(label, step)`."""
 
   def read_pairs(self, config: Any, split: str, process_index: int = 0,
@@ -84,6 +88,7 @@ class Translation:
     pairs = sources.load_raw(config, config.bleu_split)
     if config.num_bleu_sentences > 0:
       pairs = pairs[:config.num_bleu_sentences]
+    bleu.sacrebleu_metric(config.target_lang)  # its tokenizer loads, before training
     # Per device on one host; several processes keep the global program (each holds all
     # the sentences, and the per-device path takes process-local rows).
     mesh = context.mesh if jax.process_count() == 1 else None
@@ -91,7 +96,7 @@ class Translation:
     def evaluate(label: str, params: Any, step: int) -> dict[str, float]:
       scores, hypotheses = translate_and_score(
           params, context.model_config, context.tokenizer, pairs, config.decode_batch_size,
-          config.max_eval_len, mesh=mesh)
+          config.max_eval_len, mesh=mesh, target_lang=config.target_lang)
       if context.is_main:
         path = context.workdir.translations(label, step)
         bleu.write_hypotheses(path, hypotheses)

@@ -9,7 +9,8 @@ model uses 0 both as padding and as the decoder's start token).
     up using the first model written.
   * `Tokenizer`: Python-side encode (str → ids, EOS appended) / decode.
   * `Tokenizer.tf_tokenizer()`: the same model as a tensorflow-text
-    `SentencepieceTokenizer`, for tokenising inside a tf.data pipeline.
+    `SentencepieceTokenizer`; `tf_encoders()` (both vocabulary kinds): the source and
+    target encoders for tokenising inside a tf.data pipeline.
   * `TwoModelVocabulary`: an imported Marian vocabulary (`transformer_jax.marian`), with
     source and target SentencePiece models whose pieces share one id space; same
     encode / decode / pieces interface. `load_vocabulary(bytes)` reads either kind.
@@ -26,7 +27,7 @@ import json
 import logging
 import os
 import uuid
-from typing import Iterable, Sequence, Union
+from typing import Any, Iterable, Sequence, Union
 
 import sentencepiece as spm
 
@@ -73,11 +74,23 @@ class Tokenizer:
     unigram models sample among the `nbest_size` best (-1: all) with inverse temperature
     `alpha`; BPE models drop merges with probability `alpha` (BPE-dropout). 0: the best.
     """
-    import tensorflow_text as tftxt  # pylint: disable=g-import-not-at-top
-    if alpha <= 0:
-      return tftxt.SentencepieceTokenizer(model=self.model_proto, add_eos=False)
-    return tftxt.SentencepieceTokenizer(model=self.model_proto, add_eos=False,
-                                        nbest_size=nbest_size, alpha=alpha)
+    return _tf_sentencepiece(self.model_proto, alpha, nbest_size)
+
+  def tf_encoders(self, alpha: float = 0.0, nbest_size: int = -1) -> tuple[Any, Any]:
+    """(source, target) in-graph encoders: string tensor [N] -> ragged ids [N, None], no
+    EOS; one shared model (see `tf_tokenizer` for the sampling options)."""
+    encode = self.tf_tokenizer(alpha, nbest_size).tokenize
+    return encode, encode
+
+
+def _tf_sentencepiece(model: bytes, alpha: float, nbest_size: int,
+                      out_type: Any = None) -> 'tftxt.SentencepieceTokenizer':
+  """tensorflow-text SentencePiece tokenizer of `model` (ids, or `out_type`, e.g. strings)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_text as tftxt  # pylint: disable=g-import-not-at-top
+  sampling = dict(nbest_size=nbest_size, alpha=alpha) if alpha > 0 else {}
+  return tftxt.SentencepieceTokenizer(model=model, add_eos=False, out_type=out_type or tf.int32,
+                                      **sampling)
 
 
 class TwoModelVocabulary:
@@ -135,6 +148,32 @@ class TwoModelVocabulary:
     """The subword string of each id ('<unk>' for ids without one)."""
     return [self._pieces.get(int(i), '<unk>') for i in ids]
 
+  def tf_encoders(self, alpha: float = 0.0, nbest_size: int = -1) -> tuple[Any, Any]:
+    """(source, target) in-graph encoders for training: string tensor [N] -> ragged ids
+    [N, None], no EOS. Sources split with the source model (a leading `>>xx<<` code kept as
+    one piece, as `encode` does), targets with the target model, as Marian trains; pieces
+    map to ids through the shared vocabulary (unknown: `<unk>`). Sampling as
+    `Tokenizer.tf_tokenizer`."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(list(self._ids), list(self._ids.values()),
+                                            tf.string, tf.int32), self._ids['<unk>'])
+
+    def encoder(model: bytes, codes: bool) -> Any:
+      sp = _tf_sentencepiece(model, alpha, nbest_size, out_type=tf.string)
+
+      def encode(text: Any) -> Any:
+        if codes:  # the code as one piece (empty when there is none), the rest split
+          code = tf.strings.regex_replace(text, r'^(>>.*?<<)?(?s:.*)$', r'\1')
+          pieces = tf.concat([tf.strings.split(code),
+                              sp.tokenize(tf.strings.regex_replace(text, r'^>>.*?<<', ''))],
+                             axis=1)
+        else:
+          pieces = sp.tokenize(text)
+        return tf.ragged.map_flat_values(table.lookup, pieces)
+      return encode
+    return encoder(self.source_model, True), encoder(self.target_model, False)
+
 
 Vocabulary = Union[Tokenizer, TwoModelVocabulary]
 
@@ -183,7 +222,7 @@ def write_atomic(path: str, data: bytes) -> None:
 
 def load_or_train(path: str, sentences: Iterable[str], vocab_size: int,
                   model_type: str = 'unigram', max_sentences: int = 1_000_000,
-                  seed: int = 0) -> Tokenizer:
+                  seed: int = 0) -> 'Vocabulary':
   """The tokenizer cached at `path`; trains and caches it from `sentences` first if absent.
 
   Raises ValueError naming `path` if the cached model is not a SentencePiece model with
@@ -196,7 +235,7 @@ def load_or_train(path: str, sentences: Iterable[str], vocab_size: int,
   with tf.io.gfile.GFile(path, 'rb') as f:
     data = f.read()
   try:
-    tokenizer = Tokenizer(data)
+    tokenizer = load_vocabulary(data)
   except (RuntimeError, ValueError) as e:  # not a SentencePiece model, or other special ids
     raise ValueError(f'{path} is not a usable SentencePiece model: '
                      f'{str(e).splitlines()[0]}') from None

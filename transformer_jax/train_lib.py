@@ -27,6 +27,7 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from transformer_jax import config as config_lib
+from transformer_jax import loss as loss_lib
 from transformer_jax.clock import Clock
 from transformer_jax import metrics as metrics_lib
 from transformer_jax import sharding
@@ -48,18 +49,20 @@ _BATCH_TO_MODEL = {'inputs_position': 'inputs_positions', 'targets_position': 't
 
 def learning_rate_schedule(d_model: int, warmup_steps: int, multiplier: float = 1.0,
                            cooldown_steps: int = 0, total_steps: int = 0) -> optax.Schedule:
-  """Paper eq. 3 as a function of the 1-based step s:
+  """Paper eq. 3 as a function of the 1-based step s (update s of `total_steps`):
 
   lr(s) = multiplier · d_model^-0.5 · min(s^-0.5, s · warmup^-1.5),
 
-  times min(1, (total_steps - s) / cooldown_steps) when `cooldown_steps` > 0: a linear
-  decay to 0 over the last `cooldown_steps` steps (not in the paper; for short runs).
+  times min(1, (total_steps + 1 - s) / (cooldown_steps + 1)) when `cooldown_steps` > 0:
+  the last `cooldown_steps` updates decay linearly, by 1/(cooldown_steps + 1) of the rate
+  each, toward the 0 that step total_steps + 1 would have; every update of the run keeps a
+  positive rate (not in the paper; for short runs).
   """
   def schedule(step):
     s = jnp.maximum(jnp.asarray(step, jnp.float32), 1.0)
     lr = multiplier * d_model ** -0.5 * jnp.minimum(s ** -0.5, s * warmup_steps ** -1.5)
     if cooldown_steps:
-      lr = lr * jnp.clip((total_steps - s) / cooldown_steps, 0.0, 1.0)
+      lr = lr * jnp.clip((total_steps + 1 - s) / (cooldown_steps + 1), 0.0, 1.0)
     return lr
   return schedule
 
@@ -69,12 +72,17 @@ def create_optimizer(config: Any, d_model: int) -> tuple[optax.GradientTransform
   """Adam(b1, b2, eps) on the paper's schedule, after optional global-norm clipping.
 
   Returns (optimizer, schedule); optax counts updates from 0, so update n uses lr(n + 1).
+  With `flatten_optimizer` Adam runs on all parameters raveled into one vector (the same
+  updates in a few large kernels instead of a few per leaf; its state is then one
+  replicated vector, so keep it off when the mesh shards parameters).
   """
   schedule = learning_rate_schedule(d_model, config.warmup_steps,
                                     config.learning_rate_multiplier, config.cooldown_steps,
                                     config.num_train_steps)
   adam = optax.adam(lambda count: schedule(count + 1), b1=config.adam_b1,
                     b2=config.adam_b2, eps=config.adam_eps)
+  if config.flatten_optimizer:
+    adam = optax.flatten(adam)
   if config.grad_clip_norm:
     return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adam), schedule
   return adam, schedule
@@ -168,17 +176,23 @@ def _split_micro_batches(batch: Batch, k: int) -> dict[str, Array]:
           for key, x in batch.items()}
 
 
-def _forward(model: Transformer, params: Any, batch: Batch, deterministic: bool,
-             rng: Optional[Array] = None) -> Array:
+def _loss_terms(model: Transformer, params: Any, batch: Batch, label_smoothing: float,
+                chunk_tokens: int, deterministic: bool,
+                rng: Optional[Array] = None) -> dict[str, Array]:
+  """Summed loss terms of a batch (`loss.chunked_loss_terms`: no [tokens, V] logits)."""
   extra = {_BATCH_TO_MODEL[k]: v for k, v in batch.items() if k in _BATCH_TO_MODEL}
   rngs = None if deterministic else {'dropout': rng}
-  return model.apply({'params': params}, batch['inputs'], batch['targets'],
-                     deterministic=deterministic, rngs=rngs, **extra)
+  hidden, kernel, bias = model.apply({'params': params}, batch['inputs'], batch['targets'],
+                                     deterministic=deterministic, rngs=rngs,
+                                     return_hidden=True, **extra)
+  return loss_lib.chunked_loss_terms(hidden, kernel, bias, batch['targets'], label_smoothing,
+                                     chunk_tokens)
 
 
 def train_step_fn(state: TrainState, batch: Batch, *, model: Transformer,
                   optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                  label_smoothing: float, grad_accum_steps: int) -> tuple[TrainState, dict]:
+                  label_smoothing: float, grad_accum_steps: int,
+                  loss_chunk_tokens: int) -> tuple[TrainState, dict]:
   """One optimizer step: gradients of the loss per real target token of the whole batch.
 
   With k = grad_accum_steps > 1 the batch is split into k micro-batches whose
@@ -189,8 +203,7 @@ def train_step_fn(state: TrainState, batch: Batch, *, model: Transformer,
   dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
   def loss_fn(params, micro, key):
-    terms = metrics_lib.loss_terms(_forward(model, params, micro, False, key),
-                                   micro['targets'], label_smoothing)
+    terms = _loss_terms(model, params, micro, label_smoothing, loss_chunk_tokens, False, key)
     return terms['loss'], terms
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -216,11 +229,10 @@ def train_step_fn(state: TrainState, batch: Batch, *, model: Transformer,
                      'learning_rate': schedule(state.step + 1)}
 
 
-def eval_step_fn(params: Any, batch: Batch, *, model: Transformer,
-                 label_smoothing: float) -> dict[str, Array]:
+def eval_step_fn(params: Any, batch: Batch, *, model: Transformer, label_smoothing: float,
+                 loss_chunk_tokens: int) -> dict[str, Array]:
   """Summed loss terms (see `metrics.loss_terms`) of one batch, dropout off."""
-  return metrics_lib.loss_terms(_forward(model, params, batch, True), batch['targets'],
-                                label_smoothing)
+  return _loss_terms(model, params, batch, label_smoothing, loss_chunk_tokens, True)
 
 
 def _traced_in(mesh: Mesh, fn: Callable) -> Callable:
@@ -248,7 +260,8 @@ def make_train_step(model_cfg: TransformerConfig, config: Any, mesh: Mesh,
   step = jax.jit(
       functools.partial(train_step_fn, model=Transformer(model_cfg), optimizer=optimizer,
                         schedule=schedule, label_smoothing=config.label_smoothing,
-                        grad_accum_steps=config.grad_accum_steps),
+                        grad_accum_steps=config.grad_accum_steps,
+                        loss_chunk_tokens=config.loss_chunk_tokens),
       in_shardings=(state_sh, sharding.batch_sharding(mesh)),
       out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
   return _traced_in(mesh, step)
@@ -259,7 +272,8 @@ def make_eval_step(model_cfg: TransformerConfig, config: Any, mesh: Mesh,
   """Jitted `eval_step(params, batch) -> summed metrics` (see `metrics.loss_terms`)."""
   params_sh = state_shardings(model_cfg, optimizer, mesh).params
   step = jax.jit(functools.partial(eval_step_fn, model=Transformer(model_cfg),
-                                   label_smoothing=config.label_smoothing),
+                                   label_smoothing=config.label_smoothing,
+                                   loss_chunk_tokens=config.loss_chunk_tokens),
                  in_shardings=(params_sh, sharding.batch_sharding(mesh)),
                  out_shardings=sharding.replicated(mesh))
   return _traced_in(mesh, step)

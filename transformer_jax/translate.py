@@ -1,11 +1,17 @@
 """Translate text with a trained checkpoint: `transformer-jax-translate --workdir DIR`.
 
-Reads stdin (or `--input`), writes exactly one line per input line, in order (an empty
-line gives an empty line) to stdout (or `--output`). Sentences are sorted by length and
-decoded in batches of fixed shapes (`--batch_size` rows, source length rounded up to a
-power of two) so that few programs are compiled; a sentence longer than the model's
-`max_len` tokens is cut to it, with a warning on stderr. Uses `<workdir>/averaged` when present.
-With `--reference`, sacreBLEU and tokenized BLEU of the output are printed on stderr.
+Reads stdin (or `--input`), writes exactly one line per input line, in order (a line with
+no content, e.g. blank or only zero-width characters, gives an empty line) to stdout (or
+`--output`). Input that is not UTF-8 is an error naming the file and its first bad line
+(with the count of such lines); a byte-order mark starting the input is skipped. Sentences
+are sorted by length and decoded in batches of fixed shapes (`--batch_size` rows, source
+length rounded up to a power of two) so that few programs are compiled; a sentence longer
+than the model's `max_len` tokens is cut to it, with a warning on stderr. Uses
+`<workdir>/averaged` when present.
+With `--reference`, sacreBLEU and tokenized BLEU of the output are printed on stderr, with
+sacreBLEU's defaults for `--target_lang` (default: the training config's `target_lang`
+from `<workdir>/config.json`): the zh / ja-mecab / ko-mecab tokenizers for Chinese,
+Japanese, Korean, 13a otherwise.
 Several `--workdir`s decode as an ensemble (same vocabulary). `--n_best K` writes the beam's
 K best per input as `index ||| hypothesis ||| score ||| log_prob`, `--scores` and
 `--alignment` add fields to 1-best lines, `--sample` samples (`hypotheses.format_lines`).
@@ -28,7 +34,7 @@ from typing import Optional, Sequence
 import jax
 
 from transformer_jax import bleu, cli, hypotheses, inference, sharding
-from transformer_jax.workdir import CheckpointError
+from transformer_jax.workdir import CheckpointError, Workdir
 
 PROG = 'transformer-jax-translate'
 
@@ -58,6 +64,21 @@ def use_cpu_devices(count: int) -> None:
                     'device(s)', count, len(jax.devices('cpu')))
 
 
+def bleu_language(flag: Optional[str], workdir: str) -> str:
+  """The target language for BLEU: `flag`, else the workdir's config.json ('' with a
+  warning if it has none); UserError if sacreBLEU cannot load its tokenizer."""
+  target_lang = flag if flag is not None else Workdir(workdir).saved_config().get(
+      'target_lang') or ''
+  if flag is None and not target_lang:
+    logging.warning('no --target_lang and no target_lang in %s/config.json: BLEU with the '
+                    '13a tokenizer', workdir)
+  try:
+    bleu.sacrebleu_metric(target_lang)
+  except ValueError as e:
+    raise cli.UserError(str(e)) from None
+  return target_lang
+
+
 def build_parser() -> cli.ArgumentParser:
   parser = cli.ArgumentParser(prog=PROG, description=__doc__.split('\n')[0])
   cli.add_workdir_argument(parser)
@@ -69,6 +90,10 @@ def build_parser() -> cli.ArgumentParser:
                       help='output length limit = source length + this')
   parser.add_argument('--reference', help='reference translations, one per input line: '
                       'print sacreBLEU and tokenized BLEU of the output on stderr')
+  parser.add_argument('--target_lang',
+                      help="language of the output for --reference's BLEU tokenizer (zh, ja, "
+                      "ko: sacreBLEU's language defaults; others: 13a); default: the "
+                      "workdir's config.json target_lang")
   parser.add_argument('--batch_size', type=int, default=32, help='sentences per batch')
   parser.add_argument('--cpu_devices', type=int,
                       help='on a CPU host, split each batch over this many JAX devices '
@@ -136,6 +161,8 @@ def _translate(args) -> None:
   if references is not None and len(references) != len(lines):
     raise cli.UserError(f'{args.reference} has {len(references)} lines but the input '
                         f'{len(lines)}')
+  if references is not None:
+    target_lang = bleu_language(args.target_lang, args.workdir[0])
   results = hypotheses.search_lines(lines, hypotheses.make_search_fn(model, options, mesh),
                                     model.vocab, batch_size=args.batch_size,
                                     max_source_len=model.max_len,
@@ -144,7 +171,8 @@ def _translate(args) -> None:
       results, n_best=args.n_best is not None, scores=args.scores, alignment=args.alignment))
   if references is not None:
     outputs = [h[0].text if h else '' for h in results]
-    print(bleu.format_scores(bleu.corpus_bleu(outputs, references)), file=sys.stderr)
+    scores = bleu.corpus_bleu(outputs, references, target_lang=target_lang)
+    print(bleu.format_scores(scores), file=sys.stderr)
 
 
 def run() -> None:

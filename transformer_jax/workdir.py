@@ -81,27 +81,41 @@ class Workdir:
     imported = os.path.exists(self.two_model_vocab)
     return self.two_model_vocab if imported else self._path('spm.model')
 
+  def saved_config(self) -> dict[str, Any]:
+    """The training config a run wrote to config.json ({} if there is none)."""
+    return read_json(self.config_json) if os.path.exists(self.config_json) else {}
+
   def saved_vocab_path(self) -> str:
     """The vocabulary a finished run used: `vocab_path` of its config.json (if any)."""
-    saved = read_json(self.config_json) if os.path.exists(self.config_json) else {}
-    return self.vocab_path(saved.get('vocab_path') or '')
+    return self.vocab_path(self.saved_config().get('vocab_path') or '')
 
   def adopt_vocabulary(self, other: 'Workdir', configured: str = '') -> None:
-    """Copy the vocabulary `other` (a finished run) used to this run's, unless it has one."""
-    path = self.vocab_path(configured)
-    if other.saved_vocab_path() == other.two_model_vocab:
-      raise CheckpointError(f'{other.root} is an imported Marian model: training cannot read '
-                            'its two-model vocabulary (source and target SentencePiece) yet')
-    if not os.path.exists(path):
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      tmp = f'{path}.tmp-{os.getpid()}'
-      shutil.copyfile(other.saved_vocab_path(), tmp)
-      os.replace(tmp, path)
+    """Copy the vocabulary `other` (a finished or imported run) used to this run's default
+    place (spm.model, or the two-model file for an imported one), unless config.vocab_path
+    names one (`configured`) or the run already has one."""
+    source = other.saved_vocab_path()
+    imported = source == other.two_model_vocab
+    path = self.two_model_vocab if imported else self._path('spm.model')
+    if configured or os.path.exists(self.vocab_path()):
+      return
+    os.makedirs(self.root, exist_ok=True)
+    tmp = f'{path}.tmp-{os.getpid()}'
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, path)
 
   def steps(self) -> list[int]:
     """Steps with a finalized directory under checkpoints/ (none if it does not exist)."""
     directory = self.checkpoints
     return [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+
+  def save_failure(self, step: int, cause: str) -> str:
+    """One line for a checkpoint save that failed: the step and path being written,
+    `cause`, and the last complete step (where a rerun resumes)."""
+    done = [s for s in self.steps() if s != step]
+    last = (f'the last complete checkpoint is step {max(done)} '
+            f'({self.checkpoints}/{max(done)}), where a rerun resumes'
+            if done else 'no checkpoint is complete yet')
+    return f'cannot write checkpoint step {step} to {self.checkpoints}/{step}: {cause}; {last}'
 
   def write_config(self, config: Any) -> None:
     """Write the training ConfigDict to config.json."""
