@@ -12,15 +12,16 @@ from packaging.utils import canonicalize_name
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, 'transformer_jax')
 # What `pip install .` gives (README, "Installing elsewhere"): the model, decoding,
-# checkpoint loading and averaging, inference, the translate and parse CLIs, BLEU, parsing. The
-# others need the [train] extra: config (ml_collections), tasks (absl), and the training loop
-# with its data, clock and logging.
-PLAIN = {'__init__', 'linear', 'attention', 'model', 'decode', 'sharding', 'distributed',
-         'tokenizer', 'bleu', 'checksums', 'checkpoint', 'workdir', 'inference', 'cli',
-         'translate', 'average', 'parsing', 'parsing.evalb', 'parsing.linearize',
-         'parsing.treebank', 'parsing.parser', 'parse', 'scoring', 'marian', 'marian_cli'}
-TRAIN = {'config', 'tasks', 'clock', 'sources', 'synthetic', 'input_pipeline', 'metrics',
-         'train_lib', 'train', 'visualize'}
+# checkpoint loading and averaging, inference and the translate, score and parse CLIs,
+# BLEU, parsing. The others need the [train] extra: config (ml_collections), tasks (absl),
+# and the training loop with its data, clock, loss and logging.
+PLAIN = {'__init__', 'linear', 'attention', 'model', 'model_config', 'decode', 'sharding',
+         'distributed', 'tokenizer', 'bleu', 'checksums', 'checkpoint', 'workdir', 'inference',
+         'hypotheses', 'cli', 'translate', 'score', 'parse', 'average', 'parsing',
+         'parsing.evalb', 'parsing.linearize', 'parsing.treebank', 'parsing.parser', 'scoring',
+         'marian', 'marian_cli'}
+TRAIN = {'config', 'tasks', 'clock', 'loss', 'sources', 'synthetic', 'input_pipeline',
+         'metrics', 'train_lib', 'train', 'visualize'}
 # Imports inside functions of plain modules that only training calls (TensorFlow for the
 # tokenizer's training and in-graph tokenisation), or that only an optional format needs
 # (torch for a Marian checkpoint saved as pytorch_model.bin: a one-line error without it).
@@ -112,6 +113,7 @@ def test_console_scripts_of_the_plain_install_use_plain_modules():
   targets = dict(line.replace(' ', '').split('=') for line in scripts)
   modules = {name: target.split(':')[0].split('.')[1] for name, target in targets.items()}
   assert modules['transformer-jax-translate'] in PLAIN
+  assert modules['transformer-jax-score'] in PLAIN
   assert modules['transformer-jax-parse'] in PLAIN
   assert modules['transformer-jax-average'] in PLAIN
   assert modules['transformer-jax-train'] in TRAIN

@@ -183,8 +183,8 @@ def test_invalid_search_options_are_one_line_errors(tmp_path, capsys, option):
 # ----------------------------------------------------------------------- a real workdir
 
 
-def _train_vocab(path):
-  random.seed(0)
+def _train_vocab(path, seed=0):
+  random.seed(seed)
   words = ['abc', 'bad', 'cab', 'dead', 'face', 'bead', 'fad', 'ace']
   sentences = [' '.join(random.choices(words, k=random.randint(2, 6))) for _ in range(300)]
   model = io.BytesIO()
@@ -194,16 +194,15 @@ def _train_vocab(path):
   path.write_bytes(model.getvalue())
 
 
-@pytest.fixture(scope='module')
-def workdir(tmp_path_factory, tiny_config):
-  """A training workdir with one checkpoint of a random 16-piece model and its vocabulary.
+def make_workdir(root, config, vocab_seed=0):
+  """A training workdir at `root` with one checkpoint of a random 16-piece model and its
+  vocabulary (trained on random sentences drawn with `vocab_seed`).
 
   The EOS logit is lowered by about 5 (through the bias of the last, post-LN, LayerNorm
   along the tied EOS embedding) so that the random model writes non-empty outputs.
   """
-  root = tmp_path_factory.mktemp('workdir')
-  _train_vocab(root / 'spm.model')
-  config = tiny_config.replace(vocab_size=16)
+  _train_vocab(root / 'spm.model', vocab_seed)
+  config = config.replace(vocab_size=16)
   ones = jnp.ones((1, 4), jnp.int32)
   params = nn.meta.unbox(jax.jit(Transformer(config).init)(jax.random.key(0), ones, ones)['params'])
   eos = params['source_embed']['embedding'][1]
@@ -214,6 +213,12 @@ def workdir(tmp_path_factory, tiny_config):
   with checkpoint.Checkpointer(str(root), save_every_steps=1, keep=1, metadata=metadata) as c:
     c.maybe_save(1, {'params': params}, force=True)
   return root
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory, tiny_config):
+  """A training workdir with one checkpoint of a random 16-piece model (`make_workdir`)."""
+  return make_workdir(tmp_path_factory.mktemp('workdir'), tiny_config)
 
 
 def test_vocabulary_must_fit_the_model(workdir, tiny_config):

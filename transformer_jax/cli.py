@@ -46,13 +46,12 @@ def run_main(prog: str, body: Callable[[], None],
   return 0
 
 
-def check_search_options(beam_size: int, alpha: float) -> None:
-  """UserError unless beam_size >= 1 and alpha is finite and >= 0 (beam search's early
-  stop relies on alpha >= 0)."""
-  if beam_size < 1:
-    raise UserError(f'--beam_size must be >= 1, got {beam_size}')
-  if not 0 <= alpha < math.inf:
-    raise UserError(f'--alpha must be a finite number >= 0, got {alpha}')
+def add_workdir_argument(parser: argparse.ArgumentParser) -> None:
+  """`--workdir DIR`, given once, several times or comma-separated (an ensemble) -> a list."""
+  parser.add_argument('--workdir', required=True, action='extend',
+                      type=lambda value: [w for w in value.split(',') if w],
+                      help='training directory with checkpoints; several (repeated or '
+                      'comma-separated): an ensemble of models sharing one vocabulary')
 
 
 def read_lines(path: Optional[str]) -> list[str]:
@@ -101,3 +100,13 @@ def write_lines(path: Optional[str], lines: Sequence[str]) -> None:
       f.write(text)
   except OSError as e:
     raise UserError(f'cannot write {path}: {e.strerror}') from None
+
+
+
+def check_search_options(beam_size: int, alpha: float) -> None:
+  """UserError unless beam_size >= 1 and alpha is finite and >= 0 (beam search's early
+  stop relies on alpha >= 0)."""
+  if beam_size < 1:
+    raise UserError(f'--beam_size must be >= 1, got {beam_size}')
+  if not 0 <= alpha < math.inf:
+    raise UserError(f'--alpha must be a finite number >= 0, got {alpha}')

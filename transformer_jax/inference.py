@@ -1,13 +1,15 @@
 """Inference from a training workdir: load the model and its vocabulary, translate lines.
 
 `load_model(workdir)` -> `LoadedModel` (params, `TransformerConfig`, vocabulary);
+`load_ensemble(workdirs)` -> one `LoadedModel` of several models sharing a vocabulary;
 `make_translate_fn(model, beam_size=..., mesh=...)` -> a function from [B, S] source ids to
 [B, L] output ids; `translate_lines(lines, fn, vocab, ...)` batches sentences by length
 (fixed shapes: `batch_size` rows, source length rounded up to a power of two, so that few
-programs are compiled) and returns one output per line, in order; a line with no content
-(`source_ids` None: blank, zero-width or format characters only) gives '' without reaching
-the model, and a BOM starting a line is dropped. The translate CLI,
-`visualize` and training's evaluation (`tasks`) all use these. No TensorFlow, no flags.
+programs are compiled; `encode_lines`, `length_batches`) and returns one output per line,
+in order; a line with no content (`source_ids` None: blank, zero-width or format
+characters only) gives '' without reaching the model, and a BOM starting a line is
+dropped. The translate and score CLIs (through `hypotheses`), `visualize` and training's
+evaluation (`tasks`) all use these. No TensorFlow, no flags.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import dataclasses
 import logging
 import os
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,10 +51,17 @@ class InferenceError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
-  """What a training workdir provides for inference."""
+  """What a training workdir provides for inference: one model (params, a
+  `TransformerConfig`), or an ensemble (tuples of its members' params and configs, as
+  `decode` takes them), and the vocabulary."""
   params: Any
-  config: TransformerConfig
+  config: Any
   vocab: Vocabulary
+
+  @property
+  def max_len(self) -> int:
+    """The longest source or target the model (every member) has positions for."""
+    return min(c.max_len for c in decode.as_ensemble(self.params, self.config)[1])
 
 
 def load_for_inference(workdir: str) -> tuple[Any, TransformerConfig, str]:
@@ -100,11 +109,32 @@ def load_vocabulary(path: str, config: TransformerConfig) -> Vocabulary:
 def load_model(workdir: str, mesh: Optional[Mesh] = None) -> LoadedModel:
   """Params (on the default device, or replicated on `mesh`), config and vocabulary of a
   training workdir (averaged if present)."""
-  if not os.path.isdir(workdir):
-    raise InferenceError(f'workdir {workdir} does not exist')
-  params, config, vocab_path = load_for_inference(workdir)
+  return load_ensemble([workdir], mesh)
+
+
+def load_ensemble(workdirs: Sequence[str], mesh: Optional[Mesh] = None) -> LoadedModel:
+  """`load_model` of one workdir, or an ensemble of several: their params and configs as
+  tuples (members may differ in size), the first one's vocabulary. InferenceError naming
+  both workdirs if a member's vocabulary file differs (SHA-256) from the first one's."""
+  members = []
+  for workdir in workdirs:
+    if not os.path.isdir(workdir):
+      raise InferenceError(f'workdir {workdir} does not exist')
+    members.append(load_for_inference(workdir))
+  vocab_path = members[0][2]
+  for workdir, (_, _, path) in zip(workdirs[1:], members[1:]):
+    if file_sha256(path) != file_sha256(vocab_path):
+      raise InferenceError(f'ensemble members need one vocabulary: {workdir} has another '
+                           f'than {workdirs[0]} ({path} and {vocab_path} differ)')
+  params, configs = (tuple(m[0] for m in members), tuple(m[1] for m in members))
+  if len(members) == 1:
+    params, configs = params[0], configs[0]
+  try:
+    decode.as_ensemble(params, configs)  # the members' embedding sizes agree
+  except ValueError as e:
+    raise InferenceError(f'{", ".join(workdirs)}: {e}') from None
   params = jax.device_put(params, None if mesh is None else sharding.replicated(mesh))
-  return LoadedModel(params, config, load_vocabulary(vocab_path, config))
+  return LoadedModel(params, configs, load_vocabulary(vocab_path, members[0][1]))
 
 
 def make_translate_fn(model: LoadedModel, *, beam_size: int = 4, alpha: float = 0.6,
@@ -148,6 +178,45 @@ def source_ids(line: str, vocab: Any) -> Optional[list[int]]:
   return None if list(ids) == [EOS_ID] else ids
 
 
+def encode_lines(lines: Sequence[str], vocab: Any, max_len: int, *, skip_empty: bool = True,
+                 what: str = 'lines') -> dict[int, list[int]]:
+  """Line number -> the line's ids (EOS last), cut to `max_len` tokens keeping the EOS
+  (with one warning naming the first cut line); lines with no content are left out
+  (`skip_empty`: `source_ids` None) or encoded as they are (`vocab.encode`; EOS alone)."""
+  encoded, cut = {}, []
+  for i, line in enumerate(lines):
+    ids = source_ids(line, vocab) if skip_empty else vocab.encode(line)
+    if ids is not None:
+      encoded[i] = fit_source(ids, max_len)
+      if len(ids) > max_len:
+        cut.append(i)
+  if cut:
+    logging.warning('%d of %d %s have more than %d tokens and were cut to that length '
+                    '(first: line %d)', len(cut), len(lines), what, max_len, cut[0] + 1)
+  return encoded
+
+
+def length_batches(items: dict[int, tuple[list[int], ...]], batch_size: int, max_len: int,
+                   progress: bool = True) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+  """Items (key -> one or more id sequences, e.g. a source and its target) sorted by length
+  -> batches (keys, one [batch_size, W] int32 array per sequence, 0-padded, W its longest
+  length bucketed by `bucket_length`): fixed shapes, so that few programs are compiled.
+  A tqdm progress bar on stderr counts the items."""
+  order = sorted(items, key=lambda i: [len(ids) for ids in items[i]])
+  with tqdm(total=len(order), file=sys.stderr, unit='sent', disable=not progress) as bar:
+    for start in range(0, len(order), batch_size):
+      rows = order[start:start + batch_size]
+      arrays = []
+      for field in range(len(items[rows[0]])):
+        width = bucket_length(max(len(items[i][field]) for i in rows), max_len)
+        batch = np.zeros((batch_size, width), np.int32)
+        for r, i in enumerate(rows):
+          batch[r, :len(items[i][field])] = items[i][field]
+        arrays.append(batch)
+      yield rows, arrays
+      bar.update(len(rows))
+
+
 def translate_lines(lines: Sequence[str], translate_fn: TranslateFn, vocab: Any, *,
                     batch_size: int, max_source_len: int, progress: bool = True) -> list[str]:
   """Translate `lines` (one sentence each) -> one output per line, in the input order.
@@ -158,27 +227,11 @@ def translate_lines(lines: Sequence[str], translate_fn: TranslateFn, vocab: Any,
   (EOS kept), with a warning. Batches always have `batch_size` rows.
   """
   outputs = [''] * len(lines)
-  encoded, cut = {}, []
-  for i, line in enumerate(lines):
-    ids = source_ids(line, vocab)
-    if ids is not None:
-      encoded[i] = fit_source(ids, max_source_len)
-      if len(ids) > max_source_len:
-        cut.append(i)
-  if cut:
-    logging.warning('%d of %d lines have more than %d tokens and were cut to that length '
-                    '(first: line %d)', len(cut), len(lines), max_source_len, cut[0] + 1)
-  order = sorted(encoded, key=lambda i: len(encoded[i]))
-  with tqdm(total=len(order), file=sys.stderr, unit='sent', disable=not progress) as bar:
-    for start in range(0, len(order), batch_size):
-      rows = order[start:start + batch_size]
-      width = bucket_length(max(len(encoded[i]) for i in rows), max_source_len)
-      batch = np.zeros((batch_size, width), np.int32)
-      for r, i in enumerate(rows):
-        batch[r, :len(encoded[i])] = encoded[i]
-      for i, ids in zip(rows, translate_fn(batch)):
-        outputs[i] = vocab.decode(ids)
-      bar.update(len(rows))
+  encoded = encode_lines(lines, vocab, max_source_len)
+  for rows, (batch,) in length_batches({i: (ids,) for i, ids in encoded.items()}, batch_size,
+                                       max_source_len, progress):
+    for i, ids in zip(rows, translate_fn(batch)):
+      outputs[i] = vocab.decode(ids)
   return outputs
 
 

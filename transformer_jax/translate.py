@@ -12,6 +12,9 @@ With `--reference`, sacreBLEU and tokenized BLEU of the output are printed on st
 sacreBLEU's defaults for `--target_lang` (default: the training config's `target_lang`
 from `<workdir>/config.json`): the zh / ja-mecab / ko-mecab tokenizers for Chinese,
 Japanese, Korean, 13a otherwise.
+Several `--workdir`s decode as an ensemble (same vocabulary). `--n_best K` writes the beam's
+K best per input as `index ||| hypothesis ||| score ||| log_prob`, `--scores` and
+`--alignment` add fields to 1-best lines, `--sample` samples (`hypotheses.format_lines`).
 Each batch is split over all of JAX's devices; on a CPU host JAX is first told to present
 the CPU as `--cpu_devices` devices (default: 2 where there are at least 2 cores, unless
 the environment sets JAX_NUM_CPU_DEVICES or XLA's host device count), whose
@@ -30,7 +33,7 @@ from typing import Optional, Sequence
 
 import jax
 
-from transformer_jax import bleu, cli, inference, sharding
+from transformer_jax import bleu, cli, hypotheses, inference, sharding
 from transformer_jax.workdir import CheckpointError, Workdir
 
 PROG = 'transformer-jax-translate'
@@ -78,7 +81,7 @@ def bleu_language(flag: Optional[str], workdir: str) -> str:
 
 def build_parser() -> cli.ArgumentParser:
   parser = cli.ArgumentParser(prog=PROG, description=__doc__.split('\n')[0])
-  parser.add_argument('--workdir', required=True, help='training directory with checkpoints')
+  cli.add_workdir_argument(parser)
   parser.add_argument('--input', help='file with one sentence per line (default: stdin)')
   parser.add_argument('--output', help='file for the translations (default: stdout)')
   parser.add_argument('--beam_size', type=int, default=4, help='1 means greedy decoding')
@@ -97,7 +100,47 @@ def build_parser() -> cli.ArgumentParser:
                       '(default: 2, or 1 on a 1-core host, unless JAX_NUM_CPU_DEVICES or '
                       'XLA_FLAGS sets a count)')
   parser.add_argument('--no_progress', action='store_true', help='no progress bar on stderr')
+  output = parser.add_argument_group('output (README: "Decoding features")')
+  output.add_argument('--n_best', type=int, help='write the K <= --beam_size best per input: '
+                      '"index ||| hypothesis ||| score ||| log_prob" lines, best first')
+  output.add_argument('--scores', action='store_true', help='1-best lines: '
+                      '"hypothesis ||| score ||| log_prob" (score: log_prob length-penalised)')
+  output.add_argument('--alignment', action='store_true',
+                      help='add " ||| i-j ..." Pharaoh word alignments (source word i, output '
+                      'word j) from the cross-attention')
+  sampling = parser.add_argument_group('sampling (instead of beam search)')
+  sampling.add_argument('--sample', action='store_true', help='sample each translation '
+                        '(back-translation); reproducible for a given --seed, input, '
+                        '--batch_size and device count')
+  sampling.add_argument('--temperature', type=float, help='> 0 (default 1)')
+  sampling.add_argument('--top_k', type=int, help='sample among the k most likely (default 0: '
+                        'all)')
+  sampling.add_argument('--top_p', type=float, help='sample in the nucleus of this mass, in '
+                        '(0, 1] (default 1: all)')
+  sampling.add_argument('--seed', type=int, help='PRNG seed (default 0)')
   return parser
+
+
+def search_options(args) -> hypotheses.SearchOptions:
+  """The decoding flags checked -> SearchOptions; UserError for a bad value or mix."""
+  cli.check_search_options(args.beam_size, args.alpha)
+  if args.batch_size < 1 or args.max_extra_len < 0:
+    raise cli.UserError('--batch_size must be >= 1, --max_extra_len >= 0')
+  sampling = {'temperature': args.temperature, 'top_k': args.top_k, 'top_p': args.top_p,
+              'seed': args.seed}
+  given = {key: value for key, value in sampling.items() if value is not None}
+  if given and not args.sample:
+    raise cli.UserError(f'--{next(iter(given))} needs --sample')
+  if args.n_best is not None and not 1 <= args.n_best <= (1 if args.sample else args.beam_size):
+    raise cli.UserError(f'--n_best must be in [1, --beam_size={args.beam_size}]'
+                        f'{" (1 with --sample)" * args.sample}, got {args.n_best}')
+  if not given.get('temperature', 1) > 0 or given.get('top_k', 0) < 0:
+    raise cli.UserError('--temperature must be > 0 and --top_k >= 0')
+  if not 0 < given.get('top_p', 1) <= 1:
+    raise cli.UserError(f'--top_p must be in (0, 1], got {args.top_p}')
+  return hypotheses.SearchOptions(beam_size=args.beam_size, alpha=args.alpha,
+                                  max_extra_len=args.max_extra_len, n_best=args.n_best or 1,
+                                  sample=args.sample, alignment=args.alignment, **given)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -107,29 +150,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _translate(args) -> None:
-  cli.check_search_options(args.beam_size, args.alpha)
-  if args.batch_size < 1 or args.max_extra_len < 0:
-    raise cli.UserError('--batch_size must be >= 1, --max_extra_len >= 0')
+  options = search_options(args)
   cpu_devices = default_cpu_devices() if args.cpu_devices is None else args.cpu_devices
   if cpu_devices is not None:
     use_cpu_devices(cpu_devices)
   mesh = sharding.create_mesh()  # all devices, so made after use_cpu_devices
-  model = inference.load_model(args.workdir, mesh)
+  model = inference.load_ensemble(args.workdir, mesh)
   lines = cli.read_lines(args.input)
   references = None if args.reference is None else cli.read_lines(args.reference)
   if references is not None and len(references) != len(lines):
     raise cli.UserError(f'{args.reference} has {len(references)} lines but the input '
                         f'{len(lines)}')
   if references is not None:
-    target_lang = bleu_language(args.target_lang, args.workdir)
-  translate_fn = inference.make_translate_fn(model, beam_size=args.beam_size, alpha=args.alpha,
-                                             max_extra_len=args.max_extra_len, mesh=mesh)
-  outputs = inference.translate_lines(lines, translate_fn, model.vocab,
-                                      batch_size=args.batch_size,
-                                      max_source_len=model.config.max_len,
-                                      progress=not args.no_progress)
-  cli.write_lines(args.output, outputs)
+    target_lang = bleu_language(args.target_lang, args.workdir[0])
+  results = hypotheses.search_lines(lines, hypotheses.make_search_fn(model, options, mesh),
+                                    model.vocab, batch_size=args.batch_size,
+                                    max_source_len=model.max_len,
+                                    progress=not args.no_progress)
+  cli.write_lines(args.output, hypotheses.format_lines(
+      results, n_best=args.n_best is not None, scores=args.scores, alignment=args.alignment))
   if references is not None:
+    outputs = [h[0].text if h else '' for h in results]
     scores = bleu.corpus_bleu(outputs, references, target_lang=target_lang)
     print(bleu.format_scores(scores), file=sys.stderr)
 

@@ -1,0 +1,171 @@
+"""Decoding features of the translate and score CLIs: n-best lists with scores, scoring
+mode, word alignments, ensembles, sampling; each bad flag one line and exit 2."""
+
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from test_translate import LINES, make_workdir, workdir  # noqa: F401 - the fixture
+from transformer_jax import Transformer, decode, hypotheses, inference, score, scoring
+from transformer_jax import translate
+
+SOURCES = [line for line in LINES if line.strip()]
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+  """The input (LINES, blank lines included) and a target file line-aligned with it."""
+  root = tmp_path_factory.mktemp('files')
+  (root / 'in.txt').write_text('\n'.join(LINES) + '\n', encoding='utf-8')
+  targets = ['face bad', 'ace', 'cab fad', '', 'bead dead', 'abc', 'fad', 'dead cab', 'bad']
+  (root / 'tgt.txt').write_text('\n'.join(targets) + '\n', encoding='utf-8')
+  return root
+
+
+def _translate(tmp_path, *flags):
+  """translate.main in-process on LINES -> its output lines."""
+  source, output = tmp_path / 'in.txt', tmp_path / 'out.txt'
+  source.write_text('\n'.join(LINES) + '\n', encoding='utf-8')
+  assert translate.main(['--input', str(source), '--output', str(output), '--max_extra_len',
+                         '5', '--no_progress', *flags]) == 0
+  return output.read_text(encoding='utf-8').splitlines()
+
+
+def test_nbest_hypotheses_are_distinct_sorted_and_score_their_tokens(workdir):
+  model = inference.load_model(str(workdir))
+  options = hypotheses.SearchOptions(beam_size=3, n_best=3, alpha=0.6, max_extra_len=5)
+  sources = inference.encode_lines(SOURCES, model.vocab, model.max_len)
+  (_, (inputs,)), = inference.length_batches({i: (ids,) for i, ids in sources.items()}, 8, 64,
+                                             progress=False)
+  tokens, scores, log_probs, _ = hypotheses.make_search_fn(model, options)(inputs, 0)
+  assert tokens.shape[:2] == scores.shape == log_probs.shape == (8, 3)
+  for r in range(len(SOURCES)):
+    assert len({tuple(row) for row in tokens[r]}) == 3
+    assert np.all(np.diff(scores[r]) <= 0)
+    forced, _ = scoring.score(model.params, model.config, np.repeat(inputs[r:r + 1], 3, 0),
+                              tokens[r])
+    np.testing.assert_allclose(log_probs[r], forced, rtol=1e-5, atol=1e-5)
+    lengths = np.sum(tokens[r] != 0, axis=-1)
+    np.testing.assert_allclose(scores[r], forced / decode.length_penalty(lengths, 0.6),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_nbest_and_scores_lines(workdir, tmp_path):
+  nbest = [line.split(' ||| ') for line in _translate(
+      tmp_path, '--workdir', str(workdir), '--beam_size', '3', '--n_best', '3')]
+  one_best = [line.split(' ||| ') if line else [] for line in _translate(
+      tmp_path, '--workdir', str(workdir), '--beam_size', '3', '--scores')]
+  assert len(one_best) == len(LINES)
+  expected_indices = [i for i, line in enumerate(LINES) if line.strip() for _ in range(3)]
+  assert [int(fields[0]) for fields in nbest] == expected_indices  # none for blank lines
+  for index in set(expected_indices):
+    entries = [fields[1:] for fields in nbest if int(fields[0]) == index]
+    assert all(len(entry) == 3 for entry in entries)
+    assert len({hyp for hyp, _, _ in entries}) == 3
+    assert [float(s) for _, s, _ in entries] == sorted((float(s) for _, s, _ in entries),
+                                                        reverse=True)
+    assert one_best[index] == entries[0]  # hypothesis ||| score ||| log_prob
+  assert [bool(fields) for fields in one_best] == [bool(line.strip()) for line in LINES]
+
+
+def _forward_log_probs(model, source, target):
+  """Teacher-forced log p(target | source) per token from the model's forward pass."""
+  src = jnp.asarray([model.vocab.encode(source)], jnp.int32)
+  tgt = jnp.asarray([model.vocab.encode(target)], jnp.int32)
+  logits = Transformer(model.config).apply({'params': model.params}, src, tgt)[0]
+  log_probs = jax.nn.log_softmax(logits.at[:, 0].set(-jnp.inf), axis=-1)
+  return np.asarray(jnp.take_along_axis(log_probs, tgt[0][:, None], axis=-1)[:, 0])
+
+
+def test_score_cli_equals_the_forward_pass(workdir, files, tmp_path, capsys):
+  model = inference.load_model(str(workdir))
+  targets = (files / 'tgt.txt').read_text(encoding='utf-8').splitlines()
+  for normalise in (False, True):
+    output = tmp_path / f'scores{normalise}.txt'
+    assert score.main(['--workdir', str(workdir), '--source', str(files / 'in.txt'),
+                       '--target', str(files / 'tgt.txt'), '--output', str(output),
+                       '--per_token', '--batch_size', '4', '--no_progress']
+                      + ['--normalise'] * normalise) == 0
+    lines = output.read_text(encoding='utf-8').splitlines()
+    assert len(lines) == len(LINES)  # blank pairs too
+    for line, source, target in zip(lines, LINES, targets):
+      total, per_token = line.split('\t')
+      expected = _forward_log_probs(model, source, target)
+      np.testing.assert_allclose([float(x) for x in per_token.split()], expected, atol=2e-5)
+      np.testing.assert_allclose(float(total), np.mean(expected) if normalise
+                                 else np.sum(expected), atol=2e-5)
+
+
+def test_alignment_covers_every_output_word_within_bounds(workdir, tmp_path):
+  lines = _translate(tmp_path, '--workdir', str(workdir), '--beam_size', '2', '--alignment')
+  for source, line in zip(LINES, lines):
+    if not source.strip():
+      assert line == ''
+      continue
+    hypothesis, alignment = line.split(' ||| ')
+    pairs = [tuple(map(int, pair.split('-'))) for pair in alignment.split()]
+    assert all(0 <= i < len(source.split()) for i, _ in pairs)
+    assert {j for _, j in pairs} == set(range(len(hypothesis.split())))
+
+
+def test_ensembles_of_one_and_of_two_copies_decode_as_the_model(workdir, tmp_path):
+  copy = tmp_path / 'copy'
+  shutil.copytree(workdir, copy)
+  for flags in (['--beam_size', '1'], ['--beam_size', '3', '--n_best', '2']):
+    single = _translate(tmp_path, '--workdir', str(workdir), '--scores', *flags)
+    pair = _translate(tmp_path, '--workdir', f'{workdir},{copy}', '--scores', *flags)
+    assert inference.load_ensemble([str(workdir)]).config == inference.load_model(
+        str(workdir)).config
+    for one, two in zip(single, pair, strict=True):
+      one, two = one.split(' ||| '), two.split(' ||| ')
+      assert one[:-2] == two[:-2]  # index and hypothesis
+      np.testing.assert_allclose([float(x) for x in one[-2:] if x],
+                                 [float(x) for x in two[-2:] if x], atol=1e-4)
+
+
+def test_sampling_is_reproducible_with_a_seed(workdir, tmp_path):
+  sample = lambda seed: _translate(tmp_path, '--workdir', str(workdir), '--sample', '--seed',
+                                   str(seed), '--top_p', '0.95', '--batch_size', '4')
+  first = sample(1)
+  assert sample(1) == first
+  assert sample(2) != first
+  assert [bool(line) for line in first] == [bool(line.strip()) for line in LINES]
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--n_best', '5', '--beam_size', '4'], '--n_best must be in [1, --beam_size=4], got 5'),
+    (['--n_best', '2', '--sample'], '--n_best must be in [1, --beam_size=4] (1 with --sample)'),
+    (['--sample', '--top_p', '1.5'], '--top_p must be in (0, 1], got 1.5'),
+    (['--top_k', '5'], '--top_k needs --sample'),
+    (['--sample', '--temperature', '0'], '--temperature must be > 0'),
+])
+def test_bad_decoding_flags_are_one_line_errors(tmp_path, capsys, flags, message):
+  assert translate.main(['--workdir', str(tmp_path), *flags]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f'transformer-jax-translate: error: {message}') and err.count('\n') == 1
+
+
+def test_unaligned_scoring_files_are_one_line_errors(workdir, files, tmp_path, capsys):
+  short = tmp_path / 'short.txt'
+  short.write_text('ace\n', encoding='utf-8')
+  assert score.main(['--workdir', str(workdir), '--source', str(files / 'in.txt'),
+                     '--target', str(short)]) == 2
+  assert capsys.readouterr().err == (f'transformer-jax-score: error: {files / "in.txt"} has '
+                                     f'{len(LINES)} lines but {short} 1\n')
+
+
+def test_ensemble_members_with_another_vocabulary_are_refused(workdir, files, tmp_path,
+                                                             tiny_config, capsys):
+  (tmp_path / 'other').mkdir()
+  other = make_workdir(tmp_path / 'other', tiny_config, vocab_seed=1)
+  expected = (f'error: ensemble members need one vocabulary: {other} has another than '
+              f'{workdir} ({other / "spm.model"} and {workdir / "spm.model"} differ)\n')
+  assert translate.main(['--workdir', str(workdir), '--workdir', str(other),
+                         '--input', str(files / 'in.txt')]) == 2
+  assert capsys.readouterr().err == 'transformer-jax-translate: ' + expected
+  assert score.main(['--workdir', f'{workdir},{other}', '--source', str(files / 'in.txt'),
+                     '--target', str(files / 'in.txt')]) == 2
+  assert capsys.readouterr().err == 'transformer-jax-score: ' + expected
