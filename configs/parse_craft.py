@@ -16,35 +16,22 @@ metrics.jsonl); the paper's decoding (beam 21, alpha 0.3, source + 300) and the 
 one are `transformer-jax-parse`'s flags (`parsing.parser.PAPER`, `GREEDY`).
 """
 
-from transformer_jax.config import default_config
+import os
+
+from transformer_jax.config import load_config
 
 
 def get_config():
-  config = default_config()
+  config = load_config(os.path.join(os.path.dirname(__file__), 'demo.py'))  # its recipe
   config.task = 'parsing'
   config.dataset = 'craft'
   config.train_split, config.eval_split, config.test_split = 'train', 'dev', 'test'
+  config.source_lang = config.target_lang = 'en'  # words -> trees of English
   config.vocab_size = 4000
-  config.vocab_model_type = 'unigram'
   config.max_len = 256
-  config.max_eval_len = 256
-  config.batching = 'pack'
   config.batch_size = 8
-  config.shuffle_buffer = 20_000
-  config.model.update(d_model=192, d_ff=768, num_heads=4, num_encoder_layers=3,
-                      num_decoder_layers=3, pre_norm=True, max_len=1024, dropout_rate=0.0)
-  config.warmup_steps = 150
-  config.learning_rate_multiplier = 0.5
-  config.num_train_steps = 1_000_000
-  config.train_minutes = 20.0
-  config.log_every_steps = 25
-  config.eval_every_steps = 1_000_000
+  config.model.max_len = 1024
   config.eval_every_minutes = 20.0
   config.num_eval_batches = 20
   config.num_bleu_sentences = 400
-  config.decode_batch_size = 32
-  config.save_every_steps = 25
-  config.keep_checkpoints = 5
-  config.async_checkpointing = False  # CPU: a background writer would slow the steps.
-  config.average_last = 5
   return config

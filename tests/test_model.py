@@ -261,9 +261,13 @@ def test_remat_gives_the_same_gradients(tiny_config, tiny_params, remat):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), g_ref, g_remat)
 
 
-def test_importing_the_model_does_not_import_tensorflow():
-  code = ('import sys, transformer_jax; '
-          'assert "tensorflow" not in sys.modules, "tensorflow imported"; print("ok")')
+def test_model_train_step_and_decoding_import_without_tensorflow_or_ml_collections():
+  """What an accelerator image without TensorFlow or ml_collections runs (bench_mfu, the
+  train step, decoding, scoring, the fused loss) imports neither."""
+  code = ('import sys, transformer_jax\n'
+          'from transformer_jax import decode, inference, loss, scoring, train_lib\n'
+          'bad = {"tensorflow", "ml_collections"} & set(sys.modules)\n'
+          'assert not bad, f"imported {bad}"; print("ok")')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                        timeout=120)
   assert out.returncode == 0, out.stderr

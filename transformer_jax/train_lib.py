@@ -26,7 +26,6 @@ from absl import logging
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from transformer_jax import config as config_lib
 from transformer_jax import loss as loss_lib
 from transformer_jax.clock import Clock
 from transformer_jax import metrics as metrics_lib
@@ -335,6 +334,7 @@ class _Run:
 
   def __init__(self, config: Any, workdir: str):
     from transformer_jax import checkpoint, inference, tasks  # orbax: only when training.
+    from transformer_jax import config as config_lib  # ml_collections: the steps need none
     config_lib.validate_config(config)
     self.is_main, self.workdir = jax.process_index() == 0, Workdir(workdir)
     self.mesh = sharding.create_mesh(config.mesh_shape, config.dcn_mesh_shape or None)
