@@ -22,8 +22,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from transformer_jax import checkpoint, sharding, synthetic, train_lib  # noqa: E402
-from transformer_jax import config as config_lib  # noqa: E402
+from transformer_jax import checkpoint, sharding  # noqa: E402
+from transformer_jax.training import synthetic, train_lib
+from transformer_jax.training import config as config_lib  # noqa: E402
 from transformer_jax.model import count_params  # noqa: E402
 
 

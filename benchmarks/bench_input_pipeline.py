@@ -21,7 +21,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from transformer_jax import input_pipeline  # noqa: E402
+from transformer_jax.training import input_pipeline  # noqa: E402
 
 
 def bible_config(vocab_size: int, batching: str) -> ml_collections.ConfigDict:

@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 'tests'))
 
 import marian_models  # noqa: E402
-from transformer_jax import inference, marian  # noqa: E402
+from transformer_jax import inference  # noqa: E402
+from transformer_jax.interop import marian
 
 
 def main() -> None:

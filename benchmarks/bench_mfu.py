@@ -3,7 +3,7 @@
 The paper's batch (§5.1): ~25,000 source + 25,000 target tokens, here as dense
 [rows, --seq_len] rows (no padding) of random ids, bf16 compute, float32 params
 and Adam. Model FLOPs are `metrics.training_flops` (formula in
-`transformer_jax/metrics.py`); MFU = model FLOPs / step time / (devices x device
+`transformer_jax/training/metrics.py`); MFU = model FLOPs / step time / (devices x device
 peak), the peak from `metrics.PEAK_TFLOPS` or --peak_tflops. XLA's own FLOP count
 of the compiled step is printed next to it as a cross-check. Needs only JAX,
 flax and optax (no TensorFlow, no ml_collections).
@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from transformer_jax import TransformerConfig, loss, metrics, sharding, train_lib  # noqa: E402
+from transformer_jax import TransformerConfig, sharding  # noqa: E402
+from transformer_jax.training import loss, metrics, train_lib
 
 # The paper's optimisation recipe (§5.3-5.4), as the train step reads it.
 RECIPE = types.SimpleNamespace(

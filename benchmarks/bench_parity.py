@@ -22,7 +22,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from transformer_jax import TransformerConfig, config as config_lib, sharding, train_lib  # noqa: E402
+from transformer_jax import TransformerConfig, sharding  # noqa: E402
+from transformer_jax.training import config as config_lib, train_lib
 
 VOCAB, LENGTH, ROWS = 32, 16, 32
 VARIANTS = {  # name -> (config changes, model changes)

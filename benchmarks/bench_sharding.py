@@ -27,7 +27,8 @@ import jax.numpy as jnp  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench_mfu import GIB, RECIPE, synthetic_batch  # noqa: E402
-from transformer_jax import TransformerConfig, sharding, train_lib  # noqa: E402
+from transformer_jax import TransformerConfig, sharding  # noqa: E402
+from transformer_jax.training import train_lib
 
 COLLECTIVES = ('all-gather', 'all-reduce', 'reduce-scatter', 'collective-permute', 'all-to-all')
 

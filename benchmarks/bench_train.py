@@ -19,8 +19,9 @@ import time
 import jax
 import numpy as np
 
-from transformer_jax import TransformerConfig, sharding, synthetic, train_lib
-from transformer_jax import config as config_lib
+from transformer_jax import TransformerConfig, sharding
+from transformer_jax.training import synthetic, train_lib
+from transformer_jax.training import config as config_lib
 
 SIZES = {  # (vocab, d_model, heads, layers, d_ff)
     'tiny': (8000, 256, 4, 2, 1024),

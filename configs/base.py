@@ -6,7 +6,7 @@ N=6, d_model 512, d_ff 2048, h 8, P_drop 0.1, ε_ls 0.1, shared 37k BPE vocabula
 `grad_accum_steps` (and lower `tokens_per_batch`) to keep ~25k tokens per step.
 """
 
-from transformer_jax.config import default_config
+from transformer_jax.training.config import default_config
 
 
 def get_config():

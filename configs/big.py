@@ -3,7 +3,7 @@
 The paper averages the last 20 checkpoints of the big models.
 """
 
-from transformer_jax.config import default_config
+from transformer_jax.training.config import default_config
 
 
 def get_config():

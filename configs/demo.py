@@ -10,7 +10,7 @@ warm-up at half the paper's peak rate; no dropout (about two epochs in 20 minute
 regularisation only slows learning); the average of the last 5 checkpoints, 25 steps apart.
 """
 
-from transformer_jax.config import default_config
+from transformer_jax.training.config import default_config
 
 
 def get_config():

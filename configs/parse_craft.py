@@ -18,7 +18,7 @@ one are `transformer-jax-parse`'s flags (`parsing.parser.PAPER`, `GREEDY`).
 
 import os
 
-from transformer_jax.config import load_config
+from transformer_jax.training.config import load_config
 
 
 def get_config():

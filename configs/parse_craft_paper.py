@@ -10,7 +10,7 @@ source + 300 tokens (`transformer-jax-parse`'s defaults); training's evaluation 
 the whole dev split greedily.
 """
 
-from transformer_jax.config import default_config
+from transformer_jax.training.config import default_config
 
 
 def get_config():

@@ -9,7 +9,7 @@ Only the rows that change the model or its regularisation (every row but the bas
 Each variant trains like the base model (`configs/base.py`, 100k steps).
 """
 
-from transformer_jax.config import default_config
+from transformer_jax.training.config import default_config
 
 # Variant -> (changes to config.model, changes to the top-level config).
 VARIANTS = {

@@ -1,6 +1,6 @@
 """A tiny model on synthetic tokens: seconds per run, no TensorFlow, for tests."""
 
-from transformer_jax.config import default_config
+from transformer_jax.training.config import default_config
 
 
 def get_config():

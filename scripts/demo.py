@@ -30,8 +30,10 @@ def main() -> None:
 
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   from absl import logging
-  from transformer_jax import bleu, inference, input_pipeline, sources, tasks, train, train_lib
-  from transformer_jax import config as config_lib
+  from transformer_jax import bleu, inference
+  from transformer_jax.cli import train
+  from transformer_jax.training import input_pipeline, sources, tasks, train_lib
+  from transformer_jax.training import config as config_lib
   logging.set_verbosity(logging.INFO)
   logging.use_absl_handler()
   train.quiet_checkpoint_info()

@@ -39,8 +39,10 @@ def main() -> None:
 
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   from absl import logging
-  from transformer_jax import inference, train, train_lib
-  from transformer_jax import config as config_lib
+  from transformer_jax import inference
+  from transformer_jax.cli import train
+  from transformer_jax.training import train_lib
+  from transformer_jax.training import config as config_lib
   from transformer_jax import parsing
   from transformer_jax.parsing import linearize, parser as parser_lib, treebank
   logging.set_verbosity(logging.INFO)

@@ -22,7 +22,7 @@ import numpy as np
 import sentencepiece as spm
 
 from transformer_jax import decode
-from transformer_jax.sources import BIBLE_DIR
+from transformer_jax.training.sources import BIBLE_DIR
 
 PIECES = 120
 

@@ -28,9 +28,10 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from transformer_jax import distributed, sharding, synthetic, train_lib  # noqa: E402
+from transformer_jax import sharding  # noqa: E402
+from transformer_jax.training import distributed, synthetic, train_lib
 from transformer_jax import workdir as workdir_lib  # noqa: E402
-from transformer_jax import config as config_lib  # noqa: E402
+from transformer_jax.training import config as config_lib  # noqa: E402
 from transformer_jax.model import TransformerConfig  # noqa: E402
 
 STEPS = 3

@@ -24,9 +24,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import linen as nn  # noqa: E402
 
-from transformer_jax import TransformerConfig, checkpoint, sharding, synthetic, train_lib  # noqa: E402
+from transformer_jax import TransformerConfig, checkpoint, sharding  # noqa: E402
+from transformer_jax.training import synthetic, train_lib
 from transformer_jax import workdir as workdir_lib  # noqa: E402
-from transformer_jax import config as config_lib  # noqa: E402
+from transformer_jax.training import config as config_lib  # noqa: E402
 
 jax.config.update('jax_compilation_cache_dir', sys.argv[1])
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)

@@ -17,7 +17,8 @@ import pytest
 from flax import struct
 
 from transformer_jax import checkpoint as ckpt
-from transformer_jax import distributed, inference, sharding
+from transformer_jax import inference, sharding
+from transformer_jax.training import distributed
 from transformer_jax.workdir import Workdir
 
 
@@ -350,7 +351,7 @@ def test_inference_without_average_uses_latest(tmp_path, tiny_params, tiny_confi
 
 
 def test_average_cli(tmp_path, tiny_params, metadata, capsys):
-  from transformer_jax import average
+  from transformer_jax.cli import average
   workdir = str(tmp_path)
   save_steps(workdir, tiny_params, metadata, [1, 2])
   assert average.main(['--workdir', workdir, '--num_last', '2']) == 0

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax import Transformer, count_params, sharding, synthetic, train_lib
-from transformer_jax import config as config_lib
+from transformer_jax import Transformer, count_params, sharding
+from transformer_jax.training import synthetic, train_lib
+from transformer_jax.training import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'configs')

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from test_translate import LINES, make_workdir, workdir  # noqa: F401 - the fixture
-from transformer_jax import Transformer, decode, hypotheses, inference, score, scoring
-from transformer_jax import translate
+from transformer_jax import Transformer, decode, hypotheses, inference, scoring
+from transformer_jax.cli import score
+from transformer_jax.cli import translate
 
 SOURCES = [line for line in LINES if line.strip()]
 

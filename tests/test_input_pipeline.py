@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from transformer_jax import input_pipeline as ip
-from transformer_jax import sources
+from transformer_jax.training import input_pipeline as ip
+from transformer_jax.training import sources, vocabulary
 from transformer_jax import tokenizer as tokenizer_lib
 
 pytestmark = pytest.mark.xdist_group('data')
@@ -61,7 +61,7 @@ def files(tmp_path_factory):
   }
   paths['test_source'], paths['test_target'] = paths['eval_source'], paths['eval_target']
   paths['vocab_path'] = str(root / 'spm.model')
-  tokenizer_lib.load_or_train(paths['vocab_path'],
+  vocabulary.load_or_train(paths['vocab_path'],
                               _bible_lines('train', 'en', 2000) + _bible_lines('train', 'es', 2000),
                               vocab_size=VOCAB_SIZE)
   return paths
@@ -449,8 +449,9 @@ def test_training_on_text_reports_both_bleus_and_keeps_translations(files, tmp_p
   """The user's own parallel text end to end: training's periodic evaluation decodes the
   first dev sentences, logs sacreBLEU and tokenized BLEU, and writes the translations."""
   import json
-  from transformer_jax import bleu, train_lib
-  from transformer_jax import config as config_lib
+  from transformer_jax import bleu
+  from transformer_jax.training import train_lib
+  from transformer_jax.training import config as config_lib
   config = config_lib.load_config(os.path.join(os.path.dirname(__file__), '..', 'configs',
                                               'tiny.py'))
   config.update(dataset='text', source_lang='en', target_lang='es', vocab_size=VOCAB_SIZE,

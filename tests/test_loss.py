@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from transformer_jax import Transformer, loss, metrics, train_lib
+from transformer_jax import Transformer
+from transformer_jax.training import loss, metrics, train_lib
 from transformer_jax.model import output_logits
 
 ROWS, LENGTH, DIM, VOCAB = 3, 7, 8, 11

@@ -11,8 +11,11 @@ import pytest
 from flax import linen as nn
 
 import marian_models
-from transformer_jax import Transformer, TransformerConfig, checkpoint, decode, inference, marian
-from transformer_jax import marian_cli, tokenizer, translate
+from transformer_jax import Transformer, TransformerConfig, checkpoint, decode, inference
+from transformer_jax.interop import marian
+from transformer_jax.training import vocabulary
+from transformer_jax import tokenizer
+from transformer_jax.cli import marian as marian_cli, translate
 from transformer_jax.workdir import Workdir, model_config_from_dict, model_config_to_dict
 
 LONG = ' '.join(marian_models.bible_lines('en', 'test', 40)[30:33])  # ~150 tokens
@@ -109,7 +112,7 @@ def _own_workdir(path, **overrides):
   SentencePiece vocabulary, written as a workdir; query/key kernels scaled up so that the
   greedy output follows the source."""
   lines = marian_models.bible_lines('en') + marian_models.bible_lines('es')
-  spm_bytes = tokenizer.train_model(lines, vocab_size=150)
+  spm_bytes = vocabulary.train_model(lines, vocab_size=150)
   cfg = TransformerConfig(vocab_size=150, d_model=32, d_ff=64, num_heads=4,
                           num_encoder_layers=2, num_decoder_layers=2, max_len=512,
                           zero_pad_embedding=True, **overrides)
@@ -202,7 +205,7 @@ def test_training_encoders_match_marian_tokenization(hf_dir, imported):
   vocab = imported[1].vocab
   sources = _sentences(8)[:6] + ['>>es<< In the beginning', '']
   targets = marian_models.bible_lines('es', 'test', 6)
-  source, target = vocab.tf_encoders()
+  source, target = vocabulary.tf_encoders(vocab)
   ours = source(tf.constant(sources)).to_list()
   assert [ids + [tokenizer.EOS_ID] for ids in ours] == [vocab.encode(s) for s in sources]
   want = [hf(text_target=t)['input_ids'][:-1] for t in targets]  # Marian ids, no EOS
@@ -211,8 +214,8 @@ def test_training_encoders_match_marian_tokenization(hf_dir, imported):
 
 
 def test_fine_tuning_an_imported_model(imported, tmp_path):
-  from transformer_jax import config as config_lib
-  from transformer_jax import train_lib
+  from transformer_jax.training import config as config_lib
+  from transformer_jax.training import train_lib
   workdir, model = imported
   files = {}
   for split, count in (('train', 64), ('dev', 8)):

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from transformer_jax import distributed
+from transformer_jax.training import distributed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, 'multihost_worker.py')

@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-from transformer_jax import config as config_lib
-from transformer_jax import parse, tokenizer as tokenizer_lib
+from transformer_jax.training import config as config_lib
+from transformer_jax import tokenizer as tokenizer_lib
+from transformer_jax.cli import parse
 from transformer_jax.parsing import evalb, linearize, parser, treebank
 from transformer_jax.parsing.treebank import parse_tree
 
@@ -20,7 +21,7 @@ EVAL_SENTENCES = 3
 def workdir(tmp_path_factory):
   """configs/parse_craft.py shrunk to a 1+1-layer d_model 32 model, trained 3 steps, its
   evaluation parsing the first dev sentences."""
-  from transformer_jax import train_lib
+  from transformer_jax.training import train_lib
   config = config_lib.load_config(os.path.join(ROOT, 'configs', 'parse_craft.py'))
   config.update(vocab_size=300, vocab_max_sentences=3000, batch_size=2, num_train_steps=3,
                 train_minutes=0.0, eval_every_minutes=0.0, eval_every_steps=3,

@@ -12,8 +12,9 @@ import numpy as np
 import optax
 import pytest
 
-from transformer_jax import Transformer, checkpoint, inference, sharding, train_lib
-from transformer_jax import config as config_lib
+from transformer_jax import Transformer, checkpoint, inference, sharding
+from transformer_jax.training import train_lib
+from transformer_jax.training import config as config_lib
 
 EPS_LS = 0.1
 
@@ -299,7 +300,7 @@ async def save_fn(self, x, directory):  # orbax's writer thread finds the disk f
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
   return await write(self, x, directory)
 ocp.JsonCheckpointHandler._save_fn = save_fn
-from transformer_jax import train
+from transformer_jax.cli import train
 sys.argv = ['train', '--config=configs/tiny.py', '--workdir=' + sys.argv[1],
             '--config.average_last=0']
 train.run()

@@ -14,7 +14,8 @@ import sentencepiece as spm
 from flax import linen as nn
 
 from transformer_jax import Transformer, checkpoint
-from transformer_jax import bleu, cli, inference, translate
+from transformer_jax import bleu, cli, inference
+from transformer_jax.cli import translate
 from transformer_jax.workdir import CheckpointError, Workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,11 +133,11 @@ def _run(*command, stdin='', **env):
 
 
 def test_cpu_devices_apply_before_jax_starts_and_not_after(caplog):
-  code = ('from transformer_jax import translate; translate.use_cpu_devices(2)\n'
+  code = ('from transformer_jax import cli; cli.use_cpu_devices(2)\n'
           'import jax; print(jax.device_count(), jax.devices()[0].platform)')
   result = _run('-c', code)
   assert result.stdout.split() == ['2', 'cpu'], result.stderr
-  translate.use_cpu_devices(3)  # this process has started JAX (conftest): a warning only
+  cli.use_cpu_devices(3)  # this process has started JAX (conftest): a warning only
   assert jax.device_count() == 1
   assert caplog.records[0].getMessage() == (
       '--cpu_devices 3 not applied: JAX has already started with 1 CPU device(s)')
@@ -146,18 +147,18 @@ def test_default_cpu_devices_leave_a_count_set_by_the_environment(monkeypatch):
   monkeypatch.delenv('JAX_NUM_CPU_DEVICES', raising=False)
   monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=0')
   monkeypatch.setattr(os, 'cpu_count', lambda: 16)
-  assert translate.default_cpu_devices() == 2
+  assert cli.default_cpu_devices() == 2
   monkeypatch.setattr(os, 'cpu_count', lambda: 1)
-  assert translate.default_cpu_devices() == 1
+  assert cli.default_cpu_devices() == 1
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
-  assert translate.default_cpu_devices() is None
+  assert cli.default_cpu_devices() is None
   monkeypatch.delenv('XLA_FLAGS')
   monkeypatch.setenv('JAX_NUM_CPU_DEVICES', '4')
-  assert translate.default_cpu_devices() is None
+  assert cli.default_cpu_devices() is None
 
 
 def test_missing_workdir_is_a_one_line_error(tmp_path):
-  result = _run('-m', 'transformer_jax.translate', '--workdir', str(tmp_path / 'nope'),
+  result = _run('-m', 'transformer_jax.cli.translate', '--workdir', str(tmp_path / 'nope'),
                 stdin='hello\n')
   assert result.returncode == 2 and result.stdout == ''
   assert result.stderr.strip().count('\n') == 0 and 'Traceback' not in result.stderr
@@ -236,7 +237,7 @@ def test_end_to_end_cli_matches_library(workdir, tmp_path):
   output = tmp_path / 'out.txt'
   # Through `python -m`, checking that TensorFlow is never imported on the way.
   code = ('import runpy, sys; sys.argv = ["translate"] + sys.argv[1:]\n'
-          'try:\n  runpy.run_module("transformer_jax.translate", run_name="__main__")\n'
+          'try:\n  runpy.run_module("transformer_jax.cli.translate", run_name="__main__")\n'
           'except SystemExit as e:\n  code = e.code\n'
           'assert "tensorflow" not in sys.modules, "tensorflow imported"\nsys.exit(code)')
   # Batches of 3 rows split over 2 CPU devices (completed with an empty row), compared
@@ -262,7 +263,9 @@ def test_end_to_end_cli_matches_library(workdir, tmp_path):
 
 TRAIN_EVAL_ON_TWO_DEVICES = """
 import sys, jax
-from transformer_jax import inference, sharding, tasks, translate
+from transformer_jax import inference, sharding
+from transformer_jax.cli import translate
+from transformer_jax.training import tasks
 model = inference.load_model(sys.argv[1])
 pairs = [(line, line) for line in sys.argv[2:]]
 mesh = sharding.create_mesh()

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from test_translate import workdir  # noqa: F401 - the fixture: a real training workdir
-from transformer_jax import inference, visualize
+from transformer_jax import inference
+from transformer_jax.cli import visualize
 
 
 def _random_weights(rng, heads, queries, keys):

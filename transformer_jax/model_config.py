@@ -29,7 +29,7 @@ class TransformerConfig:
   block LayerNorm(x + Sublayer(x)); True gives x + Sublayer(LayerNorm(x)) with a
   final LayerNorm. `remat` is 'none', 'full' or 'dots' (activation checkpointing per layer).
 
-  Options for other trainers' models (Marian / OPUS-MT, see `transformer_jax.marian`), the
+  Options for other trainers' models (Marian / OPUS-MT, see `transformer_jax.interop.marian`), the
   paper's choice by default: `activation` of the FFN ('relu'; 'gelu' is the exact erf
   form, 'swish' = 'silu' = x·sigmoid(x)); `scale_embedding` multiplies token embeddings by
   sqrt(d_model); `logits_bias` adds a trained [V] bias to the shared-embedding logits;

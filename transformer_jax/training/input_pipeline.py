@@ -32,7 +32,7 @@ Multi-host
   `shard`), so every training example is used once per epoch across processes.
   `batch_size` and `tokens_per_batch` are global and divided by `process_count`.
 
-Config keys: `transformer_jax.config` (each key's default, rule and meaning).
+Config keys: `transformer_jax.training.config` (each key's default, rule and meaning).
 
 Bad input raises `DataError` with a one-line message naming the file and line.
 """
@@ -54,7 +54,8 @@ import numpy as np
 import tensorflow as tf
 
 from transformer_jax import tokenizer as tokenizer_lib
-from transformer_jax.sources import DataError, iterate_pairs, raw_dataset
+from transformer_jax.training import vocabulary
+from transformer_jax.training.sources import DataError, iterate_pairs, raw_dataset
 from transformer_jax.workdir import Workdir
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -78,7 +79,7 @@ def vocab_path(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 def get_tokenizer(config: ml_collections.ConfigDict, workdir: str,
                   read_pairs: ReadPairs = raw_dataset,
-                  symbols: Sequence[str] = ()) -> tokenizer_lib.Tokenizer:
+                  symbols: Sequence[str] = ()) -> tokenizer_lib.Vocabulary:
   """The tokenizer at `vocab_path(config, workdir)`; trained there first (on both sides of
   the train split, `symbols` as single pieces: the task's `vocabulary_symbols`) if absent."""
   path = vocab_path(config, workdir)
@@ -87,19 +88,19 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str,
     for pair in iterate_pairs(read_pairs(config, 'train')):
       yield from pair
 
-  return tokenizer_lib.load_or_train(path, sentences(), config.vocab_size,
-                                     config.vocab_model_type, config.vocab_max_sentences,
-                                     config.seed, symbols)
+  return vocabulary.load_or_train(path, sentences(), config.vocab_size,
+                                  config.vocab_model_type, config.vocab_max_sentences,
+                                  config.seed, symbols)
 
 
-def tokenize(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Tokenizer,
+def tokenize(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Vocabulary,
              chunk: int = 256, alpha: float = 0.0, nbest_size: int = -1) -> tf.data.Dataset:
   """String pairs → {'inputs', 'targets'} int32 id vectors ending in EOS (order kept).
 
   `alpha` > 0 samples each sentence's segmentation anew every time it is read
-  (subword regularisation, see `Tokenizer.tf_tokenizer`); 0: always the best one.
+  (subword regularisation, see `vocabulary.tf_sentencepiece`); 0: always the best one.
   """
-  source, target = tokenizer.tf_encoders(alpha, nbest_size)
+  source, target = vocabulary.tf_encoders(tokenizer, alpha, nbest_size)
 
   def with_eos(ids: tf.RaggedTensor) -> tf.RaggedTensor:
     eos = tf.fill([ids.nrows(), 1], tf.constant(tokenizer_lib.EOS_ID, ids.dtype))
@@ -245,7 +246,7 @@ def _per_process(value: int, process_count: int, name: str) -> int:
   return value // process_count
 
 
-def train_dataset(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Tokenizer,
+def train_dataset(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Vocabulary,
                   config: ml_collections.ConfigDict, process_count: int = 1) -> tf.data.Dataset:
   """Infinite shuffled train batches (see module docstring) from this process's pairs."""
   tokens = filter_length(tokenize(pairs.shuffle(config.shuffle_buffer, seed=config.seed)
@@ -270,7 +271,7 @@ def train_dataset(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Tokenizer,
   return batches.prefetch(AUTOTUNE)
 
 
-def eval_dataset(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Tokenizer, max_len: int,
+def eval_dataset(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Vocabulary, max_len: int,
                  batch_size: int, process_index: int = 0, process_count: int = 1,
                  what: str = 'eval') -> tf.data.Dataset:
   """Finite, ordered eval batches of this process's shard of ALL `pairs`.
@@ -336,7 +337,7 @@ class TrainIterator:
 def get_datasets(config: ml_collections.ConfigDict, workdir: str,
                  process_index: Optional[int] = None, process_count: Optional[int] = None,
                  read_pairs: ReadPairs = raw_dataset, symbols: Sequence[str] = ()
-                 ) -> tuple[tokenizer_lib.Tokenizer, TrainIterator, tf.data.Dataset,
+                 ) -> tuple[tokenizer_lib.Vocabulary, TrainIterator, tf.data.Dataset,
                             tf.data.Dataset]:
   """(tokenizer, train iterator, eval batches, test batches) for this process, of the pairs
   `read_pairs` gives (the task's data hook); a new vocabulary holds `symbols` as single

@@ -16,7 +16,8 @@ import logging
 import sys
 from typing import Callable, Mapping, Optional, Sequence
 
-from transformer_jax import cli, inference, marian
+from transformer_jax import cli, inference
+from transformer_jax.interop import marian
 from transformer_jax.workdir import CheckpointError
 
 

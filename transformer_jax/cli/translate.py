@@ -26,42 +26,13 @@ stderr, exit 2 (`cli`). The work is done by `transformer_jax.inference`; no Tens
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from typing import Optional, Sequence
 
-import jax
-
-from transformer_jax import bleu, cli, hypotheses, inference, sharding
+from transformer_jax import bleu, cli, hypotheses, inference
 from transformer_jax.workdir import CheckpointError, Workdir
 
 PROG = 'transformer-jax-translate'
-
-
-def default_cpu_devices() -> Optional[int]:
-  """2 CPU devices (1 on a 1-core host), or None where the environment sets a count
-  (JAX_NUM_CPU_DEVICES, or XLA_FLAGS' --xla_force_host_platform_device_count)."""
-  if ('JAX_NUM_CPU_DEVICES' in os.environ
-      or 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', '')):
-    return None
-  return min(2, os.cpu_count() or 1)
-
-
-def use_cpu_devices(count: int) -> None:
-  """Have JAX present the host CPU as `count` devices (before its first computation).
-
-  If JAX has already started (`main` called in-process), it keeps its devices, with a
-  warning. Decoding loops on separate CPU devices run concurrently, which on this VM beat
-  one device whose thread pool parallelises only the larger operations.
-  """
-  if count < 1:
-    raise cli.UserError(f'--cpu_devices must be >= 1, got {count}')
-  try:
-    jax.config.update('jax_num_cpu_devices', count)
-  except RuntimeError:
-    logging.warning('--cpu_devices %d not applied: JAX has already started with %d CPU '
-                    'device(s)', count, len(jax.devices('cpu')))
 
 
 def bleu_language(flag: Optional[str], workdir: str) -> str:
@@ -151,10 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _translate(args) -> None:
   options = search_options(args)
-  cpu_devices = default_cpu_devices() if args.cpu_devices is None else args.cpu_devices
-  if cpu_devices is not None:
-    use_cpu_devices(cpu_devices)
-  mesh = sharding.create_mesh()  # all devices, so made after use_cpu_devices
+  mesh = cli.decoding_mesh(args.cpu_devices)
   model = inference.load_ensemble(args.workdir, mesh)
   lines = cli.read_lines(args.input)
   references = None if args.reference is None else cli.read_lines(args.reference)

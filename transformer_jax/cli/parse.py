@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-from transformer_jax import cli, inference, sharding, translate
+from transformer_jax import cli, inference
 from transformer_jax.parsing import parser as parser_lib
 from transformer_jax.workdir import CheckpointError
 
@@ -57,10 +57,7 @@ def _parse(args) -> None:
   cli.check_search_options(decoding.beam_size, decoding.alpha)
   if args.batch_size < 1 or args.max_extra_len < 0:
     raise cli.UserError('--batch_size must be >= 1, --max_extra_len >= 0')
-  cpu_devices = translate.default_cpu_devices() if args.cpu_devices is None else args.cpu_devices
-  if cpu_devices is not None:
-    translate.use_cpu_devices(cpu_devices)
-  mesh = sharding.create_mesh()  # all devices, so made after use_cpu_devices
+  mesh = cli.decoding_mesh(args.cpu_devices)
   model = inference.load_model(args.workdir, mesh)
   sentences = [parser_lib.sentence_words(line) for line in cli.read_lines(args.input)]
   parsed = parser_lib.parse(model, sentences, decoding, args.batch_size, mesh,

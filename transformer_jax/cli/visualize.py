@@ -1,6 +1,6 @@
 """Attention heatmaps like the paper's Figures 3-5.
 
-`python -m transformer_jax.visualize --workdir DIR --sentence "..." --output_dir OUT`
+`python -m transformer_jax.cli.visualize --workdir DIR --sentence "..." --output_dir OUT`
 translates the sentence, runs one teacher-forced pass over (sentence, translation) and
 writes one PNG per layer and attention kind (all heads side by side), labelled with the
 subword pieces: `encoder_self_layer{i}.png`, `decoder_self_layer{i}.png`,

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import logging
 import math
 import os
 import sys
 from typing import Callable, NoReturn, Optional, Sequence
+
+import jax
 
 
 class UserError(Exception):
@@ -101,6 +104,41 @@ def write_lines(path: Optional[str], lines: Sequence[str]) -> None:
   except OSError as e:
     raise UserError(f'cannot write {path}: {e.strerror}') from None
 
+
+
+def default_cpu_devices() -> Optional[int]:
+  """2 CPU devices (1 on a 1-core host), or None where the environment sets a count
+  (JAX_NUM_CPU_DEVICES, or XLA_FLAGS' --xla_force_host_platform_device_count)."""
+  if ('JAX_NUM_CPU_DEVICES' in os.environ
+      or 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', '')):
+    return None
+  return min(2, os.cpu_count() or 1)
+
+
+def use_cpu_devices(count: int) -> None:
+  """Have JAX present the host CPU as `count` devices (before its first computation).
+
+  If JAX has already started (`main` called in-process), it keeps its devices, with a
+  warning. Decoding loops on separate CPU devices run concurrently, which on this VM beat
+  one device whose thread pool parallelises only the larger operations.
+  """
+  if count < 1:
+    raise UserError(f'--cpu_devices must be >= 1, got {count}')
+  try:
+    jax.config.update('jax_num_cpu_devices', count)
+  except RuntimeError:
+    logging.warning('--cpu_devices %d not applied: JAX has already started with %d CPU '
+                    'device(s)', count, len(jax.devices('cpu')))
+
+
+def decoding_mesh(cpu_devices: Optional[int]) -> 'jax.sharding.Mesh':
+  """A mesh of all of JAX's devices to decode on; on a CPU host JAX is first told to
+  present the CPU as `cpu_devices` devices (None: `default_cpu_devices()`)."""
+  from transformer_jax import sharding  # pylint: disable=g-import-not-at-top
+  count = default_cpu_devices() if cpu_devices is None else cpu_devices
+  if count is not None:
+    use_cpu_devices(count)
+  return sharding.create_mesh()  # all devices, so made after use_cpu_devices
 
 
 def check_search_options(beam_size: int, alpha: float) -> None:

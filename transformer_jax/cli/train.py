@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 from absl import logging
 
 from transformer_jax import cli
-from transformer_jax import config as config_lib
+from transformer_jax.training import config as config_lib
 
 PROG = 'transformer-jax-train'
 _OVERRIDE = '--config.'
@@ -70,7 +70,7 @@ def _train(config, workdir: str) -> None:
   logging.set_verbosity(logging.INFO)
   quiet_checkpoint_info()
   drop_closed_loop_callbacks()
-  from transformer_jax import distributed, train_lib  # after flag parsing: JAX starts here.
+  from transformer_jax.training import distributed, train_lib  # after flag parsing: JAX starts here.
   distributed.initialize()  # multi-host: from JAX_* env or the cluster (docs/scaling.md)
   train_lib.train_and_evaluate(config, workdir)
 

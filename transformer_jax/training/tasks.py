@@ -82,7 +82,7 @@ class Translation:
 
   def read_pairs(self, config: Any, split: str, process_index: int = 0,
                  process_count: int = 1) -> Any:
-    from transformer_jax import sources  # tf.data: only when training.
+    from transformer_jax.training import sources  # tf.data: only when training.
     return sources.raw_dataset(config, split, process_index, process_count)
 
   def vocabulary_symbols(self, config: Any) -> Sequence[str]:
@@ -92,7 +92,7 @@ class Translation:
     config = context.config
     if context.tokenizer is None or not config.num_bleu_sentences:
       return None
-    from transformer_jax import sources
+    from transformer_jax.training import sources
     pairs = sources.load_raw(config, config.bleu_split)
     if config.num_bleu_sentences > 0:
       pairs = pairs[:config.num_bleu_sentences]

@@ -26,11 +26,11 @@ from absl import logging
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from transformer_jax import loss as loss_lib
-from transformer_jax.clock import Clock
-from transformer_jax import metrics as metrics_lib
+from transformer_jax.training import loss as loss_lib
+from transformer_jax.training.clock import Clock
+from transformer_jax.training import metrics as metrics_lib
 from transformer_jax import sharding
-from transformer_jax.synthetic import synthetic_batches
+from transformer_jax.training.synthetic import synthetic_batches
 from transformer_jax.model import Transformer, TransformerConfig
 from transformer_jax.workdir import Workdir, model_config_to_dict
 
@@ -322,7 +322,7 @@ def _datasets(config: Any, workdir: str, mesh: Mesh,
                                                 config.vocab_size, config.seed + 1)))]
     return None, synthetic_batches(config.batch_size, config.max_len, config.vocab_size,
                                    config.seed), eval_batches
-  from transformer_jax import input_pipeline  # tf.data: imported only when training.
+  from transformer_jax.training import input_pipeline  # tf.data: imported only when training.
   index, count = sharding.batch_split(mesh)
   tokenizer, train_iter, eval_ds, _ = input_pipeline.get_datasets(
       config, workdir, index, count, task.read_pairs, task.vocabulary_symbols(config))
@@ -333,8 +333,9 @@ class _Run:
   """What set-up gives the loop: the mesh, data, model, state, steps and writers."""
 
   def __init__(self, config: Any, workdir: str):
-    from transformer_jax import checkpoint, inference, tasks  # orbax: only when training.
-    from transformer_jax import config as config_lib  # ml_collections: the steps need none
+    from transformer_jax import checkpoint, inference  # orbax: only when training.
+    from transformer_jax.training import tasks
+    from transformer_jax.training import config as config_lib  # ml_collections: the steps need none
     config_lib.validate_config(config)
     self.is_main, self.workdir = jax.process_index() == 0, Workdir(workdir)
     self.mesh = sharding.create_mesh(config.mesh_shape, config.dcn_mesh_shape or None)
@@ -385,7 +386,8 @@ def train_and_evaluate(config: Any, workdir: str) -> TrainState:
   `eval_every_steps` (or `eval_every_minutes`) and at the end, then averages the
   last checkpoints and evaluates the average. Cadences and budget: `clock.Clock`.
   """
-  from transformer_jax import checkpoint, distributed, inference
+  from transformer_jax import checkpoint, inference
+  from transformer_jax.training import distributed
   # SIGTERM from here on (data set-up and restore included) saves and exits 0.
   with distributed.PreemptionGuard() as guard:
     run = _Run(config, workdir)

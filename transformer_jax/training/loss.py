@@ -19,7 +19,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from transformer_jax.metrics import loss_terms
+from transformer_jax.training.metrics import loss_terms
 from transformer_jax.model import output_logits
 
 Array = jax.Array

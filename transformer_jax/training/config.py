@@ -32,7 +32,7 @@ DATA, RUN = True, False  # the key is / is not part of the training data's ident
 
 # (key, default, rule, data identity): the one place a top-level key is declared.
 _SCHEMA: tuple[tuple[str, Any, Optional[Rule], bool], ...] = (
-    # Data (transformer_jax.input_pipeline; sources in transformer_jax.sources).
+    # Data (transformer_jax.training.input_pipeline; sources in transformer_jax.training.sources).
     ('task', 'translation', None, RUN),  # tasks.TASKS: 'translation' | 'parsing' (its hooks)
     # Translation: 'bible' (embedded EN-ES corpus) | 'tfds' | 'text'; parsing: 'craft'.
     ('dataset', 'tfds', None, DATA),
@@ -73,7 +73,7 @@ _SCHEMA: tuple[tuple[str, Any, Optional[Rule], bool], ...] = (
     ('warmup_steps', 4000, POSITIVE, RUN),
     ('learning_rate_multiplier', 1.0, POSITIVE, RUN),
     ('label_smoothing', 0.1, Rule('in [0, 1)', lambda v: 0 <= v < 1), RUN),
-    # The loss over chunks of ~this many tokens of the global batch (transformer_jax.loss:
+    # The loss over chunks of ~this many tokens of the global batch (transformer_jax.training.loss:
     # no float32 [tokens, V] logits); 0: the whole batch at once.
     ('loss_chunk_tokens', 8192, NON_NEGATIVE, RUN),
     ('cooldown_steps', 0, NON_NEGATIVE, RUN),  # > 0: lr decays linearly toward 0 over the last ones
@@ -187,7 +187,7 @@ def validate_config(config: Mapping[str, Any]) -> None:
   unknown = _unknown_keys(config, default_config())
   if unknown:
     raise ValueError(f"unknown config key(s) {', '.join(map(repr, unknown))}; "
-                     'see transformer_jax.config for the valid keys')
+                     'see transformer_jax.training.config for the valid keys')
   get = lambda key: functools.reduce(lambda c, k: c[k], key.split('.'), config)
   bad = [f'config.{key}={config[key]!r} must be {rule.words}' for key, _, rule, _ in _SCHEMA
          if rule and not (isinstance(config[key], (int, float)) and rule.check(config[key]))]
