@@ -99,13 +99,13 @@ def take_turns(systems: dict[str, Run], repeats: int) -> list[Result]:
 
 
 def jax_run(source: np.ndarray, vocab: int, dtype_name: str) -> tuple[str, Run]:
-  """transformer_jax.decode.beam_search, jit-compiled, 64 forced output tokens, the batch
+  """transformer_jax.decoding.beam_search, jit-compiled, 64 forced output tokens, the batch
   split over all of JAX's devices -> (name, timed run)."""
   import jax
   import jax.numpy as jnp
   from flax import linen as nn
 
-  from transformer_jax import Transformer, TransformerConfig, decode, sharding
+  from transformer_jax import Transformer, TransformerConfig, decoding, sharding
   dtype = jnp.dtype(dtype_name)
   config = TransformerConfig.base(vocab, dropout_rate=0.0, max_len=256, dtype=dtype)
   ones = jnp.ones((1, 8), jnp.int32)
@@ -114,12 +114,12 @@ def jax_run(source: np.ndarray, vocab: int, dtype_name: str) -> tuple[str, Run]:
       Transformer(config).init(key, ones, ones)['params'])))(jax.random.key(0))
   mesh = sharding.create_mesh()
   inputs = sharding.shard_batch({'inputs': source.astype(np.int32)}, mesh)['inputs']
-  params = jax.device_put(params, sharding.replicated(mesh))
+  model = decoding.Model(jax.device_put(params, sharding.replicated(mesh)), config)
 
   def run() -> int:
-    tokens, _ = decode.beam_search(params, config, inputs, beam_size=BEAM,
-                                   max_extra_len=OUTPUT_LEN - SOURCE_LEN,
-                                   max_decode_len=OUTPUT_LEN, min_len=OUTPUT_LEN)
+    tokens = decoding.beam_search(model, inputs, beam_size=BEAM,
+                                  max_extra_len=OUTPUT_LEN - SOURCE_LEN,
+                                  max_decode_len=OUTPUT_LEN, min_len=OUTPUT_LEN).tokens
     return int(np.sum(np.asarray(tokens) != PAD))
 
   where = f'jax {jax.__version__}, {len(jax.devices())} x {jax.devices()[0].platform}'

@@ -4,7 +4,7 @@ A jitted loop of 12 dependent x·W products per iteration (W: 512 x 2048 float32
 all, beyond a 32 MB L3), 20 iterations, for each row count, three ways: kernels stored
 [in, out] (x @ W), kernels stored [out, in] (x @ Wᵀ, XLA's own choice of layouts), and
 `transformer_jax.linear.project` (the model's path: [out, in] kernels, weights-major
-Wᵀ-first product up to `WEIGHTS_MAJOR_MAX_ROWS` rows on CPU). Prints GFLOP/s and the rate
+Wᵀ-first product up to the backend policy's `weights_major_max_rows` rows on CPU). Prints GFLOP/s and the rate
 at which the kernels are streamed. No peers, no TensorFlow.
 
   python benchmarks/bench_matmul_rows.py [--rows 8,32,128,512] [--repeats 5]

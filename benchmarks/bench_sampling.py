@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from transformer_jax import hypotheses, inference
+from transformer_jax import decoding, hypotheses, inference
 
 
 def main() -> None:
@@ -31,10 +31,10 @@ def main() -> None:
   sources = inference.encode_lines(lines, model.vocab, model.max_len)
   (_, (inputs,)), = inference.length_batches({i: (ids,) for i, ids in sources.items()},
                                              args.batch, model.max_len, progress=False)
-  for name, options in [('greedy', hypotheses.SearchOptions(beam_size=1)),
-                        ('sample', hypotheses.SearchOptions(sample=True)),
-                        ('sample, top_p 0.9', hypotheses.SearchOptions(sample=True, top_p=0.9))]:
-    search_fn = hypotheses.make_search_fn(model, options)
+  for name, search in [('greedy', decoding.Search(beam_size=1)),
+                       ('sample', decoding.Search(sample=True)),
+                       ('sample, top_p 0.9', decoding.Search(sample=True, top_p=0.9))]:
+    search_fn = hypotheses.make_search_fn(model, hypotheses.SearchOptions(search))
     search_fn(inputs, 0)
     times = []
     for _ in range(args.repeats):

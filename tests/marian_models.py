@@ -21,7 +21,8 @@ from typing import Sequence
 import numpy as np
 import sentencepiece as spm
 
-from transformer_jax import decode
+from transformer_jax import decoding
+from transformer_jax.model_config import EOS_ID
 from transformer_jax.training.sources import BIBLE_DIR
 
 PIECES = 120
@@ -97,17 +98,19 @@ def hf_greedy(hf_dir: str, sentences: Sequence[str], max_new_tokens: int) -> lis
   return [_until_eos(row[1:], eos) for row in out.tolist()]
 
 
-def ours_greedy(params, config, vocab, sentences: Sequence[str],
+def ours_greedy(model, vocab, sentences: Sequence[str],
                 max_new_tokens: int) -> list[list[int]]:
-  """This library's greedy output (Marian ids, EOS kept) of each sentence."""
+  """This library's greedy output (Marian ids, EOS kept) of each sentence (`model`: a
+  `decoding.Model`), cut like Transformers' to `max_new_tokens`: decoded one token
+  further, where EOS would be forced, and that token dropped."""
   ids = [vocab.encode(s) for s in sentences]
   inputs = np.zeros((len(ids), max(map(len, ids))), np.int32)
   for row, x in zip(inputs, ids):
     row[:len(x)] = x
-  out = decode.translate_batch(params, config, inputs, beam_size=1, max_extra_len=10_000,
-                               max_decode_len=max_new_tokens)
+  out = decoding.greedy(model, inputs, max_extra_len=10_000,
+                        max_decode_len=max_new_tokens + 1).best
   marian = np.asarray(vocab.marian_ids)
-  return [_until_eos(marian[row].tolist(), int(marian[decode.EOS_ID]))
+  return [_until_eos(marian[row].tolist(), int(marian[EOS_ID]))[:max_new_tokens]
           for row in np.asarray(out)]
 
 

@@ -11,11 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
+from flax import struct
 
-from transformer_jax import Transformer, TransformerConfig
-from transformer_jax import decode
+from transformer_jax import Transformer, TransformerConfig, backend, decoding
+from transformer_jax.decoding import searches as search_lib
+from transformer_jax.decoding import devices
+from transformer_jax.model_config import EOS_ID
 
-EOS = decode.EOS_ID
+EOS = EOS_ID
 S = 8  # padded source length of most tests (few shapes: few compiles)
 
 
@@ -42,6 +45,33 @@ def params(tiny_config, tiny_params):
   return _adjust_output(tiny_params, tiny_config, 2.5)
 
 
+def _model(params, config):
+  return decoding.model_or_ensemble(params, config)
+
+
+def greedy(params, config, src, **kw):
+  """(tokens [B, L], log-probs [B]) of greedy decoding."""
+  result = decoding.greedy(_model(params, config), src, **kw)
+  return result.best, result.log_probs[:, 0]
+
+
+def sample(params, config, src, key, **kw):
+  result = decoding.sample(_model(params, config), src, key, **kw)
+  return result.best, result.log_probs[:, 0]
+
+
+def beam(params, config, src, alpha=0.6, **kw):
+  """(best tokens [B, L], their scores [B]) of beam search."""
+  result = decoding.beam_search(_model(params, config), src, alpha=alpha, **kw)
+  return result.best, result.scores(alpha)[:, 0]
+
+
+def n_best(params, config, src, alpha=0.6, **kw):
+  """(tokens [B, n, L], scores [B, n], log-probs [B, n]) of beam search's n-best list."""
+  result = decoding.beam_search(_model(params, config), src, alpha=alpha, **kw)
+  return result.tokens, result.scores(alpha), result.log_probs
+
+
 @pytest.fixture(scope='module')
 def sources():
   """Three sentences of 8, 5 and 3 tokens, padded to S."""
@@ -53,12 +83,13 @@ def sources():
 
 
 def _check_well_formed(tokens, limits):
-  """EOS at most once, zeros only after it, length within the limit (== limit if no EOS)."""
+  """EOS exactly once (forced at the limit), zeros only after it, length within the limit."""
   for row, limit in zip(np.asarray(tokens), limits):
     eos = np.flatnonzero(row == EOS)
-    end = eos[0] + 1 if eos.size else int(np.sum(row != 0))
+    assert eos.size == 1
+    end = eos[0] + 1
     assert np.all(row[:end] != 0) and np.all(row[end:] == 0)
-    assert end <= limit and (eos.size or end == limit)
+    assert end <= limit
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -77,10 +108,10 @@ def _teacher_forced_log_prob(config, params, src, tokens):
 
 @pytest.mark.parametrize('method', ['greedy', 'beam', 'sample'])
 def test_eos_and_max_length_are_honoured(tiny_config, params, sources, method):
-  run = {'greedy': lambda **kw: decode.greedy_decode(params, tiny_config, sources, **kw),
-         'beam': lambda **kw: decode.beam_search(params, tiny_config, sources, **kw),
-         'sample': lambda **kw: decode.sample(params, tiny_config, sources,
-                                              jax.random.key(3), **kw)}[method]
+  run = {'greedy': lambda **kw: greedy(params, tiny_config, sources, **kw),
+         'beam': lambda **kw: beam(params, tiny_config, sources, **kw),
+         'sample': lambda **kw: sample(params, tiny_config, sources, jax.random.key(3),
+                                       **kw)}[method]
   tokens, _ = run(max_extra_len=4)
   _check_well_formed(tokens, [8 + 4, 5 + 4, 3 + 4])
   assert np.any(np.asarray(tokens) == EOS)  # the EOS bias makes some sentences end early
@@ -88,16 +119,17 @@ def test_eos_and_max_length_are_honoured(tiny_config, params, sources, method):
   tokens, _ = run(max_extra_len=4, max_decode_len=6)
   assert tokens.shape == (3, 6)
   _check_well_formed(tokens, [6, 6, 6])
-  # min_len bans EOS: every sentence then runs to its limit.
+  # min_len bans EOS: every sentence then runs to its limit, where EOS is forced.
   tokens, _ = run(max_extra_len=4, min_len=S + 4)
-  assert not np.any(np.asarray(tokens) == EOS)
+  _check_well_formed(tokens, [12, 9, 7])
   np.testing.assert_array_equal(np.sum(np.asarray(tokens) != 0, 1), [12, 9, 7])
 
 
 def test_greedy_scores_are_model_log_probs(tiny_config, params, sources):
-  tokens, scores = decode.greedy_decode(params, tiny_config, sources, max_extra_len=4)
-  expected = _teacher_forced_log_prob(tiny_config, params, sources, tokens)
-  np.testing.assert_allclose(scores, expected, atol=1e-4)
+  for kw in ({}, {'min_len': S + 4}):  # also outputs cut at the limit: EOS scored
+    tokens, scores = greedy(params, tiny_config, sources, max_extra_len=4, **kw)
+    expected = _teacher_forced_log_prob(tiny_config, params, sources, tokens)
+    np.testing.assert_allclose(scores, expected, atol=1e-4)
 
 
 def test_beam_size_one_equals_greedy(tiny_config, params):
@@ -107,51 +139,55 @@ def test_beam_size_one_equals_greedy(tiny_config, params):
   src = np.zeros((16, S), np.int32)
   for row, n in enumerate(rng.integers(2, S + 1, 16)):
     src[row, :n] = rng.integers(3, 40, n)
-  greedy, greedy_log_probs = decode.greedy_decode(params, tiny_config, src, max_extra_len=4)
-  lengths = np.sum(np.asarray(greedy) != 0, axis=-1)
+  tokens, greedy_log_probs = greedy(params, tiny_config, src, max_extra_len=4)
+  lengths = np.sum(np.asarray(tokens) != 0, axis=-1)
   for alpha in (0.0, 0.6):
-    beam, beam_scores = decode.beam_search(params, tiny_config, src, beam_size=1, alpha=alpha,
-                                           max_extra_len=4)
-    np.testing.assert_array_equal(beam, greedy)
-    np.testing.assert_allclose(beam_scores * decode.length_penalty(lengths, alpha),
+    found, beam_scores = beam(params, tiny_config, src, beam_size=1, alpha=alpha,
+                              max_extra_len=4)
+    np.testing.assert_array_equal(found, tokens)
+    np.testing.assert_allclose(beam_scores * decoding.length_penalty(lengths, alpha),
                                greedy_log_probs, atol=1e-5)
 
 
 def test_sampling_with_top_k_1_or_temperature_0_equals_greedy(tiny_config, params, sources):
-  greedy, _ = decode.greedy_decode(params, tiny_config, sources, max_extra_len=4)
+  expected, _ = greedy(params, tiny_config, sources, max_extra_len=4)
   for seed in range(2):
-    sampled, _ = decode.sample(params, tiny_config, sources, jax.random.key(seed), top_k=1,
-                               temperature=1.5, max_extra_len=4)
-    np.testing.assert_array_equal(sampled, greedy)
-  sampled, _ = decode.sample(params, tiny_config, sources, jax.random.key(0), temperature=0.0,
-                             top_k=5, max_extra_len=4)
-  np.testing.assert_array_equal(sampled, greedy)
-  with pytest.raises(ValueError, match='temperature must be >= 0'):
-    decode.sample(params, tiny_config, sources, jax.random.key(0), temperature=-1.0)
+    sampled, _ = sample(params, tiny_config, sources, jax.random.key(seed), top_k=1,
+                        temperature=1.5, max_extra_len=4)
+    np.testing.assert_array_equal(sampled, expected)
+  for temperature in (0.0, 1e-40, 1e-30):  # tiny temperatures: greedy, no overflow
+    sampled, _ = sample(params, tiny_config, sources, jax.random.key(0),
+                        temperature=temperature, top_k=5, max_extra_len=4)
+    np.testing.assert_array_equal(sampled, expected)
+  with pytest.raises(ValueError, match='temperature must be a finite number >= 0'):
+    sample(params, tiny_config, sources, jax.random.key(0), temperature=-1.0)
 
 
 def test_sampling_is_random_and_stays_in_top_k(tiny_config, tiny_params, sources):
   params = tiny_params  # no EOS bias: several tokens stay likely at every step
-  outputs = [decode.sample(params, tiny_config, sources, jax.random.key(seed), top_k=3,
-                           max_extra_len=4)[0] for seed in range(3)]
+  outputs = [sample(params, tiny_config, sources, jax.random.key(seed), top_k=3,
+                    max_extra_len=4)[0] for seed in range(3)]
   assert len({np.asarray(o).tobytes() for o in outputs}) > 1
+  before_limit = jnp.arange(S + 4) < jnp.array([[12], [9], [7]]) - 1  # the last: EOS forced
   for tokens in outputs:
     logits = _teacher_forced_logits(tiny_config, params, sources, tokens)
     rank = jnp.sum(logits > jnp.take_along_axis(logits, tokens[..., None], -1), axis=-1)
-    assert int(jnp.max(jnp.where(tokens > 0, rank, 0))) < 3
+    assert int(jnp.max(jnp.where((tokens > 0) & before_limit, rank, 0))) < 3
 
 
 def test_filter_logits_matches_temperature_and_top_k():
   logits = jnp.log(jnp.array([0.5, 0.25, 0.15, 0.1]))
   keys = jax.random.split(jax.random.key(0), 20000)
-  draw = jax.vmap(lambda key, t, k: jax.random.categorical(key, decode.filter_logits(logits, t, k)),
+  draw = jax.vmap(lambda key, t, k: jax.random.categorical(key,
+                                                          decoding.filter_logits(logits, t, k)),
                   in_axes=(0, None, None))
   for temperature in (0.5, 2.0):
     counts = np.bincount(draw(keys, temperature, 0), minlength=4) / len(keys)
     np.testing.assert_allclose(counts, jax.nn.softmax(logits / temperature), atol=0.015)
   counts = np.bincount(draw(keys, 1.0, 2), minlength=4) / len(keys)
   np.testing.assert_allclose(counts, [2 / 3, 1 / 3, 0, 0], atol=0.015)
-  np.testing.assert_array_equal(decode.filter_logits(logits, 1.0, 10), logits)  # top_k > V
+  np.testing.assert_allclose(decoding.filter_logits(logits, 1.0, 10), logits - logits[0],
+                             rtol=1e-6)  # top_k > V: all kept (shifted: the largest is 0)
 
 
 def test_top_p_keeps_the_nucleus():
@@ -161,29 +197,54 @@ def test_top_p_keeps_the_nucleus():
   logits = jnp.log(jnp.array([0.5, 0.25, 0.15, 0.1]))
   for top_k, top_p, kept in ((0, 0.7, 2), (0, 0.5, 1), (0, 0.76, 3), (0, 1.0, 4), (2, 0.9, 2),
                              (3, 0.85, 3), (3, 0.8, 2)):
-    filtered = decode.filter_logits(logits, 1.0, top_k, top_p)
-    np.testing.assert_array_equal(filtered[:kept], logits[:kept])
+    filtered = decoding.filter_logits(logits, 1.0, top_k, top_p)
+    np.testing.assert_allclose(filtered[:kept], logits[:kept] - logits[0], rtol=1e-6)
     assert np.all(np.isneginf(filtered[kept:]))
   # Temperature first: at 0.5 the probabilities are 0.66, 0.17, 0.10, 0.07.
-  assert np.sum(np.isfinite(decode.filter_logits(logits, 0.5, 0, 0.7))) == 1
+  assert np.sum(np.isfinite(decoding.filter_logits(logits, 0.5, 0, 0.7))) == 1
+
+
+def test_top_p_and_top_k_keep_the_smallest_set_at_exact_boundaries_and_break_ties_by_id():
+  """[0.3, 0.1, 0.1, 0.5] with top_p 0.8 is {0.5, 0.3}: the mass reaches 0.8 exactly
+  (float32 sums fall a few ulps short of it); ties at a cut keep the lower ids, so top_k 2
+  of [0.4, 0.2, 0.2, 0.2] is ids 0 and 1; the most likely token always stays. Then 300
+  random exact-boundary cases: the kept set is the smallest whose mass reaches top_p."""
+  def kept(probs, top_k=0, top_p=1.0):
+    filtered = decoding.filter_logits(jnp.log(jnp.asarray(probs, jnp.float32)), 1.0, top_k,
+                                      top_p)
+    return set(np.flatnonzero(np.isfinite(np.asarray(filtered))).tolist())
+  assert kept([0.3, 0.1, 0.1, 0.5], top_p=0.8) == {0, 3}
+  assert kept([0.4, 0.2, 0.2, 0.2], top_k=2) == {0, 1}
+  assert kept([0.4, 0.2, 0.2, 0.2], top_p=0.6) == {0, 1}
+  assert kept([0.25] * 4, top_p=0.01) == {0}
+  rng = np.random.default_rng(0)
+  for _ in range(300):
+    units = rng.multinomial(20, rng.dirichlet(np.ones(6)))  # probabilities k / 20
+    probs = units / 20
+    order = np.argsort(-probs, kind='stable')
+    mass = np.cumsum(units[order])
+    cut = rng.integers(1, int(np.sum(units > 0)) + 1)  # the nucleus is the first `cut`
+    top_p = mass[cut - 1] / 20
+    smallest = int(np.argmax(mass >= mass[cut - 1])) + 1
+    assert kept(probs, top_p=float(top_p)) == set(order[:smallest].tolist()), (probs, top_p)
 
 
 def test_sampling_is_reproducible_and_unfiltered_at_top_p_1_and_top_k_v(tiny_config,
                                                                           tiny_params, sources):
-  plain = decode.sample(tiny_params, tiny_config, sources, jax.random.key(5), max_extra_len=4)
-  again = decode.sample(tiny_params, tiny_config, sources, jax.random.key(5), max_extra_len=4)
-  unfiltered = decode.sample(tiny_params, tiny_config, sources, jax.random.key(5), top_p=1.0,
-                             top_k=tiny_config.vocab_size, max_extra_len=4)
+  plain = sample(tiny_params, tiny_config, sources, jax.random.key(5), max_extra_len=4)
+  again = sample(tiny_params, tiny_config, sources, jax.random.key(5), max_extra_len=4)
+  unfiltered = sample(tiny_params, tiny_config, sources, jax.random.key(5), top_p=1.0,
+                      top_k=tiny_config.vocab_size, max_extra_len=4)
   for other in (again, unfiltered):
     np.testing.assert_array_equal(other[0], plain[0])
     np.testing.assert_array_equal(other[1], plain[1])
-  greedy = decode.greedy_decode(tiny_params, tiny_config, sources, max_extra_len=4)
-  nucleus = decode.sample(tiny_params, tiny_config, sources, jax.random.key(5), top_p=1e-6,
-                          max_extra_len=4)  # the most likely token alone
-  np.testing.assert_array_equal(nucleus[0], greedy[0])
-  np.testing.assert_allclose(nucleus[1], greedy[1], atol=1e-5)
+  expected = greedy(tiny_params, tiny_config, sources, max_extra_len=4)
+  nucleus = sample(tiny_params, tiny_config, sources, jax.random.key(5), top_p=1e-6,
+                   max_extra_len=4)  # the most likely token alone
+  np.testing.assert_array_equal(nucleus[0], expected[0])
+  np.testing.assert_allclose(nucleus[1], expected[1], atol=1e-5)
   with pytest.raises(ValueError, match=r'top_p must be in \(0, 1\]'):
-    decode.sample(tiny_params, tiny_config, sources, jax.random.key(5), top_p=0.0)
+    sample(tiny_params, tiny_config, sources, jax.random.key(5), top_p=0.0)
 
 
 @pytest.fixture(scope='module')
@@ -202,9 +263,9 @@ def test_ensembles_of_one_model_and_of_two_copies_decode_as_the_model(tiny_confi
   kw = dict(max_extra_len=4, min_len=2)  # outputs of 3 tokens or more
   key = jax.random.key(2)
   runs = {
-      'greedy': lambda p, c: decode.greedy_decode(p, c, sources, **kw),
-      'beam': lambda p, c: decode.beam_search(p, c, sources, **kw),
-      'sample': lambda p, c: decode.sample(p, c, sources, key, top_k=5, **kw)}
+      'greedy': lambda p, c: greedy(p, c, sources, **kw),
+      'beam': lambda p, c: beam(p, c, sources, **kw),
+      'sample': lambda p, c: sample(p, c, sources, key, top_k=5, **kw)}
   for name, run in runs.items():
     tokens, scores = run(params, tiny_config)
     assert np.all(np.sum(np.asarray(tokens) != 0, axis=1) > 2)
@@ -224,67 +285,79 @@ def test_an_ensemble_scores_the_mean_of_its_members_log_probs(tiny_config, tiny_
   other_config, other_params = other_member
   members = ([params, other_params], [tiny_config, other_config])
   kw = dict(max_extra_len=4)
-  greedy, greedy_scores = decode.greedy_decode(*members, sources, **kw)
-  tokens, _, log_probs = decode.beam_search(*members, sources, n_best=2, **kw)
-  for outputs, scores, src in ((greedy, greedy_scores, sources),
+  found, greedy_scores = greedy(*members, sources, **kw)
+  tokens, _, log_probs = n_best(*members, sources, n_best=2, **kw)
+  for outputs, scores, src in ((found, greedy_scores, sources),
                                (tokens.reshape(6, -1), log_probs.reshape(-1),
                                 jnp.repeat(sources, 2, 0))):
     expected = (_teacher_forced_log_prob(tiny_config, params, src, outputs)
                 + _teacher_forced_log_prob(other_config, other_params, src, outputs)) / 2
     np.testing.assert_allclose(scores, expected, atol=1e-5)
-  assert np.all(np.sum(np.asarray(greedy) != 0, axis=1) > 2)
-  alone, _ = decode.greedy_decode(params, tiny_config, sources, **kw)
-  assert not np.array_equal(alone, greedy)  # the other member changes the outputs
+  assert np.all(np.sum(np.asarray(found) != 0, axis=1) > 2)
+  alone, _ = greedy(params, tiny_config, sources, **kw)
+  assert not np.array_equal(alone, found)  # the other member changes the outputs
   with pytest.raises(ValueError, match='must share their vocabularies'):
-    decode.greedy_decode([params, other_params],
-                         [tiny_config, other_config.replace(vocab_size=41)], sources)
+    greedy([params, other_params], [tiny_config, other_config.replace(vocab_size=41)],
+           sources)
   with pytest.raises(ValueError, match='one params per config, got 1 params and 2 configs'):
-    decode.beam_search([params], [tiny_config, other_config], sources)
+    beam([params], [tiny_config, other_config], sources)
 
 
-def test_chunked_top_log_probs_equal_lax_top_k_of_log_softmax_with_ties_and_minus_inf():
-  """Beam search ranks a hypothesis' tokens through `_top_log_probs` (chunk maxima first,
-  on vocabulary-major logits): it must give the values of lax.top_k of log_softmax, its
-  indices and tie order, including many equal values, and the same on its lax.top_k path
-  (a vocabulary that does not split into chunks)."""
+def test_chunked_top_k_equals_lax_top_k_with_ties_and_minus_inf(monkeypatch):
+  """Beam search ranks a hypothesis' tokens through `backend.top_k` (chunk maxima first,
+  where the policy asks for it): it must give lax.top_k's values, indices and tie order,
+  including many equal values, and the same on its lax.top_k path (a vocabulary that does
+  not split into chunks)."""
+  monkeypatch.setattr(backend, 'policy', lambda: backend.Policy(chunked_top_k=True))
   rng = np.random.default_rng(0)
-  top = jax.jit(decode._top_log_probs, static_argnums=(1, 2))
   for k, chunk in ((1, 4), (3, 4), (5, 8), (8, 4), (3, 5)):
+    monkeypatch.setattr(backend, 'TOP_K_CHUNK', chunk)
+    top = jax.jit(backend.top_k, static_argnums=1)
     ties = rng.integers(-3, 3, (6, 64)).astype(np.float32)  # many ties across chunks
     ties[:, ::7] = -np.inf
     for x in (ties, rng.normal(size=(6, 64)).astype(np.float32)):
-      want = jax.lax.top_k(jax.nn.log_softmax(x), k)
-      got = top(x.T, k, chunk)  # _top_log_probs reads [V, R]
-      np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+      want = jax.lax.top_k(x, k)
+      got = top(x, k)
+      np.testing.assert_array_equal(got[0], want[0])
       np.testing.assert_array_equal(got[1], want[1])
 
 
-def test_masked_logits_ban_padding_always_and_eos_before_min_len():
-  logits = jnp.arange(12.0).reshape(3, 4)  # [rows, vocabulary]
-  for axis, x in ((-1, logits), (0, logits.T)):
-    early = decode._masked_logits(x, 2, 2, eos_id=1, axis=axis)
-    late = decode._masked_logits(x, 3, 2, eos_id=1, axis=axis)
-    if axis == 0:
-      early, late = early.T, late.T
-    assert np.all(np.isneginf(early[:, :2])) and np.array_equal(early[:, 2:], logits[:, 2:])
-    assert np.all(np.isneginf(late[:, 0])) and np.array_equal(late[:, 1:], logits[:, 1:])
+def test_padding_is_never_a_candidate_and_eos_is_banned_before_min_len(tiny_config, params,
+                                                                       sources):
+  model = decoding.Model(params, tiny_config)
+  state = model.init(decoding.Start(sources, jnp.full((3,), 12), 1, 12))
+  log_probs, _ = model.log_probs(state, jnp.zeros((3,), jnp.int32), jnp.int32(0))
+  assert np.all(np.isneginf(log_probs[:, 0]))
+  np.testing.assert_allclose(jax.nn.logsumexp(log_probs, axis=-1), 0.0, atol=1e-5)
+  at_limit = jnp.array([False, False, True])
+  early = search_lib._ban_early_eos(log_probs, 2, 2, at_limit)
+  late = search_lib._ban_early_eos(log_probs, 3, 2, at_limit)
+  assert np.all(np.isneginf(early[:2, EOS])) and np.array_equal(early[2], log_probs[2])
+  np.testing.assert_array_equal(early[:, 2:], log_probs[:, 2:])
+  np.testing.assert_array_equal(late, log_probs)
 
 
 def test_translation_ignores_batch_neighbours_and_padding(tiny_config, params, sources):
-  batch, batch_scores = decode.beam_search(params, tiny_config, sources, max_extra_len=4)
+  batch, batch_scores = beam(params, tiny_config, sources, max_extra_len=4)
   for row in range(3):
     alone = jnp.pad(sources[row:row + 1], ((0, 0), (0, 3)))  # other batch, more padding
-    tokens, score = decode.beam_search(params, tiny_config, alone, max_extra_len=4)
+    tokens, score = beam(params, tiny_config, alone, max_extra_len=4)
     np.testing.assert_array_equal(tokens[0, :S + 4], batch[row])
     assert not np.any(np.asarray(tokens[0, S + 4:]))
     np.testing.assert_allclose(score[0], batch_scores[row], atol=1e-5)
 
 
-def test_translate_batch_and_trim(tiny_config, params, sources):
-  tokens = decode.translate_batch(params, tiny_config, sources, max_extra_len=4)
-  beam, _ = decode.beam_search(params, tiny_config, sources, max_extra_len=4)
-  np.testing.assert_array_equal(tokens, beam)
-  assert decode.trim(np.array([[5, 6, EOS, 0], [7, 0, 0, 0], [3, 4, 5, 6]])) == [
+def test_search_picks_the_strategy_of_its_options_and_trim(tiny_config, params, sources):
+  model = decoding.Model(params, tiny_config)
+  options = decoding.Search(max_extra_len=4)
+  np.testing.assert_array_equal(decoding.search(model, sources, options).best,
+                                beam(params, tiny_config, sources, max_extra_len=4)[0])
+  options = decoding.Search(beam_size=1, max_extra_len=4)
+  np.testing.assert_array_equal(decoding.search(model, sources, options).best,
+                                greedy(params, tiny_config, sources, max_extra_len=4)[0])
+  with pytest.raises(ValueError, match='sampling needs an rng'):
+    decoding.search(model, sources, decoding.Search(sample=True))
+  assert decoding.trim(np.array([[5, 6, EOS, 0], [7, 0, 0, 0], [3, 4, 5, 6]])) == [
       [5, 6], [7], [3, 4, 5, 6]]
 
 
@@ -302,24 +375,24 @@ def test_beam_search_finds_the_exhaustive_optimum_and_n_best_list():
   params['decoder']['logits'] = {**logits_layer, 'kernel': 2.0 * logits_layer['kernel']}
   src = jnp.array([[3, 4, 5, 0]])
   max_len, n = 4, 5
+  # At most max_len tokens, EOS included: at the limit EOS is forced.
   candidates = [list(words) + [EOS] for length in range(max_len)
                 for words in itertools.product(range(2, 6), repeat=length)]
-  candidates += [list(words) for words in itertools.product(range(2, 6), repeat=max_len)]
   tokens = jnp.array([c + [0] * (max_len - len(c)) for c in candidates])
   log_probs = _teacher_forced_log_prob(config, params, jnp.repeat(src, len(candidates), 0),
                                        tokens)
   lengths = jnp.array([len(c) for c in candidates], jnp.float32)
-  greedy, _ = decode.greedy_decode(params, config, src, max_decode_len=max_len)
+  first, _ = greedy(params, config, src, max_decode_len=max_len)
   for alpha in (0.0, 0.6, 2.0):
-    scores = log_probs / decode.length_penalty(lengths, alpha)
+    scores = log_probs / decoding.length_penalty(lengths, alpha)
     best = np.argsort(-np.asarray(scores), kind='stable')[:n]
     if alpha == 0.6:
-      assert candidates[best[0]][-1] == EOS and not np.array_equal(greedy[0], tokens[best[0]])
-    found, found_score = decode.beam_search(params, config, src, beam_size=320, alpha=alpha,
-                                            max_decode_len=max_len)
+      assert not np.array_equal(first[0], tokens[best[0]])
+    found, found_score = beam(params, config, src, beam_size=320, alpha=alpha,
+                              max_decode_len=max_len)
     np.testing.assert_array_equal(found[0], tokens[best[0]])
     np.testing.assert_allclose(found_score[0], scores[best[0]], atol=1e-5)
-    listed, listed_scores, listed_log_probs = decode.beam_search(
+    listed, listed_scores, listed_log_probs = n_best(
         params, config, src, beam_size=320, alpha=alpha, max_decode_len=max_len, n_best=n)
     np.testing.assert_array_equal(listed[0], tokens[best])
     np.testing.assert_allclose(listed_scores[0], scores[best], atol=1e-5)
@@ -345,13 +418,12 @@ def test_beam_search_continues_while_an_alive_hypothesis_can_win():
   params = jax.tree.map(lambda x: x[0], _random_tiny_models(
       jax.random.split(jax.random.key(0), 1500)[1132:1133]))
   src = jnp.array([[3, 4, 5, 6]])
-  tokens, scores, log_probs = decode.beam_search(params, TINY, src, beam_size=2, alpha=0.6,
-                                                 max_extra_len=4, n_best=2)
+  tokens, scores, log_probs = n_best(params, TINY, src, beam_size=2, alpha=0.6,
+                                     max_extra_len=4, n_best=2)
   np.testing.assert_array_equal(tokens[0, :, :3], [[5, 5, EOS], [5, EOS, 0]])
   np.testing.assert_allclose(scores[0], [-1.684, -1.938], atol=1e-3)
   np.testing.assert_allclose(log_probs[0, 0] - log_probs[0, 1], -2.0016 + 2.1253, atol=1e-3)
-  best, best_score = decode.beam_search(params, TINY, src, beam_size=2, alpha=0.6,
-                                        max_extra_len=4)
+  best, best_score = beam(params, TINY, src, beam_size=2, alpha=0.6, max_extra_len=4)
   np.testing.assert_array_equal(best, tokens[:, 0])
   np.testing.assert_allclose(best_score, scores[:, 0])
 
@@ -365,24 +437,26 @@ def test_stopping_early_never_changes_what_the_beam_returns():
   params = jax.tree.map(lambda x: jnp.concatenate([x] * 3), params)
   src = jnp.array([[3, 4, 5, 6], [2, 3, 0, 0], [6, 5, 4, 0]])
 
-  def run(n_best, stop_early):
-    search = functools.partial(decode._beam_search, config=TINY, inputs=src, max_extra_len=4,
-                               min_len=0, beam_size=2, max_decode_len=8, eos_id=EOS,
-                               n_best=n_best, stop_early=stop_early)
-    return jax.jit(jax.vmap(lambda p, alpha: search(p, alpha=alpha)))(params, alphas)
+  def run(n, stop_early):
+    search = functools.partial(search_lib._beam_search, inputs=src, max_extra_len=4,
+                               min_len=0, beam_size=2, length=8, n_best=n,
+                               stop_early=stop_early)
+    result = jax.jit(jax.vmap(lambda p, alpha: search(decoding.Model(p, TINY), alpha=alpha)))(
+        params, alphas)
+    return result.tokens, result.scores(alphas[:, None, None]), result.log_probs
 
   full = run(2, False)
-  for n_best in (1, 2):
-    tokens, scores, log_probs = run(n_best, True)
-    np.testing.assert_array_equal(tokens, full[0][:, :, :n_best])
-    np.testing.assert_allclose(scores, full[1][:, :, :n_best], atol=1e-6)
-    np.testing.assert_allclose(log_probs, full[2][:, :, :n_best], atol=1e-6)
+  for n in (1, 2):
+    tokens, scores, log_probs = run(n, True)
+    np.testing.assert_array_equal(tokens, full[0][:, :, :n])
+    np.testing.assert_allclose(scores, full[1][:, :, :n], atol=1e-6)
+    np.testing.assert_allclose(log_probs, full[2][:, :, :n], atol=1e-6)
 
 
 def test_n_best_lists_are_distinct_sorted_and_score_their_tokens(tiny_config, params,
                                                                  sources):
-  tokens, scores, log_probs = decode.beam_search(params, tiny_config, sources, beam_size=4,
-                                                 max_extra_len=4, n_best=4)
+  tokens, scores, log_probs = n_best(params, tiny_config, sources, beam_size=4,
+                                     max_extra_len=4, n_best=4)
   assert tokens.shape == (3, 4, S + 4) and scores.shape == log_probs.shape == (3, 4)
   for row in np.asarray(tokens):
     assert len({r.tobytes() for r in row}) == 4
@@ -392,20 +466,21 @@ def test_n_best_lists_are_distinct_sorted_and_score_their_tokens(tiny_config, pa
   np.testing.assert_allclose(log_probs.reshape(-1), expected, atol=1e-5)
   lengths = np.sum(np.asarray(flat) != 0, axis=-1)
   np.testing.assert_allclose(scores.reshape(-1),
-                             expected / decode.length_penalty(lengths, 0.6), atol=1e-5)
-  best, best_scores = decode.beam_search(params, tiny_config, sources, max_extra_len=4)
+                             expected / decoding.length_penalty(lengths, 0.6), atol=1e-5)
+  best, best_scores = beam(params, tiny_config, sources, max_extra_len=4)
   np.testing.assert_array_equal(best, tokens[:, 0])
   np.testing.assert_allclose(best_scores, scores[:, 0], atol=1e-6)
   for bad in (0, 5):
     with pytest.raises(ValueError, match=r'n_best must be in \[1, beam_size=4\]'):
-      decode.beam_search(params, tiny_config, sources, n_best=bad)
+      beam(params, tiny_config, sources, n_best=bad)
 
 
 SHARDED = '''
 import jax, jax.numpy as jnp, numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from transformer_jax import Transformer, TransformerConfig, decode
+from transformer_jax import Transformer, TransformerConfig, decoding
+from transformer_jax.decoding import devices, searches
 config = TransformerConfig(vocab_size=40, d_model=32, d_ff=64, num_heads=4, num_encoder_layers=2,
                            num_decoder_layers=2, max_len=64, dropout_rate=0.0)
 ones = jnp.ones((1, 8), jnp.int32)
@@ -414,21 +489,22 @@ src = jax.random.randint(jax.random.key(1), (4, 8), 3, 40).at[1, 5:].set(0)
 mesh = Mesh(np.array(jax.devices()), ('data',))
 sharded = jax.device_put(src, NamedSharding(mesh, P('data')))
 assert len(sharded.sharding.device_set) == 2
-for fn in (decode.greedy_decode, decode.beam_search):
-  expected, _ = fn(params, config, src, max_extra_len=4)
-  got, _ = fn(params, config, sharded, max_extra_len=4, mesh=mesh)
+model = decoding.Model(params, config)
+for fn in (decoding.greedy, decoding.beam_search):
+  expected = fn(model, src, max_extra_len=4).best
+  got = fn(model, sharded, max_extra_len=4, mesh=mesh).best
   np.testing.assert_array_equal(got, expected)
 # n-best lists and ensembles too.
-for members, fn, kw in (((params, config), decode.beam_search, {'n_best': 2}),
-                        (([params] * 2, [config] * 2), decode.greedy_decode, {})):
-  expected = fn(*members, src, max_extra_len=4, **kw)
-  got = fn(*members, sharded, max_extra_len=4, mesh=mesh, **kw)
-  np.testing.assert_array_equal(got[0], expected[0])
-  np.testing.assert_allclose(got[1], expected[1], atol=1e-5)
+for step, fn, kw in ((model, decoding.beam_search, {'n_best': 2}),
+                     (decoding.Ensemble((model, model)), decoding.greedy, {})):
+  expected = fn(step, src, max_extra_len=4, **kw)
+  got = fn(step, sharded, max_extra_len=4, mesh=mesh, **kw)
+  np.testing.assert_array_equal(got.tokens, expected.tokens)
+  np.testing.assert_allclose(got.log_probs, expected.log_probs, atol=1e-5)
 # Each device decodes its own rows: no collectives, not even to agree on when to stop.
-local = decode._per_device(decode._beam_search, config, mesh, ('data',), 3,
-                           (('beam_size', 4), ('eos_id', 1), ('max_decode_len', 12)))
-hlo = local.lower(params, sharded, 0.6, 4, 0).compile().as_text()
+local = devices._per_device(searches._beam_search, mesh, ('data',), 3,
+                            (('beam_size', 4), ('length', 12)))
+hlo = local.lower(model, sharded, 0.6, 4, 0).compile().as_text()
 assert not any(op in hlo for op in ('all-gather', 'all-reduce', 'collective')), 'collectives'
 print('ok')
 '''
@@ -440,3 +516,67 @@ def test_decoding_a_batch_sharded_over_two_devices():
   out = subprocess.run([sys.executable, '-c', SHARDED], capture_output=True, text=True,
                        timeout=300, env=env)
   assert out.returncode == 0 and out.stdout.strip() == 'ok', out.stderr[-2000:]
+
+
+@struct.dataclass
+class _AllowAll:
+  """A constraint that allows every token (and counts the tokens it was told of)."""
+  vocab: int = struct.field(pytree_node=False)
+
+  def init(self, start):
+    return jnp.zeros((start.inputs.shape[0] * start.hypotheses,), jnp.int32)
+
+  def update(self, state, token):
+    return state + 1
+
+  def allowed(self, state):
+    return jnp.ones((state.shape[0], self.vocab), bool)
+
+
+@struct.dataclass
+class _NoRepeats:
+  """A constraint that bans the token just emitted: carried per hypothesis, so beam search
+  must reorder it with the beams."""
+  vocab: int = struct.field(pytree_node=False)
+
+  def init(self, start):
+    return jnp.zeros((start.inputs.shape[0] * start.hypotheses,), jnp.int32)
+
+  def update(self, state, token):
+    return token
+
+  def allowed(self, state):
+    return (jnp.arange(self.vocab)[None] != state[:, None]) | (state[:, None] == 0)
+
+
+def test_a_constraint_that_allows_everything_changes_nothing(tiny_config, params, sources):
+  model = decoding.Model(params, tiny_config)
+  free = decoding.Constrained(model, _AllowAll(tiny_config.vocab_size))
+  runs = {'greedy': lambda m: decoding.greedy(m, sources, max_extra_len=4),
+          'beam': lambda m: decoding.beam_search(m, sources, max_extra_len=4, n_best=3),
+          'sample': lambda m: decoding.sample(m, sources, jax.random.key(4), top_k=5,
+                                              max_extra_len=4)}
+  for name, run in runs.items():
+    want, got = run(model), run(free)
+    np.testing.assert_array_equal(got.tokens, want.tokens, err_msg=name)
+    np.testing.assert_array_equal(got.log_probs, want.log_probs, err_msg=name)
+
+
+def test_a_constraint_is_carried_per_hypothesis_and_scores_stay_the_models(tiny_config,
+                                                                         tiny_params, sources):
+  """No token twice in a row, in every hypothesis of the n-best lists (so beam search
+  reorders the constraint's state with its beams); the log-probs are the model's
+  (teacher-forced, not renormalised), and the unconstrained search does repeat tokens."""
+  model = decoding.Model(tiny_params, tiny_config)
+  plain = decoding.beam_search(model, sources, max_extra_len=4, n_best=3)
+  rows = np.asarray(plain.tokens).reshape(9, -1)
+  assert np.any((rows[:, 1:] == rows[:, :-1]) & (rows[:, 1:] > 1))
+  constrained = decoding.Constrained(model, _NoRepeats(tiny_config.vocab_size))
+  for result in (decoding.beam_search(constrained, sources, max_extra_len=4, n_best=3),
+                 decoding.greedy(constrained, sources, max_extra_len=4)):
+    n = result.tokens.shape[1]
+    rows = np.asarray(result.tokens).reshape(3 * n, -1)
+    assert not np.any((rows[:, 1:] == rows[:, :-1]) & (rows[:, 1:] > 0))
+    expected = _teacher_forced_log_prob(tiny_config, tiny_params, jnp.repeat(sources, n, 0),
+                                        rows)
+    np.testing.assert_allclose(np.asarray(result.log_probs).reshape(-1), expected, atol=1e-5)

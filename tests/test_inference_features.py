@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from test_translate import LINES, make_workdir, workdir  # noqa: F401 - the fixture
-from transformer_jax import Transformer, decode, hypotheses, inference, scoring
+from transformer_jax import Transformer, decoding, hypotheses, inference, scoring
 from transformer_jax.cli import score
 from transformer_jax.cli import translate
 
@@ -37,7 +37,8 @@ def _translate(tmp_path, *flags):
 
 def test_nbest_hypotheses_are_distinct_sorted_and_score_their_tokens(workdir):
   model = inference.load_model(str(workdir))
-  options = hypotheses.SearchOptions(beam_size=3, n_best=3, alpha=0.6, max_extra_len=5)
+  options = hypotheses.SearchOptions(decoding.Search(beam_size=3, n_best=3, alpha=0.6,
+                                                     max_extra_len=5))
   sources = inference.encode_lines(SOURCES, model.vocab, model.max_len)
   (_, (inputs,)), = inference.length_batches({i: (ids,) for i, ids in sources.items()}, 8, 64,
                                              progress=False)
@@ -46,11 +47,10 @@ def test_nbest_hypotheses_are_distinct_sorted_and_score_their_tokens(workdir):
   for r in range(len(SOURCES)):
     assert len({tuple(row) for row in tokens[r]}) == 3
     assert np.all(np.diff(scores[r]) <= 0)
-    forced, _ = scoring.score(model.params, model.config, np.repeat(inputs[r:r + 1], 3, 0),
-                              tokens[r])
+    forced, _ = scoring.score(model.decoder, np.repeat(inputs[r:r + 1], 3, 0), tokens[r])
     np.testing.assert_allclose(log_probs[r], forced, rtol=1e-5, atol=1e-5)
     lengths = np.sum(tokens[r] != 0, axis=-1)
-    np.testing.assert_allclose(scores[r], forced / decode.length_penalty(lengths, 0.6),
+    np.testing.assert_allclose(scores[r], forced / decoding.length_penalty(lengths, 0.6),
                                rtol=1e-5, atol=1e-5)
 
 
@@ -76,7 +76,8 @@ def _forward_log_probs(model, source, target):
   """Teacher-forced log p(target | source) per token from the model's forward pass."""
   src = jnp.asarray([model.vocab.encode(source)], jnp.int32)
   tgt = jnp.asarray([model.vocab.encode(target)], jnp.int32)
-  logits = Transformer(model.config).apply({'params': model.params}, src, tgt)[0]
+  logits = Transformer(model.decoder.config).apply({'params': model.decoder.params}, src,
+                                                  tgt)[0]
   log_probs = jax.nn.log_softmax(logits.at[:, 0].set(-jnp.inf), axis=-1)
   return np.asarray(jnp.take_along_axis(log_probs, tgt[0][:, None], axis=-1)[:, 0])
 
@@ -118,8 +119,8 @@ def test_ensembles_of_one_and_of_two_copies_decode_as_the_model(workdir, tmp_pat
   for flags in (['--beam_size', '1'], ['--beam_size', '3', '--n_best', '2']):
     single = _translate(tmp_path, '--workdir', str(workdir), '--scores', *flags)
     pair = _translate(tmp_path, '--workdir', f'{workdir},{copy}', '--scores', *flags)
-    assert inference.load_ensemble([str(workdir)]).config == inference.load_model(
-        str(workdir)).config
+    assert inference.load_ensemble([str(workdir)]).decoder.config == inference.load_model(
+        str(workdir)).decoder.config
     for one, two in zip(single, pair, strict=True):
       one, two = one.split(' ||| '), two.split(' ||| ')
       assert one[:-2] == two[:-2]  # index and hypothesis
@@ -137,8 +138,8 @@ def test_sampling_is_reproducible_with_a_seed(workdir, tmp_path):
 
 
 @pytest.mark.parametrize('flags, message', [
-    (['--n_best', '5', '--beam_size', '4'], '--n_best must be in [1, --beam_size=4], got 5'),
-    (['--n_best', '2', '--sample'], '--n_best must be in [1, --beam_size=4] (1 with --sample)'),
+    (['--n_best', '5', '--beam_size', '4'], '--n_best must be in [1, beam_size=4], got 5'),
+    (['--n_best', '2', '--sample'], '--n_best must be 1 with --sample, got 2'),
     (['--sample', '--top_p', '1.5'], '--top_p must be in (0, 1], got 1.5'),
     (['--top_k', '5'], '--top_k needs --sample'),
     (['--sample', '--temperature', '0'], '--temperature must be > 0'),

@@ -11,7 +11,7 @@ import pytest
 from flax import linen as nn
 
 import marian_models
-from transformer_jax import Transformer, TransformerConfig, checkpoint, decode, inference
+from transformer_jax import Transformer, TransformerConfig, checkpoint, decoding, inference
 from transformer_jax.interop import marian
 from transformer_jax.training import vocabulary
 from transformer_jax import tokenizer
@@ -42,7 +42,7 @@ def _sentences(count):
 def test_import_config_and_vocabulary(hf_dir, imported):
   from transformers import MarianTokenizer
   _, model = imported
-  cfg = model.config
+  cfg = model.decoder.config
   assert (cfg.activation, cfg.scale_embedding, cfg.logits_bias, cfg.zero_pad_embedding,
           cfg.layer_norm_epsilon, cfg.pre_norm) == ('swish', True, True, True, 1e-5, False)
   vocab, hf_tok = model.vocab, MarianTokenizer.from_pretrained(hf_dir)
@@ -65,7 +65,8 @@ def test_teacher_forced_logits_match_transformers(hf_dir, imported):
   ours_of = np.argsort(model.vocab.marian_ids)
   inputs, targets = ours_of[batch['input_ids'].numpy()], ours_of[batch['labels'].numpy()]
   assert (inputs == 0).any() and (targets == 0).any()  # both sides padded
-  logits = Transformer(model.config).apply({'params': model.params}, inputs, targets)
+  logits = Transformer(model.decoder.config).apply({'params': model.decoder.params}, inputs,
+                                                  targets)
   real = targets != 0
   np.testing.assert_allclose(np.asarray(logits)[real],
                              expected[..., model.vocab.marian_ids][real], atol=1e-4, rtol=0)
@@ -76,7 +77,7 @@ def test_greedy_matches_generate(hf_dir, imported):
   _, model = imported
   sentences = _sentences(24)
   expected = marian_models.hf_greedy(hf_dir, sentences, 48)
-  got = marian_models.ours_greedy(model.params, model.config, model.vocab, sentences, 48)
+  got = marian_models.ours_greedy(model.decoder, model.vocab, sentences, 48)
   assert got == expected
   assert len({len(t) for t in got}) > 3 and len({tuple(t) for t in got}) > 8  # not degenerate
 
@@ -90,8 +91,9 @@ def test_translate_cli_on_imported_workdir(hf_dir, imported, tmp_path, capsys):
   assert translate.main(['--workdir', workdir, '--input', str(source), '--beam_size', '1',
                          '--max_extra_len', '12', '--no_progress', '--cpu_devices', '1']) == 0
   hf_tok = MarianTokenizer.from_pretrained(hf_dir)
+  # Our limit of source + 12 tokens holds the EOS (forced there): 11 tokens more before it.
   expected = [hf_tok.decode(marian_models.hf_greedy(hf_dir, [s], len(hf_tok(s)['input_ids'])
-                                                    + 12)[0], skip_special_tokens=True)
+                                                    + 11)[0], skip_special_tokens=True)
               for s in sentences]
   assert capsys.readouterr().out.splitlines() == expected
 
@@ -141,10 +143,12 @@ def test_export_own_model_runs_in_transformers_and_ctranslate2(tmp_path):
   inputs = np.zeros((len(ids), max(map(len, ids))), np.int32)
   for row, x in zip(inputs, ids):
     row[:len(x)] = x
-  ours = decode.trim(decode.translate_batch(model.params, model.config, inputs, beam_size=1,
-                                            max_extra_len=1000, max_decode_len=40))
+  # 40 tokens at most, as the others are asked for (one more decoded, where EOS is forced).
+  ours = [t[:40] for t in decoding.trim(decoding.greedy(
+      model.decoder, inputs, max_extra_len=1000, max_decode_len=41).best)]
   assert len({tuple(t) for t in ours}) > 8
-  marian_of = lambda tokens: [(i - 1) % model.config.vocab_size for i in tokens]  # noqa: E731
+  marian_of = lambda tokens: [(i - 1) % model.decoder.config.vocab_size  # noqa: E731
+                              for i in tokens]
   hf = marian_models.hf_greedy(out, sentences, 40)
   assert [t[:-1] if t[-1:] == [0] else t for t in hf] == [marian_of(t) for t in ours]
 
@@ -231,7 +235,7 @@ def test_fine_tuning_an_imported_model(imported, tmp_path):
                 train_target=files['train', 'es'], eval_source=files['dev', 'en'],
                 eval_target=files['dev', 'es'], test_source=files['dev', 'en'],
                 test_target=files['dev', 'es'])
-  shape = model_config_to_dict(model.config)
+  shape = model_config_to_dict(model.decoder.config)
   config.model.update({k: v for k, v in shape.items() if k in config.model})
   tuned = str(tmp_path / 'tuned')
   state = train_lib.train_and_evaluate(config, tuned)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from transformer_jax import linear
+from transformer_jax import backend, linear
 from transformer_jax import (Transformer, TransformerConfig, count_params, init_cache,
                              reorder_beams, shift_right, sinusoidal_positions)
 
@@ -296,10 +296,12 @@ def test_explicit_and_fused_attention_agree_and_d_v_may_differ(tiny_config, tiny
   assert jax.jit(model.apply)({'params': params}, src, tgt).shape == (2, T, 40)
 
 
-@pytest.mark.parametrize('rows', [linear.WEIGHTS_MAJOR_MAX_ROWS, linear.WEIGHTS_MAJOR_MAX_ROWS + 1])
-def test_project_is_x_times_kernel_transposed_on_both_paths(rows):
-  """linear.project takes the weights-major path up to WEIGHTS_MAJOR_MAX_ROWS rows on CPU
-  and the plain dot beyond: both must compute x · Wᵀ over the trailing input axes."""
+@pytest.mark.parametrize('rows', [8, 9])
+def test_project_is_x_times_kernel_transposed_on_both_paths(rows, monkeypatch):
+  """linear.project takes the weights-major path up to the backend policy's
+  `weights_major_max_rows` (here 8) and the plain dot beyond: both must compute x · Wᵀ
+  over the trailing input axes."""
+  monkeypatch.setattr(backend, 'policy', lambda: backend.Policy(weights_major_max_rows=8))
   rng = np.random.default_rng(0)
   x = rng.normal(size=(rows, 1, 4, 3)).astype(np.float32)
   kernel = rng.normal(size=(5, 4, 3)).astype(np.float32)  # [out, *in]

@@ -83,7 +83,7 @@ def test_cli_writes_one_tree_per_line_over_the_words(workdir, tmp_path, capsys, 
     (['--workdir', 'no/such/dir'], 'workdir no/such/dir does not exist'),
     (['--beam_size', '0'], '--beam_size must be >= 1'),
     (['--input', 'no/such/file.txt'], 'cannot read no/such/file.txt'),
-    (['--max_extra_len', '-1'], '--max_extra_len >= 0'),
+    (['--max_extra_len', '-1'], '--max_extra_len must be >= 0, got -1'),
 ])
 def test_cli_bad_input_is_one_line(workdir, capsys, flags, message):
   argv = ['--workdir', str(workdir), *flags] if flags[0] != '--workdir' else flags

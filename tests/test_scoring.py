@@ -5,9 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax import Transformer, decode, scoring
+from transformer_jax import Transformer, decoding, scoring
+from transformer_jax.model_config import EOS_ID
 
-EOS = decode.EOS_ID
+EOS = EOS_ID
+model_or_ensemble = decoding.model_or_ensemble
 
 
 @pytest.fixture(scope='module')
@@ -26,7 +28,7 @@ def test_scores_are_the_forward_pass_log_probs(tiny_config, tiny_params, batch):
   """Equal to log_softmax of the teacher-forced logits (padding never a candidate) summed
   over the target's tokens, EOS included; zero at padding; `normalise` divides by length."""
   src, tgt = batch
-  total, per_token = scoring.score(tiny_params, tiny_config, src, tgt)
+  total, per_token = scoring.score(model_or_ensemble(tiny_params, tiny_config), src, tgt)
   logits = np.asarray(Transformer(tiny_config).apply({'params': tiny_params}, src, tgt),
                       np.float64)[..., 1:]  # every id but padding
   log_probs = logits - np.log(np.sum(np.exp(logits), axis=-1, keepdims=True))
@@ -35,21 +37,22 @@ def test_scores_are_the_forward_pass_log_probs(tiny_config, tiny_params, batch):
   expected = np.where(tgt > 0, picked, 0.0)
   np.testing.assert_allclose(per_token, expected, atol=1e-5)
   np.testing.assert_allclose(total, expected.sum(-1), atol=1e-5)
-  mean, _ = scoring.score(tiny_params, tiny_config, src, tgt, normalise=True)
+  mean, _ = scoring.score(model_or_ensemble(tiny_params, tiny_config), src, tgt, normalise=True)
   np.testing.assert_allclose(mean, expected.sum(-1) / [6, 1, 4], atol=1e-5)
   # An ensemble's: the mean of its members' (here the model and a scaled copy of it).
   other = jax.tree.map(lambda x: 0.9 * x, tiny_params)
-  ensemble, _ = scoring.score([tiny_params, other], [tiny_config] * 2, src, tgt)
+  ensemble, _ = scoring.score(model_or_ensemble([tiny_params, other], [tiny_config] * 2), src, tgt)
   np.testing.assert_allclose(
-      ensemble, (total + scoring.score(other, tiny_config, src, tgt)[0]) / 2, atol=1e-5)
+      ensemble, (total + scoring.score(model_or_ensemble(other, tiny_config), src, tgt)[0]) / 2, atol=1e-5)
   assert not np.allclose(ensemble, total)
 
 
 def test_a_beam_search_translation_scores_its_log_prob(tiny_config, tiny_params, batch):
   src = batch[0]
-  tokens, _, log_probs = decode.beam_search(tiny_params, tiny_config, src, beam_size=2,
-                                            max_extra_len=4, n_best=2)
-  total, _ = scoring.score(tiny_params, tiny_config, jnp.repeat(src, 2, 0),
+  result = decoding.beam_search(decoding.Model(tiny_params, tiny_config), src, beam_size=2,
+                                max_extra_len=4, n_best=2)
+  tokens, log_probs = result.tokens, result.log_probs
+  total, _ = scoring.score(model_or_ensemble(tiny_params, tiny_config), jnp.repeat(src, 2, 0),
                            tokens.reshape(6, -1))
   np.testing.assert_allclose(total, log_probs.reshape(-1), atol=1e-5)
 
@@ -57,7 +60,7 @@ def test_a_beam_search_translation_scores_its_log_prob(tiny_config, tiny_params,
 def test_cross_attention_is_the_penultimate_layers_head_average(tiny_config, tiny_params,
                                                                 batch):
   src, tgt = batch
-  weights = scoring.cross_attention(tiny_params, tiny_config, src, tgt)
+  weights = scoring.cross_attention(decoding.Model(tiny_params, tiny_config), src, tgt)
   assert weights.shape == (3, 7, 8)
   np.testing.assert_allclose(jnp.sum(weights, -1), 1.0, atol=1e-5)
   assert np.all(np.asarray(weights)[np.broadcast_to(np.asarray(src)[:, None] == 0,
@@ -66,10 +69,10 @@ def test_cross_attention_is_the_penultimate_layers_head_average(tiny_config, tin
                                             mutable=['intermediates'])
   sown = state['intermediates']['decoder']['layer_0']['cross_attention']
   np.testing.assert_allclose(weights, jnp.mean(sown['attention_weights'][0], 1), atol=1e-6)
-  assert not np.allclose(weights, scoring.cross_attention(tiny_params, tiny_config, src, tgt,
+  assert not np.allclose(weights, scoring.cross_attention(decoding.Model(tiny_params, tiny_config), src, tgt,
                                                           layer=1))
   with pytest.raises(ValueError, match=r'layer must be in \[0, 2\), got 2'):
-    scoring.cross_attention(tiny_params, tiny_config, src, tgt, layer=2)
+    scoring.cross_attention(decoding.Model(tiny_params, tiny_config), src, tgt, layer=2)
   # A model's alignments name words within bounds (each token its own word here).
   for row, (n, m) in enumerate(((8, 6), (5, 1), (3, 4))):
     pairs = scoring.align(weights[row, :m, :n], list(range(n - 1)) + [-1],

@@ -257,7 +257,7 @@ def test_end_to_end_cli_matches_library(workdir, tmp_path):
   model = inference.load_model(str(workdir))
   fn = inference.make_translate_fn(model, max_extra_len=5)
   assert inference.translate_lines(LINES, fn, model.vocab, batch_size=4,
-                                   max_source_len=model.config.max_len,
+                                   max_source_len=model.max_len,
                                    progress=False) == lines[:-1]
 
 
@@ -271,9 +271,10 @@ pairs = [(line, line) for line in sys.argv[2:]]
 mesh = sharding.create_mesh()
 assert mesh.devices.size == 2
 for beam_size in (1, 2):
-  expected = tasks.translate_and_score(model.params, model.config, model.vocab, pairs, 3,
-                                       64, beam_size=beam_size, target_lang='en')
-  got = tasks.translate_and_score(model.params, model.config, model.vocab, pairs, 3, 64,
+  params, config = model.decoder.params, model.decoder.config
+  expected = tasks.translate_and_score(params, config, model.vocab, pairs, 3, 64,
+                                       beam_size=beam_size, target_lang='en')
+  got = tasks.translate_and_score(params, config, model.vocab, pairs, 3, 64,
                                   beam_size=beam_size, mesh=mesh, target_lang='en')
   assert got == expected, (got, expected)
 print('ok')

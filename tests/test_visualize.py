@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from test_translate import workdir  # noqa: F401 - the fixture: a real training workdir
-from transformer_jax import inference
+from transformer_jax import decoding, inference
 from transformer_jax.cli import visualize
 
 
@@ -42,7 +42,8 @@ def test_labels_must_match_weights(tmp_path):
 
 
 def test_collect_attention_shapes(tiny_config, tiny_params):
-  attention = visualize.collect_attention(tiny_params, tiny_config, [5, 6, 7, 1], [8, 9, 1])
+  attention = visualize.collect_attention(decoding.Model(tiny_params, tiny_config),
+                                          [5, 6, 7, 1], [8, 9, 1])
   assert [w.shape for w in attention['encoder_self']] == [(4, 4, 4)] * 2
   assert [w.shape for w in attention['decoder_self']] == [(4, 3, 3)] * 2
   assert [w.shape for w in attention['encoder_decoder']] == [(4, 3, 4)] * 2
@@ -56,7 +57,7 @@ def test_cli_writes_heatmaps(workdir, tmp_path, capsys):  # noqa: F811
                          str(out), '--beam_size', '1']) == 0
   assert len(list(out.glob('*.png'))) == 3 * 2
   assert 'translation:' in capsys.readouterr().out
-  max_len = inference.load_model(str(workdir)).config.max_len
+  max_len = inference.load_model(str(workdir)).max_len
   assert visualize.main(['--workdir', str(workdir), '--sentence', 'bad face ' * max_len,
                          '--output_dir', str(out), '--beam_size', '1']) == 0
   assert f"cut to the model's max_len {max_len}" in capsys.readouterr().err

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from transformer_jax import decode, inference, scoring, sharding
+from transformer_jax import decoding, inference, scoring
 
 # (source ids [B, S], batch number) -> tokens [B, n, L], scores [B, n], log-probs [B, n],
 # cross-attention [B, n, L, S] (None without alignments).
@@ -32,18 +32,11 @@ SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray,
 
 @dataclasses.dataclass(frozen=True)
 class SearchOptions:
-  """How to decode: beam search (beam_size > 1, its `n_best` best), greedy (beam_size 1) or,
-  with `sample`, ancestral sampling (`decode.sample`: temperature, top-k, top-p; batch b
-  of a run samples with the key `fold_in(key(seed), b)`). `alignment`: also compute the
-  cross-attention for word alignments (`scoring.cross_attention`, of the first member)."""
-  beam_size: int = 4
-  alpha: float = 0.6
-  max_extra_len: int = 50
-  n_best: int = 1
-  sample: bool = False
-  temperature: float = 1.0
-  top_k: int = 0
-  top_p: float = 1.0
+  """How to decode (`search`: beam, greedy or sampling; `decoding.Search`); sampling's
+  `seed` (batch b of a run samples with the key `fold_in(key(seed), b)`); `alignment`:
+  also compute the cross-attention for word alignments (`scoring.cross_attention`, of the
+  first member of an ensemble)."""
+  search: decoding.Search = decoding.Search()
   seed: int = 0
   alignment: bool = False
 
@@ -60,39 +53,21 @@ class Hypothesis:
 
 def make_search_fn(model: inference.LoadedModel, options: SearchOptions,
                    mesh: Optional[Mesh] = None) -> SearchFn:
-  """A `SearchFn` decoding with `options`; with `mesh`, per device as
-  `inference.make_translate_fn` does."""
-  params = model.params if mesh is None else jax.device_put(model.params,
-                                                            sharding.replicated(mesh))
-  first_params, first_config = (x[0] for x in decode.as_ensemble(params, model.config))
+  """A `SearchFn` decoding with `options` (`inference.make_decode_fn`; with `mesh`, per
+  device)."""
+  decode_fn = inference.make_decode_fn(model.decoder, options.search, mesh)
+  aligner = model.decoder.models[0]
 
   def search_fn(inputs: np.ndarray, batch_number: int):
-    batch = inputs if mesh is None else sharding.shard_batch({'inputs': inputs}, mesh)['inputs']
-    common = dict(max_extra_len=options.max_extra_len, mesh=mesh)
-    scores = None
-    if options.sample:
-      key = jax.random.fold_in(jax.random.key(options.seed), batch_number)
-      tokens, log_probs = decode.sample(params, model.config, batch, key,
-                                        temperature=options.temperature, top_k=options.top_k,
-                                        top_p=options.top_p, **common)
-    elif options.beam_size == 1:
-      tokens, log_probs = decode.greedy_decode(params, model.config, batch, **common)
-    else:
-      tokens, scores, log_probs = decode.beam_search(
-          params, model.config, batch, beam_size=options.beam_size, alpha=options.alpha,
-          n_best=options.n_best, **common)
-    rows = len(inputs)
-    tokens = np.asarray(tokens)[:rows].reshape(rows, -1, tokens.shape[-1])
-    log_probs = np.asarray(log_probs)[:rows].reshape(rows, -1)
-    if scores is None:
-      lengths = np.sum(tokens != decode.PAD_ID, axis=-1)
-      scores = log_probs / decode.length_penalty(lengths, options.alpha)
-    scores = np.asarray(scores)[:rows].reshape(rows, -1)
+    key = jax.random.fold_in(jax.random.key(options.seed), batch_number)
+    result = decode_fn(inputs, key if options.search.sample else None)
+    tokens, log_probs = result.tokens, result.log_probs
+    scores = np.asarray(result.scores(options.search.alpha))
     attention = None
     if options.alignment:
-      n, length = tokens.shape[1:]
+      rows, n, length = tokens.shape
       attention = np.asarray(scoring.cross_attention(
-          first_params, first_config, np.repeat(inputs, n, axis=0),
+          aligner, np.repeat(inputs, n, axis=0),
           tokens.reshape(rows * n, length))).reshape(rows, n, length, inputs.shape[1])
     return tokens, scores, log_probs, attention
   return search_fn
@@ -119,7 +94,7 @@ def search_lines(lines: Sequence[str], search_fn: SearchFn, vocab: Any, *, batch
     tokens, scores, log_probs, attention = search_fn(inputs, number)
     for r, i in enumerate(rows):
       source_words = _word_indices(vocab, sources[i][:-1], inputs.shape[1], len(lines[i].split()))
-      for k, output in enumerate(decode.trim(tokens[r])):
+      for k, output in enumerate(decoding.trim(tokens[r])):
         if not np.isfinite(scores[r, k]):
           continue  # beam search: fewer than n_best finished
         text = vocab.decode(output)
@@ -164,7 +139,7 @@ def score_lines(sources: Sequence[str], targets: Sequence[str],
   for rows, (inputs, outputs) in inference.length_batches(pairs, batch_size, model.max_len,
                                                           progress):
     total, per_token = (np.asarray(x) for x in scoring.score(
-        model.params, model.config, inputs, outputs, normalise=normalise))
+        model.decoder, inputs, outputs, normalise=normalise))
     for r, i in enumerate(rows):
       results[i] = (float(total[r]), per_token[r, :len(target_ids[i])].tolist())
   return results

@@ -1,9 +1,11 @@
 """Inference from a training workdir: load the model and its vocabulary, translate lines.
 
-`load_model(workdir)` -> `LoadedModel` (params, `TransformerConfig`, vocabulary);
-`load_ensemble(workdirs)` -> one `LoadedModel` of several models sharing a vocabulary;
-`make_translate_fn(model, beam_size=..., mesh=...)` -> a function from [B, S] source ids to
-[B, L] output ids; `translate_lines(lines, fn, vocab, ...)` batches sentences by length
+`load_model(workdir)` -> `LoadedModel` (a `decoding.Model` and its vocabulary);
+`load_ensemble(workdirs)` -> one `LoadedModel` of several models sharing a vocabulary (a
+`decoding.Ensemble`: the model-or-ensemble choice is made here, once);
+`make_decode_fn(step, Search(...), mesh)` -> a function from [B, S] numpy source ids to a
+numpy `decoding.Result`, the one place where decoding meets devices;
+`make_translate_fn(model, beam_size=..., mesh=...)` -> [B, S] source ids to [B, L] outputs; `translate_lines(lines, fn, vocab, ...)` batches sentences by length
 (fixed shapes: `batch_size` rows, source length rounded up to a power of two, so that few
 programs are compiled; `encode_lines`, `length_batches`) and returns one output per line,
 in order; a line with no content (`source_ids` None: blank, zero-width or format
@@ -28,9 +30,10 @@ from flax import linen as nn
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from transformer_jax import checkpoint, decode, sharding
+from transformer_jax import checkpoint, decoding, sharding
 from transformer_jax.model import Transformer, TransformerConfig
-from transformer_jax.tokenizer import EOS_ID, Vocabulary, load_vocabulary as read_vocabulary
+from transformer_jax.model_config import EOS_ID
+from transformer_jax.tokenizer import Vocabulary, load_vocabulary as read_vocabulary
 from transformer_jax.workdir import (CheckpointError, Workdir, file_sha256,
                                      model_config_from_dict, model_config_to_dict, read_json)
 
@@ -49,19 +52,21 @@ class InferenceError(ValueError):
   """A workdir or vocabulary that cannot be used for inference (one-line message)."""
 
 
+# (source ids [B, S], PRNG key or None) -> numpy Result of the B rows.
+DecodeFn = Callable[[np.ndarray, Optional[jax.Array]], decoding.Result]
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
-  """What a training workdir provides for inference: one model (params, a
-  `TransformerConfig`), or an ensemble (tuples of its members' params and configs, as
-  `decode` takes them), and the vocabulary."""
-  params: Any
-  config: Any
+  """What a training workdir (or several: an ensemble) provides for inference: the
+  `decoding.Model` or `decoding.Ensemble` to decode and score with, and its vocabulary."""
+  decoder: decoding.ModelOrEnsemble
   vocab: Vocabulary
 
   @property
   def max_len(self) -> int:
     """The longest source or target the model (every member) has positions for."""
-    return min(c.max_len for c in decode.as_ensemble(self.params, self.config)[1])
+    return self.decoder.max_len
 
 
 def load_for_inference(workdir: str) -> tuple[Any, TransformerConfig, str]:
@@ -113,9 +118,9 @@ def load_model(workdir: str, mesh: Optional[Mesh] = None) -> LoadedModel:
 
 
 def load_ensemble(workdirs: Sequence[str], mesh: Optional[Mesh] = None) -> LoadedModel:
-  """`load_model` of one workdir, or an ensemble of several: their params and configs as
-  tuples (members may differ in size), the first one's vocabulary. InferenceError naming
-  both workdirs if a member's vocabulary file differs (SHA-256) from the first one's."""
+  """`load_model` of one workdir, or an `Ensemble` of several (members may differ in
+  size), with the first one's vocabulary. InferenceError naming both workdirs if a
+  member's vocabulary file differs (SHA-256) from the first one's."""
   members = []
   for workdir in workdirs:
     if not os.path.isdir(workdir):
@@ -126,35 +131,46 @@ def load_ensemble(workdirs: Sequence[str], mesh: Optional[Mesh] = None) -> Loade
     if file_sha256(path) != file_sha256(vocab_path):
       raise InferenceError(f'ensemble members need one vocabulary: {workdir} has another '
                            f'than {workdirs[0]} ({path} and {vocab_path} differ)')
-  params, configs = (tuple(m[0] for m in members), tuple(m[1] for m in members))
-  if len(members) == 1:
-    params, configs = params[0], configs[0]
   try:
-    decode.as_ensemble(params, configs)  # the members' embedding sizes agree
-  except ValueError as e:
+    models = tuple(decoding.Model(params, config) for params, config, _ in members)
+    step = models[0] if len(models) == 1 else decoding.Ensemble(models)
+  except ValueError as e:  # the members' embedding sizes differ
     raise InferenceError(f'{", ".join(workdirs)}: {e}') from None
-  params = jax.device_put(params, None if mesh is None else sharding.replicated(mesh))
-  return LoadedModel(params, configs, load_vocabulary(vocab_path, members[0][1]))
+  return LoadedModel(place(step, mesh), load_vocabulary(vocab_path, members[0][1]))
+
+
+def place(tree: Any, mesh: Optional[Mesh]) -> Any:
+  """Arrays (e.g. a step's params) on the default device, or replicated on `mesh` (no
+  copy if they are there already)."""
+  return jax.device_put(tree, None if mesh is None else sharding.replicated(mesh))
+
+
+def make_decode_fn(step: decoding.Step, options: decoding.Search,
+                   mesh: Optional[Mesh] = None) -> DecodeFn:
+  """A function decoding a [B, S] numpy batch with `decoding.search` (a PRNG key for
+  sampling) -> the numpy Result of its B rows.
+
+  With `mesh`, the step is replicated on it and each batch is split over its batch axes
+  and decoded per device (sentences are decoded independently), completed with empty rows
+  where B does not divide; without, the batch goes where the step's arrays are.
+  """
+  if mesh is not None:
+    step = place(step, mesh)
+
+  def decode_fn(inputs: np.ndarray, rng: Optional[jax.Array] = None) -> decoding.Result:
+    batch = inputs if mesh is None else sharding.shard_batch({'inputs': inputs}, mesh)['inputs']
+    result = decoding.search(step, batch, options, rng=rng, mesh=mesh)
+    return jax.tree.map(lambda x: np.asarray(x)[:len(inputs)], result)
+  return decode_fn
 
 
 def make_translate_fn(model: LoadedModel, *, beam_size: int = 4, alpha: float = 0.6,
                       max_extra_len: int = 50, mesh: Optional[Mesh] = None) -> TranslateFn:
-  """A function translating a [B, S] numpy batch with `decode.translate_batch`.
-
-  With `mesh`, the parameters are replicated on it (no copy if `load_model` put them there)
-  and each batch is split over its batch axes and decoded per device (sentences are
-  decoded independently), completed with empty rows where B does not divide; without,
-  the batch goes where `model.params` are.
-  """
-  params = model.params if mesh is None else jax.device_put(model.params,
-                                                            sharding.replicated(mesh))
-
-  def translate_fn(inputs: np.ndarray) -> np.ndarray:
-    batch = inputs if mesh is None else sharding.shard_batch({'inputs': inputs}, mesh)['inputs']
-    out = decode.translate_batch(params, model.config, batch, beam_size=beam_size,
-                                 alpha=alpha, max_extra_len=max_extra_len, mesh=mesh)
-    return np.asarray(out)[:len(inputs)]
-  return translate_fn
+  """A function translating a [B, S] numpy batch to its best outputs [B, L]: beam search,
+  or greedy if beam_size is 1 (`make_decode_fn`)."""
+  decode_fn = make_decode_fn(model.decoder, decoding.Search(
+      beam_size=beam_size, alpha=alpha, max_extra_len=max_extra_len), mesh)
+  return lambda inputs: decode_fn(inputs).best
 
 
 def bucket_length(length: int, max_len: int) -> int:

@@ -11,8 +11,8 @@ transposed product, W [N, K] @ xᵀ [K, M]: the weights are read in their stored
 only the small activation is re-packed (optimisation barriers keep XLA from folding the
 two transposes back into the usual x @ Wᵀ). On a 2-core AVX2 VM, with W 2048 x 512, that
 runs about 2x as fast as XLA's own products (x @ W or x @ Wᵀ) at 8 and 32 rows and 1.2x
-at 128 (`benchmarks/bench_matmul_rows.py`); beyond `WEIGHTS_MAJOR_MAX_ROWS` rows, and on
-accelerators, the plain dot is used.
+at 128 (`benchmarks/bench_matmul_rows.py`). Where it is used is the backend policy's
+choice (`backend.Policy.weights_major_max_rows`); elsewhere, the plain dot.
 """
 
 from __future__ import annotations
@@ -25,12 +25,10 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
+from transformer_jax import backend
+
 Array = jax.Array
 Dtype = Any
-
-# Up to this many rows (the product of the leading axes) the CPU path is weights-major.
-WEIGHTS_MAJOR_MAX_ROWS = 256
-
 
 def project(x: Array, kernel: Array, num_in: int = 1) -> Array:
   """x [..., *in_shape] · kernel [*out_shape, *in_shape] -> [..., *out_shape].
@@ -44,7 +42,7 @@ def project(x: Array, kernel: Array, num_in: int = 1) -> Array:
     raise ValueError(f'input axes {in_shape} do not match kernel {kernel.shape} '
                      f'(outputs first, then {num_in} input axes)')
   rows = math.prod(lead)
-  if rows <= WEIGHTS_MAJOR_MAX_ROWS and jax.default_backend() == 'cpu':
+  if rows <= backend.policy().weights_major_max_rows:
     x_t = lax.optimization_barrier(x.reshape(rows, -1).T)  # [K, M]: small, re-packed
     y_t = lax.optimization_barrier(kernel.reshape(-1, x_t.shape[0]) @ x_t)  # [N, M]
     return y_t.T.reshape(*lead, *out_shape)

@@ -14,6 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+# Token ids every model here shares: 0 is padding and the decoder's start symbol (never an
+# output), 1 ends a sentence. Vocabularies are built (or imported models permuted) to fit.
+PAD_ID = 0
+EOS_ID = 1
 # Feed-forward activations by name (the names Transformers' configs use).
 ACTIVATIONS = {'relu': nn.relu, 'gelu': functools.partial(nn.gelu, approximate=False),
                'swish': nn.swish, 'silu': nn.silu}

@@ -14,62 +14,57 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from transformer_jax.decode import NEG_INF, PAD_ID, as_ensemble
-from transformer_jax.model import Transformer, TransformerConfig
+from transformer_jax.decoding import Model, ModelOrEnsemble
+from transformer_jax.model import Transformer
+from transformer_jax.model_config import PAD_ID
 
 Array = jax.Array
 
 WORD_START = '\u2581'  # SentencePiece's mark of a piece that begins a whitespace word
 
 
-@functools.partial(jax.jit, static_argnames=('config',))
-def _token_log_probs(params: Any, config: Any, inputs: Array, targets: Array) -> Array:
+@jax.jit
+def _token_log_probs(decoder: ModelOrEnsemble, inputs: Array, targets: Array) -> Array:
   """[B, T] log-probability of each target token (0 at padding); an ensemble's mean."""
-  per_member = []
-  for p, c in zip(*as_ensemble(params, config)):
-    logits = Transformer(c).apply({'params': p}, inputs, targets)
-    # As in decoding: padding is never a candidate, so it takes no probability mass.
-    log_probs = jax.nn.log_softmax(logits.at[..., PAD_ID].set(NEG_INF), axis=-1)
-    per_member.append(jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0])
-  return jnp.where(targets != PAD_ID, jnp.mean(jnp.stack(per_member), axis=0), 0.0)
+  return jnp.where(targets != PAD_ID, decoder.token_log_probs(inputs, targets), 0.0)
 
 
-def score(params: Any, config: Any, inputs: Array, targets: Array, *,
+def score(decoder: ModelOrEnsemble, inputs: Array, targets: Array, *,
           normalise: bool = False) -> tuple[Array, Array]:
-  """The model's log-probabilities of given translations: [B, S] source ids and [B, T]
-  target ids (EOS included, 0-padded) -> (per sentence [B]: the sum over its tokens, or
-  with `normalise` their mean; per token [B, T], 0 at padding), in nats.
+  """The log-probabilities of given translations under a `decoding.Model` or `Ensemble`:
+  [B, S] source ids and [B, T] target ids (EOS included, 0-padded) -> (per sentence [B]:
+  the sum over its tokens, or with `normalise` their mean; per token [B, T], 0 at
+  padding), in nats.
 
-  They are those that decoding computes (padding is never a candidate): a translation
-  found by `decode.beam_search` scores its log-probability. One model or an ensemble (the
-  mean of its members' log-probabilities, as in decoding; see `decode.as_ensemble`).
+  They are those that decoding computes (padding is never a candidate; an ensemble
+  averages its members' log-probabilities): an output of `decoding.beam_search` scores
+  its log-probability.
   """
-  params, config = as_ensemble(params, config)
   targets = jnp.asarray(targets, jnp.int32)
-  per_token = _token_log_probs(params, config, jnp.asarray(inputs, jnp.int32), targets)
+  per_token = _token_log_probs(decoder, jnp.asarray(inputs, jnp.int32), targets)
   total = jnp.sum(per_token, axis=-1)
   if normalise:
     total = total / jnp.maximum(jnp.sum(targets != PAD_ID, axis=-1), 1)
   return total, per_token
 
 
-@functools.partial(jax.jit, static_argnames=('config', 'layer'))
-def cross_attention(params: Any, config: TransformerConfig, inputs: Array, targets: Array,
+@functools.partial(jax.jit, static_argnames=('layer',))
+def cross_attention(model: Model, inputs: Array, targets: Array,
                     layer: Optional[int] = None) -> Array:
   """Encoder-decoder attention of decoder layer `layer` (default: the penultimate one, or
-  the only one), averaged over its heads: [B, S] source and [B, T] target ids -> [B, T, S]
-  weights of target position t (the decoder state that predicts token t) over the source;
-  each row sums to 1 over the source's non-pad tokens.
+  the only one) of a `decoding.Model`, averaged over its heads: [B, S] source and [B, T]
+  target ids -> [B, T, S] weights of target position t (the decoder state that predicts
+  token t) over the source; each row sums to 1 over the source's non-pad tokens.
 
   The penultimate layer's attention is the best word aligner of a Transformer's layers
   (Garg et al. 2019, "Jointly Learning to Align and Translate with Transformer Models").
   """
-  layers = config.num_decoder_layers
+  layers = model.config.num_decoder_layers
   layer = max(layers - 2, 0) if layer is None else layer
   if not 0 <= layer < layers:
     raise ValueError(f'layer must be in [0, {layers}), got {layer}')
-  _, state = Transformer(config).apply({'params': params}, inputs, targets,
-                                       mutable=['intermediates'])
+  _, state = Transformer(model.config).apply({'params': model.params}, inputs, targets,
+                                             mutable=['intermediates'])
   weights = state['intermediates']['decoder'][f'layer_{layer}']['cross_attention']
   return jnp.mean(weights['attention_weights'][0], axis=1)
 

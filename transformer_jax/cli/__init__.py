@@ -14,9 +14,11 @@ import logging
 import math
 import os
 import sys
-from typing import Callable, NoReturn, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 import jax
+
+from transformer_jax import decoding
 
 
 class UserError(Exception):
@@ -141,10 +143,9 @@ def decoding_mesh(cpu_devices: Optional[int]) -> 'jax.sharding.Mesh':
   return sharding.create_mesh()  # all devices, so made after use_cpu_devices
 
 
-def check_search_options(beam_size: int, alpha: float) -> None:
-  """UserError unless beam_size >= 1 and alpha is finite and >= 0 (beam search's early
-  stop relies on alpha >= 0)."""
-  if beam_size < 1:
-    raise UserError(f'--beam_size must be >= 1, got {beam_size}')
-  if not 0 <= alpha < math.inf:
-    raise UserError(f'--alpha must be a finite number >= 0, got {alpha}')
+def search_options(**options: Any) -> decoding.Search:
+  """`decoding.Search(**options)`; a value out of range -> UserError naming its flag."""
+  try:
+    return decoding.Search(**options)
+  except ValueError as e:
+    raise UserError(f'--{e}') from None

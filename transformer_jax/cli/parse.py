@@ -52,15 +52,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _parse(args) -> None:
-  decoding = parser_lib.Decoding(1 if args.greedy else args.beam_size, args.alpha,
-                                 args.max_extra_len)
-  cli.check_search_options(decoding.beam_size, decoding.alpha)
-  if args.batch_size < 1 or args.max_extra_len < 0:
-    raise cli.UserError('--batch_size must be >= 1, --max_extra_len >= 0')
+  search = cli.search_options(beam_size=1 if args.greedy else args.beam_size,
+                              alpha=args.alpha, max_extra_len=args.max_extra_len)
+  if args.batch_size < 1:
+    raise cli.UserError(f'--batch_size must be >= 1, got {args.batch_size}')
   mesh = cli.decoding_mesh(args.cpu_devices)
   model = inference.load_model(args.workdir, mesh)
   sentences = [parser_lib.sentence_words(line) for line in cli.read_lines(args.input)]
-  parsed = parser_lib.parse(model, sentences, decoding, args.batch_size, mesh,
+  parsed = parser_lib.parse(model, sentences, search, args.batch_size, mesh,
                             progress=not args.no_progress)
   cli.write_lines(args.output, ['' if tree is None else str(tree) for tree in parsed.trees])
   print(f'{PROG}: {sum(map(bool, sentences))} sentences parsed, {parsed.repaired} of the '

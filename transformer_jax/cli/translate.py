@@ -26,6 +26,7 @@ stderr, exit 2 (`cli`). The work is done by `transformer_jax.inference`; no Tens
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Optional, Sequence
 
@@ -94,24 +95,20 @@ def build_parser() -> cli.ArgumentParser:
 
 def search_options(args) -> hypotheses.SearchOptions:
   """The decoding flags checked -> SearchOptions; UserError for a bad value or mix."""
-  cli.check_search_options(args.beam_size, args.alpha)
-  if args.batch_size < 1 or args.max_extra_len < 0:
-    raise cli.UserError('--batch_size must be >= 1, --max_extra_len >= 0')
-  sampling = {'temperature': args.temperature, 'top_k': args.top_k, 'top_p': args.top_p,
-              'seed': args.seed}
+  if args.batch_size < 1:
+    raise cli.UserError(f'--batch_size must be >= 1, got {args.batch_size}')
+  sampling = {'temperature': args.temperature, 'top_k': args.top_k, 'top_p': args.top_p}
   given = {key: value for key, value in sampling.items() if value is not None}
-  if given and not args.sample:
-    raise cli.UserError(f'--{next(iter(given))} needs --sample')
-  if args.n_best is not None and not 1 <= args.n_best <= (1 if args.sample else args.beam_size):
-    raise cli.UserError(f'--n_best must be in [1, --beam_size={args.beam_size}]'
-                        f'{" (1 with --sample)" * args.sample}, got {args.n_best}')
-  if not given.get('temperature', 1) > 0 or given.get('top_k', 0) < 0:
-    raise cli.UserError('--temperature must be > 0 and --top_k >= 0')
-  if not 0 < given.get('top_p', 1) <= 1:
-    raise cli.UserError(f'--top_p must be in (0, 1], got {args.top_p}')
-  return hypotheses.SearchOptions(beam_size=args.beam_size, alpha=args.alpha,
-                                  max_extra_len=args.max_extra_len, n_best=args.n_best or 1,
-                                  sample=args.sample, alignment=args.alignment, **given)
+  if (given or args.seed is not None) and not args.sample:
+    raise cli.UserError(f'--{next(iter(given), "seed")} needs --sample')
+  if args.sample and args.n_best not in (None, 1):
+    raise cli.UserError(f'--n_best must be 1 with --sample, got {args.n_best}')
+  if not given.get('temperature', 1) > 0:
+    raise cli.UserError(f'--temperature must be > 0, got {args.temperature}')
+  search = cli.search_options(beam_size=args.beam_size, alpha=args.alpha,
+                              max_extra_len=args.max_extra_len, n_best=args.n_best or 1,
+                              sample=args.sample, **given)
+  return hypotheses.SearchOptions(search, seed=args.seed or 0, alignment=args.alignment)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -10,7 +10,6 @@ emits; decoder self-attention columns with the token each position reads (`<s>` 
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import sys
@@ -24,8 +23,9 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from transformer_jax import cli, decode, inference  # noqa: E402
-from transformer_jax.model import Transformer, TransformerConfig  # noqa: E402
+from transformer_jax import cli, decoding, inference  # noqa: E402
+from transformer_jax.model import Transformer  # noqa: E402
+from transformer_jax.model_config import EOS_ID  # noqa: E402
 from transformer_jax.workdir import CheckpointError  # noqa: E402
 
 INCHES_PER_TOKEN = 0.28
@@ -33,22 +33,23 @@ HEADS_PER_ROW = 4
 KINDS = ('encoder_self', 'decoder_self', 'encoder_decoder')
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _sown_intermediates(params: Any, config: TransformerConfig, src: jax.Array,
-                        tgt: jax.Array) -> Any:
+@jax.jit
+def _sown_intermediates(model: decoding.Model, src: jax.Array, tgt: jax.Array) -> Any:
   """The forward pass's sown intermediates (attention weights), as one compiled program."""
-  _, state = Transformer(config).apply({'params': params}, src, tgt, mutable=['intermediates'])
+  _, state = Transformer(model.config).apply({'params': model.params}, src, tgt,
+                                             mutable=['intermediates'])
   return state['intermediates']
 
 
-def collect_attention(params: Any, config: TransformerConfig, source: Sequence[int],
+def collect_attention(model: decoding.Model, source: Sequence[int],
                       target: Sequence[int]) -> dict[str, list[np.ndarray]]:
   """Teacher-forced attention weights of one sentence pair.
 
   Returns per kind (`KINDS`) a list over layers of [N, Q, K] arrays:
   encoder_self [N, S, S], decoder_self [N, T, T], encoder_decoder [N, T, S].
   """
-  inter = _sown_intermediates(params, config, jnp.asarray([source], jnp.int32),
+  config = model.config
+  inter = _sown_intermediates(model, jnp.asarray([source], jnp.int32),
                               jnp.asarray([target], jnp.int32))
   weights = lambda stack, i, name: np.asarray(stack[f'layer_{i}'][name]['attention_weights'][0][0])
   enc, dec = inter['encoder'], inter['decoder']
@@ -127,17 +128,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _visualize(args) -> None:
   if not args.sentence.strip():
     raise cli.UserError('--sentence is empty')
-  cli.check_search_options(args.beam_size, args.alpha)
+  search = cli.search_options(beam_size=args.beam_size, alpha=args.alpha)
   model = inference.load_model(args.workdir)
   ids = model.vocab.encode(args.sentence)
-  source = inference.fit_source(ids, model.config.max_len)
+  source = inference.fit_source(ids, model.max_len)
   if len(ids) > len(source):
     print(f'{PROG}: warning: the sentence has {len(ids)} tokens, cut to the model\'s '
           f'max_len {len(source)}', file=sys.stderr)
-  output = decode.translate_batch(model.params, model.config, jnp.asarray([source], jnp.int32),
-                                  beam_size=args.beam_size, alpha=args.alpha)
-  target = (decode.trim(output)[0] + [decode.EOS_ID])[:model.config.max_len]
-  attention = collect_attention(model.params, model.config, source, target)
+  output = inference.make_decode_fn(model.decoder, search)(np.asarray([source], np.int32))
+  target = (decoding.trim(output.best)[0] + [EOS_ID])[:model.max_len]
+  attention = collect_attention(model.decoder, source, target)
   try:
     paths = save_attention_maps(attention, model.vocab.pieces(source),
                                 model.vocab.pieces(target), args.output_dir)

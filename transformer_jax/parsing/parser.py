@@ -3,7 +3,7 @@
 The model is a translation model from words to `linearize` bracket sequences; decoding is
 `inference`'s (sentences sorted by length, fixed batch shapes), then every output is made
 a well-formed tree over its sentence's words (`linearize.from_sequence`, repairs counted).
-Decoding settings (`Decoding`): the paper's (§6.3: beam 21, alpha 0.3, at most input + 300
+Decoding settings (`decoding.Search`): the paper's (§6.3: beam 21, alpha 0.3, at most input + 300
 output tokens) and a cheaper greedy one with the same length limit, which training's
 evaluation uses. Input: one sentence a line, whitespace-tokenised, `(` and `)` written
 as the treebank's `-LRB-` / `-RRB-` (`sentence_words`).
@@ -11,29 +11,19 @@ as the treebank's `-LRB-` / `-RRB-` (`sentence_words`).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from typing import Any, NamedTuple, Optional, Sequence
 
 from jax.sharding import Mesh
 
-from transformer_jax import inference
+from transformer_jax import decoding, inference
 from transformer_jax.parsing import evalb, linearize, treebank
 from transformer_jax.parsing.treebank import Tree
 
 
-@dataclasses.dataclass(frozen=True)
-class Decoding:
-  """How sequences are decoded: beam_size 1 is greedy; outputs have at most
-  source tokens + max_extra_len tokens (and the model's max_len)."""
-  beam_size: int
-  alpha: float
-  max_extra_len: int
-
-
-PAPER = Decoding(beam_size=21, alpha=0.3, max_extra_len=300)
-GREEDY = Decoding(beam_size=1, alpha=0.3, max_extra_len=300)
+PAPER = decoding.Search(beam_size=21, alpha=0.3, max_extra_len=300)
+GREEDY = decoding.Search(beam_size=1, alpha=0.3, max_extra_len=300)
 _ESCAPES = {'(': '-LRB-', ')': '-RRB-'}
 
 
@@ -59,15 +49,14 @@ class Parsed(NamedTuple):
 
 
 def parse(model: inference.LoadedModel, sentences: Sequence[Sequence[str]],
-          decoding: Decoding = GREEDY, batch_size: int = 32, mesh: Optional[Mesh] = None,
+          search: decoding.Search = GREEDY, batch_size: int = 32, mesh: Optional[Mesh] = None,
           progress: bool = False) -> Parsed:
   """Parse word lists: decode their bracket sequences and make each a tree over its words."""
-  translate_fn = inference.make_translate_fn(
-      model, beam_size=decoding.beam_size, alpha=decoding.alpha,
-      max_extra_len=decoding.max_extra_len, mesh=mesh)
+  decode_fn = inference.make_decode_fn(model.decoder, search, mesh)
   sequences = inference.translate_lines([' '.join(words) for words in sentences],
-                                        translate_fn, model.vocab, batch_size=batch_size,
-                                        max_source_len=model.config.max_len, progress=progress)
+                                        lambda inputs: decode_fn(inputs).best, model.vocab,
+                                        batch_size=batch_size, max_source_len=model.max_len,
+                                        progress=progress)
   trees: list[Optional[Tree]] = []
   repaired = 0
   for words, sequence in zip(sentences, sequences):
@@ -85,10 +74,10 @@ class Evaluation(NamedTuple):
 
 
 def parse_and_score(model: inference.LoadedModel, golds: Sequence[Tree],
-                    decoding: Decoding = GREEDY, batch_size: int = 32,
+                    search: decoding.Search = GREEDY, batch_size: int = 32,
                     mesh: Optional[Mesh] = None, progress: bool = False) -> Evaluation:
   """Parse the words of gold trees and score the result with `evalb`."""
-  parsed = parse(model, [gold.words() for gold in golds], decoding, batch_size, mesh, progress)
+  parsed = parse(model, [gold.words() for gold in golds], search, batch_size, mesh, progress)
   return Evaluation(evalb.evaluate(golds, parsed.trees), parsed.trees,
                     100.0 * parsed.repaired / max(len(golds), 1))
 

@@ -24,7 +24,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 AUTOTUNE = tf.data.AUTOTUNE
-BIBLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'bible')
+BIBLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data',
+                         'bible')
 BIBLE_LANGS = ('en', 'es')
 _BIBLE_SPLIT_ALIASES = {'validation': 'dev'}
 SPLITS = ('train', 'eval', 'test')

@@ -20,7 +20,7 @@ import jax
 from absl import logging
 from jax.sharding import Mesh
 
-from transformer_jax import bleu, inference
+from transformer_jax import bleu, decoding, inference
 from transformer_jax.model import TransformerConfig
 from transformer_jax.workdir import Workdir
 
@@ -65,8 +65,8 @@ def translate_and_score(params: Any, model_cfg: TransformerConfig, tokenizer: An
   With `mesh` (one process only), each batch is split over its devices and decoded per
   device (`inference.make_translate_fn`)."""
   translate_fn = inference.make_translate_fn(
-      inference.LoadedModel(params, model_cfg, tokenizer), beam_size=beam_size, alpha=alpha,
-      mesh=mesh)
+      inference.LoadedModel(decoding.Model(params, model_cfg), tokenizer),
+      beam_size=beam_size, alpha=alpha, mesh=mesh)
   hypotheses = inference.translate_lines([s for s, _ in pairs], translate_fn, tokenizer,
                                          batch_size=batch_size, max_source_len=max_source_len,
                                          progress=False)
@@ -147,12 +147,13 @@ class Parsing:
     golds = treebank.split_trees(split)
     if config.num_bleu_sentences > 0:
       golds = golds[:config.num_bleu_sentences]
-    model = inference.LoadedModel(None, context.model_config, context.tokenizer)
     mesh = _decoding_mesh(context.mesh)
 
     def evaluate(label: str, params: Any, step: int) -> dict[str, float]:
-      result = parser.parse_and_score(dataclasses.replace(model, params=params), golds,
-                                      parser.GREEDY, config.decode_batch_size, mesh)
+      model = inference.LoadedModel(decoding.Model(params, context.model_config),
+                                    context.tokenizer)
+      result = parser.parse_and_score(model, golds, parser.GREEDY, config.decode_batch_size,
+                                      mesh)
       if context.is_main:
         path = context.workdir.translations(label, step)
         parser.write_trees(path, result.trees)
