@@ -1,10 +1,13 @@
 """Trees as bracket sequences (Vinyals et al. 2015, "Grammar as a Foreign Language").
 
 `to_sequence` writes the children of a tree's `TOP` root depth first, each constituent
-as an open symbol `(L`, its content and a labelled close symbol `)L`, each word as the
-placeholder `XX` (POS tags are not predicted):
+as an open symbol `(L`, its content and a labelled close symbol `)L`, and each word as
+its `linearization` (`LINEARIZATIONS`) says:
 
-  (TOP (S (NP (NN Cells)) (VP (VBP divide)) (. .)))  ->  (S (NP XX )NP (VP XX )VP XX )S
+  (TOP (S (NP (NNS Cells)) (VP (VBP divide)) (. .)))
+    'xx'     (S (NP XX )NP (VP XX )VP XX )S             the paper's: a placeholder
+    'tags'   (S (NP NNS )NP (VP VBP )VP . )S            its POS tag in the placeholder's place
+    'words'  (S (NP Cells )NP (VP divide )VP . )S       the word itself (Choe & Charniak 2016)
 
 The source side is the words joined by single spaces.
 
@@ -14,29 +17,47 @@ a well-formed tree under `TOP` over exactly `words`, in order, with the repairs 
   * a token that is neither `(L`, `)`/`)L` nor `XX` is skipped;
   * a close symbol closes the innermost open constituent whatever its label (a label
     that differs, or none, counts as a repair); one with nothing open is skipped;
-  * an `XX` beyond the number of words is skipped;
+  * a word slot (a token of `slots`: `XX`, or the tags) beyond the number of words is
+    skipped;
   * constituents still open at the end are closed;
   * words with no `XX` are attached, one preterminal each, to the end of `TOP`;
   * constituents without words are removed (recursively).
 Preterminals are labelled `tags[i]` when given (e.g. the gold tags, for scoring), else
-`XX`.
+by their slot token (`XX`, or the predicted tag; `XX` for words attached by the repair).
+Outputs of the 'words' linearisation are read with one `XX` a word (`symbols.read_ids`).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Collection, Optional, Sequence
 
 from transformer_jax.parsing.treebank import CLOSE, LEAF, OPEN, ROOT, Tree
 
 WORD = 'XX'
+LINEARIZATIONS = ('xx', 'tags', 'words')
 
 
-def to_sequence(tree: Tree) -> str:
+def check_linearization(name: str) -> str:
+  """`name` if it is one of `LINEARIZATIONS`; ValueError naming them otherwise."""
+  if name not in LINEARIZATIONS:
+    raise ValueError(f'unknown linearization {name!r}; expected one of '
+                     f'{", ".join(LINEARIZATIONS)}')
+  return name
+
+
+def _leaf(node: Tree, linearization: str) -> str:
+  """How a preterminal is written: `XX`, its tag or its word."""
+  return {'xx': WORD, 'tags': node.label, 'words': node.children[0]}[linearization]
+
+
+def to_sequence(tree: Tree, linearization: str = 'xx') -> str:
   """The bracket sequence of the children of `tree` (its root label is not written)."""
+  check_linearization(linearization)
   tokens = []
   for event, node in tree.events():
     if node is not tree:
-      tokens.append(WORD if event == LEAF else ('(' if event == OPEN else ')') + node.label)
+      tokens.append(_leaf(node, linearization) if event == LEAF
+                    else ('(' if event == OPEN else ')') + node.label)
   return ' '.join(tokens)
 
 
@@ -51,12 +72,11 @@ def _prune_empty(tree: Tree) -> bool:
   return pruned
 
 
-def from_sequence(sequence: str, words: Sequence[str],
-                  tags: Optional[Sequence[str]] = None) -> tuple[Tree, bool]:
-  """(tree over `words` under TOP, whether a repair was needed) from a bracket sequence."""
-  if tags is None:
-    tags = [WORD] * len(words)
-  elif len(tags) != len(words):
+def from_sequence(sequence: str, words: Sequence[str], tags: Optional[Sequence[str]] = None,
+                  slots: Collection[str] = (WORD,)) -> tuple[Tree, bool]:
+  """(tree over `words` under TOP, whether a repair was needed) from a bracket sequence
+  whose word slots are the tokens of `slots`."""
+  if tags is not None and len(tags) != len(words):
     raise ValueError(f'{len(tags)} tags for {len(words)} words')
   root = Tree(ROOT, [])
   stack = [root]
@@ -69,13 +89,14 @@ def from_sequence(sequence: str, words: Sequence[str],
       stack.append(node)
     elif token.startswith(')') and len(stack) > 1:
       repaired |= token[1:] != stack.pop().label
-    elif token == WORD and used < len(words):
-      stack[-1].children.append(Tree(tags[used], [words[used]]))
+    elif token in slots and used < len(words):
+      stack[-1].children.append(Tree(token if tags is None else tags[used], [words[used]]))
       used += 1
     else:
       repaired = True
   repaired |= len(stack) > 1 or used < len(words)
-  root.children.extend(Tree(tags[i], [words[i]]) for i in range(used, len(words)))
+  root.children.extend(Tree(WORD if tags is None else tags[i], [words[i]])
+                       for i in range(used, len(words)))
   repaired |= _prune_empty(root)
   return root, repaired
 

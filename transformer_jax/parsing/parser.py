@@ -1,8 +1,10 @@
 """Parsing with a trained model: sentences -> bracket sequences -> trees, and F1 on gold trees.
 
-The model is a translation model from words to `linearize` bracket sequences; decoding is
-`inference`'s (sentences sorted by length, fixed batch shapes), then every output is made
-a well-formed tree over its sentence's words (`linearize.from_sequence`, repairs counted).
+A `Parser` is a translation model from words to `linearize` bracket sequences and the
+token table of its linearisation (`symbols`); `load(workdir)` reads both. Decoding is
+`inference`'s (sentences sorted by length, fixed batch shapes) under the tree automaton
+(`constraints`: every output a tree over its words), or without it for ablation, when
+outputs are made well-formed trees by `linearize.from_sequence` (repairs counted).
 Decoding settings (`decoding.Search`): the paper's (§6.3: beam 21, alpha 0.3, at most input + 300
 output tokens) and a cheaper greedy one with the same length limit, which training's
 evaluation uses. Input: one sentence a line, whitespace-tokenised, `(` and `)` written
@@ -11,15 +13,15 @@ as the treebank's `-LRB-` / `-RRB-` (`sentence_words`).
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any, NamedTuple, Optional, Sequence
 
 from jax.sharding import Mesh
 
 from transformer_jax import decoding, inference
-from transformer_jax.parsing import evalb, linearize, treebank
+from transformer_jax.parsing import constraints, evalb, linearize, symbols, treebank
 from transformer_jax.parsing.treebank import Tree
+from transformer_jax.workdir import Workdir
 
 
 PAPER = decoding.Search(beam_size=21, alpha=0.3, max_extra_len=300)
@@ -27,19 +29,56 @@ GREEDY = decoding.Search(beam_size=1, alpha=0.3, max_extra_len=300)
 _ESCAPES = {'(': '-LRB-', ')': '-RRB-'}
 
 
-@functools.lru_cache(maxsize=None)
-def vocabulary_symbols(split: str = 'train') -> tuple[str, ...]:
-  """The target symbols as SentencePiece user-defined pieces, each one piece: '▁XX', then
-  '▁(L', '▁)L' for every constituent label L of `split`'s trees, labels sorted."""
-  labels = sorted({node.label for tree in treebank.split_trees(split)
-                   for event, node in tree.events() if event == treebank.OPEN and node is not tree})
-  return (f'▁{linearize.WORD}',) + tuple(f'▁{bracket}{label}' for label in labels
-                                         for bracket in '()')
-
-
 def sentence_words(line: str) -> list[str]:
   """The words of a whitespace-tokenised sentence, `(` / `)` escaped as -LRB- / -RRB-."""
   return [''.join(_ESCAPES.get(char, char) for char in word) for word in line.split()]
+
+
+def vocabulary_symbols(split: str = 'train') -> tuple[str, ...]:
+  """Interim, until training's task names a linearisation: the 'xx' symbols."""
+  return symbols.vocabulary_symbols('xx', split)
+
+
+class Parser(NamedTuple):
+  """A trained parser: its model and vocabulary, and the vocabulary's `symbols.TokenTable`
+  for the linearisation it was trained on."""
+  model: inference.LoadedModel
+  table: symbols.TokenTable
+
+  @property
+  def linearization(self) -> str:
+    return self.table.linearization
+
+
+def make_parser(model: inference.LoadedModel, linearization: str = 'xx') -> Parser:
+  """The `Parser` of a loaded model trained on `linearization`; ValueError if its
+  vocabulary lacks that linearisation's symbols."""
+  return Parser(model, symbols.vocabulary_table(model.vocab, linearization))
+
+
+def load(workdir: str, mesh: Optional[Mesh] = None) -> Parser:
+  """The parser of a training workdir (`inference.load_model`), its linearisation as its
+  config.json says ('xx' if it says none); InferenceError if they do not fit."""
+  model = inference.load_model(workdir, mesh)
+  linearization = Workdir(workdir).saved_config().get('linearization', 'xx')
+  try:
+    return make_parser(model, linearization)
+  except ValueError as e:
+    raise inference.InferenceError(f'{workdir}: {e}') from None
+
+
+class _SequenceReader:
+  """What `inference.translate_lines` encodes and decodes with: sources by the vocabulary,
+  outputs into bracket sequences (`symbols.read_ids`)."""
+
+  def __init__(self, parser: Parser):
+    self.vocab, self.table = parser.model.vocab, parser.table
+
+  def encode(self, text: str) -> list[int]:
+    return self.vocab.encode(text)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return symbols.read_ids(ids, self.table)
 
 
 class Parsed(NamedTuple):
@@ -48,44 +87,69 @@ class Parsed(NamedTuple):
   repaired: int
 
 
-def parse(model: inference.LoadedModel, sentences: Sequence[Sequence[str]],
-          search: decoding.Search = GREEDY, batch_size: int = 32, mesh: Optional[Mesh] = None,
-          progress: bool = False) -> Parsed:
-  """Parse word lists: decode their bracket sequences and make each a tree over its words."""
-  decode_fn = inference.make_decode_fn(model.decoder, search, mesh)
+def parse(parser: Parser, sentences: Sequence[Sequence[str]], search: decoding.Search = GREEDY,
+          batch_size: int = 32, mesh: Optional[Mesh] = None, progress: bool = False,
+          constrained: bool = True) -> Parsed:
+  """Parse word lists: decode their bracket sequences, under the tree automaton
+  (`constraints`) unless `constrained` is False, and make each a tree over its words
+  (`linearize.from_sequence`: needed only without the automaton, or for a source cut to
+  the model's length)."""
+  step = parser.model.decoder
+  if constrained:
+    step = constraints.constrained(step, parser.table)
+  decode_fn = inference.make_decode_fn(step, search, mesh)
   sequences = inference.translate_lines([' '.join(words) for words in sentences],
-                                        lambda inputs: decode_fn(inputs).best, model.vocab,
-                                        batch_size=batch_size, max_source_len=model.max_len,
-                                        progress=progress)
+                                        lambda inputs: decode_fn(inputs).best,
+                                        _SequenceReader(parser), batch_size=batch_size,
+                                        max_source_len=parser.model.max_len, progress=progress)
   trees: list[Optional[Tree]] = []
   repaired = 0
   for words, sequence in zip(sentences, sequences):
-    tree, was_repaired = linearize.from_sequence(sequence, words) if words else (None, False)
+    tree, was_repaired = (linearize.from_sequence(sequence, words, slots=parser.table.slots)
+                          if words else (None, False))
     trees.append(tree)
     repaired += was_repaired
   return Parsed(trees, repaired)
 
 
 class Evaluation(NamedTuple):
-  """EVALB scores ('all', 'len<=40'), the parsed trees and the share repaired (%)."""
+  """EVALB scores ('all', 'len<=40'), the parsed trees, the share repaired (%) and, for a
+  parser that predicts tags, the share of words tagged as gold (%; else None)."""
   scores: dict[str, evalb.Scores]
   trees: list[Tree]
   repaired_percent: float
+  tag_accuracy: Optional[float] = None
 
 
-def parse_and_score(model: inference.LoadedModel, golds: Sequence[Tree],
-                    search: decoding.Search = GREEDY, batch_size: int = 32,
-                    mesh: Optional[Mesh] = None, progress: bool = False) -> Evaluation:
+def tag_accuracy(golds: Sequence[Tree], tests: Sequence[Tree]) -> float:
+  """Percent of the words (punctuation included) whose predicted tag is the gold one."""
+  pairs = [(gold_tag, test_tag) for gold, test in zip(golds, tests)
+           for gold_tag, test_tag in zip(gold.tags(), test.tags())]
+  return 100.0 * sum(g == t for g, t in pairs) / max(len(pairs), 1)
+
+
+def parse_and_score(parser: Parser, golds: Sequence[Tree], search: decoding.Search = GREEDY,
+                    batch_size: int = 32, mesh: Optional[Mesh] = None,
+                    progress: bool = False, constrained: bool = True) -> Evaluation:
   """Parse the words of gold trees and score the result with `evalb`."""
-  parsed = parse(model, [gold.words() for gold in golds], search, batch_size, mesh, progress)
+  if isinstance(parser, inference.LoadedModel):  # interim: training's evaluation
+    parser = make_parser(parser)
+  parsed = parse(parser, [gold.words() for gold in golds], search, batch_size, mesh, progress,
+                 constrained)
+  tagged = parser.linearization == 'tags'
   return Evaluation(evalb.evaluate(golds, parsed.trees), parsed.trees,
-                    100.0 * parsed.repaired / max(len(golds), 1))
+                    100.0 * parsed.repaired / max(len(golds), 1),
+                    tag_accuracy(golds, parsed.trees) if tagged else None)
 
 
 def summary(result: Evaluation) -> dict[str, float]:
-  """The scalars an evaluation logs: F1 (all, <= 40 words) and the repaired share (%)."""
-  return {'f1': result.scores['all'].f1, 'f1_len40': result.scores['len<=40'].f1,
-          'repaired_percent': result.repaired_percent}
+  """The scalars an evaluation logs: F1 (all, <= 40 words), the repaired share (%) and
+  the tagging accuracy (%) where there is one."""
+  values = {'f1': result.scores['all'].f1, 'f1_len40': result.scores['len<=40'].f1,
+            'repaired_percent': result.repaired_percent}
+  if result.tag_accuracy is not None:
+    values['tag_accuracy'] = result.tag_accuracy
+  return values
 
 
 def write_trees(path: str, trees: Sequence[Optional[Tree]]) -> None:
