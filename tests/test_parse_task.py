@@ -62,13 +62,15 @@ def test_training_evaluation_logs_f1_of_the_trees_it_writes(workdir):
   assert 'eval/loss' in record
 
 
-@pytest.mark.parametrize('search', [['--greedy'], ['--beam_size', '3', '--alpha', '0.3']])
-def test_cli_writes_one_tree_per_line_over_the_words(workdir, tmp_path, capsys, search):
+@pytest.mark.parametrize('flags', [['--greedy', '--pretokenized'],
+                                   ['--beam_size', '3', '--alpha', '0.3'],
+                                   ['--greedy', '--unconstrained']])
+def test_cli_writes_one_tree_per_line_over_the_words(workdir, tmp_path, capsys, flags):
   source = tmp_path / 'in.txt'
   source.write_text('The cells ( in vitro ) divide .\n\n  Growth   stops\n', encoding='utf-8')
   output = tmp_path / 'out.txt'
   code = parse.main(['--workdir', str(workdir), '--input', str(source), '--output', str(output),
-                     '--max_extra_len', '20', '--no_progress', '--cpu_devices', '1', *search])
+                     '--max_extra_len', '20', '--no_progress', '--cpu_devices', '1', *flags])
   assert code == 0, capsys.readouterr().err
   lines = output.read_text(encoding='utf-8').split('\n')
   assert lines[-1] == '' and len(lines) == 4 and lines[1] == ''
@@ -76,7 +78,22 @@ def test_cli_writes_one_tree_per_line_over_the_words(workdir, tmp_path, capsys, 
   assert first.label == third.label == 'TOP'
   assert first.words() == 'The cells -LRB- in vitro -RRB- divide .'.split()
   assert third.words() == ['Growth', 'stops']
-  assert 'sentences parsed' in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert 'sentences parsed' in err
+  # A 3-step model's outputs are trees only because the automaton makes them so.
+  assert ('0 of the outputs repaired' in err) != ('--unconstrained' in flags)
+
+
+def test_cli_tokenises_raw_text_as_the_treebank(workdir, tmp_path, capsys):
+  source = tmp_path / 'in.txt'
+  source.write_text('"The cells weren\'t grown in Brca1-deficient (anti-inflammatory) '
+                    'mice," they said.\n', encoding='utf-8')
+  output = tmp_path / 'out.txt'
+  assert parse.main(['--workdir', str(workdir), '--input', str(source), '--output',
+                     str(output), '--greedy', '--no_progress', '--cpu_devices', '1']) == 0
+  tree = parse_tree(output.read_text(encoding='utf-8'))
+  assert tree.words() == ('`` The cells were n\'t grown in Brca1 - deficient -LRB- '
+                          "anti-inflammatory -RRB- mice , '' they said .").split()
 
 
 @pytest.mark.parametrize('flags, message', [

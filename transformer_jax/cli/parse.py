@@ -1,13 +1,15 @@
 """Parse English sentences with a trained parser: `transformer-jax-parse --workdir DIR`.
 
-Reads stdin (or `--input`): one sentence a line, already tokenised (words separated by
-whitespace, as in the Penn Treebank: `The cells were n't grown .`); `(` and `)` are
-written as the treebank's -LRB- / -RRB-. Writes to stdout (or `--output`) exactly one
-line per input line, in order: the sentence's tree in Penn bracketing under `TOP`, its
-words as given (escaped), POS tags `XX` (the parser predicts none), e.g.
-`(TOP (S (NP (XX The) (XX cells)) (VP (XX divide)) (XX .)))`; a blank line gives an
-empty line. A model output that is not a well-formed tree over the words is repaired
-(`parsing.linearize.from_sequence`); how many were is said on stderr.
+Reads stdin (or `--input`): one sentence a line, raw text (`The cells weren't grown.`),
+tokenised as the treebank is (`parsing.tokenize`: `The cells were n't grown .`); with
+`--pretokenized`, words separated by whitespace as they are. `(` and `)` become the
+treebank's -LRB- / -RRB-. Writes to stdout (or `--output`) exactly one line per input
+line, in order: the sentence's tree in Penn bracketing under `TOP` over its words, e.g.
+`(TOP (S (NP (XX The) (XX cells)) (VP (XX divide)) (XX .)))`, with predicted POS tags
+in place of `XX` for a parser trained on the 'tags' linearisation; a blank line gives an
+empty line. Decoding runs under the tree automaton (`parsing.constraints`), so every
+output is a tree over the words; `--unconstrained` decodes without it (for ablation) and
+repairs outputs that are not (`parsing.linearize.from_sequence`), counted on stderr.
 
 Decoding: the paper's (§6.3) by default, beam 21, alpha 0.3, at most source + 300
 tokens; `--greedy` is much cheaper. Devices and batching as `transformer-jax-translate`;
@@ -22,6 +24,7 @@ from typing import Optional, Sequence
 
 from transformer_jax import cli, inference
 from transformer_jax.parsing import parser as parser_lib
+from transformer_jax.parsing import tokenize
 from transformer_jax.workdir import CheckpointError
 
 PROG = 'transformer-jax-parse'
@@ -31,14 +34,17 @@ def build_parser() -> cli.ArgumentParser:
   paper = parser_lib.PAPER
   parser = cli.ArgumentParser(prog=PROG, description=__doc__.split('\n')[0])
   parser.add_argument('--workdir', required=True, help='training directory of a parser')
-  parser.add_argument('--input', help='file with one tokenised sentence per line (default: '
-                      'stdin)')
+  parser.add_argument('--input', help='file with one sentence per line (default: stdin)')
+  parser.add_argument('--pretokenized', action='store_true',
+                      help='the input is tokenised already: words separated by whitespace')
   parser.add_argument('--output', help='file for the trees (default: stdout)')
   parser.add_argument('--beam_size', type=int, default=paper.beam_size)
   parser.add_argument('--alpha', type=float, default=paper.alpha, help='length penalty exponent')
   parser.add_argument('--max_extra_len', type=int, default=paper.max_extra_len,
                       help='output length limit = source length (tokens) + this')
   parser.add_argument('--greedy', action='store_true', help='greedy decoding (beam size 1)')
+  parser.add_argument('--unconstrained', action='store_true',
+                      help='decode without the tree automaton (outputs repaired into trees)')
   parser.add_argument('--batch_size', type=int, default=16, help='sentences per batch')
   parser.add_argument('--cpu_devices', type=int, help='as for transformer-jax-translate')
   parser.add_argument('--no_progress', action='store_true', help='no progress bar on stderr')
@@ -57,10 +63,11 @@ def _parse(args) -> None:
   if args.batch_size < 1:
     raise cli.UserError(f'--batch_size must be >= 1, got {args.batch_size}')
   mesh = cli.decoding_mesh(args.cpu_devices)
-  model = inference.load_model(args.workdir, mesh)
-  sentences = [parser_lib.sentence_words(line) for line in cli.read_lines(args.input)]
-  parsed = parser_lib.parse(model, sentences, search, args.batch_size, mesh,
-                            progress=not args.no_progress)
+  parser = parser_lib.load(args.workdir, mesh)
+  words = parser_lib.sentence_words if args.pretokenized else tokenize.words
+  sentences = [words(line) for line in cli.read_lines(args.input)]
+  parsed = parser_lib.parse(parser, sentences, search, args.batch_size, mesh,
+                            progress=not args.no_progress, constrained=not args.unconstrained)
   cli.write_lines(args.output, ['' if tree is None else str(tree) for tree in parsed.trees])
   print(f'{PROG}: {sum(map(bool, sentences))} sentences parsed, {parsed.repaired} of the '
         'outputs repaired', file=sys.stderr)
