@@ -166,3 +166,34 @@ def test_score_predictions_and_baseline(dev_trees):
   # Checked against the C EVALB (docs/parsing_evalb_check.md): 3019/29492/38972.
   assert (scores['all'].matched, scores['all'].gold, scores['all'].test) == (3019, 29492, 38972)
   assert repaired == 0
+
+
+def test_tokenizer_follows_the_treebank_conventions():
+  from transformer_jax.parsing import tokenize
+  assert tokenize.words('"The cells weren\'t grown (in vitro)," they said.') == (
+      "`` The cells were n't grown -LRB- in vitro -RRB- , '' they said .").split()
+  # CRAFT splits inner hyphens but keeps prefixes and -fold; brackets [ ] stay.
+  assert tokenize.words('Fatty-acid co-amplified a 2-fold anti-PPARδ-treated set [12].') == (
+      'Fatty - acid co-amplified a 2-fold anti-PPARδ - treated set [ 12 ] .').split()
+  assert tokenize.words('  \t ') == []
+
+
+def test_tokenizer_recovers_the_words_of_detokenised_dev_sentences(dev_trees):
+  """The treebank's sentences, detokenised (NLTK) and tokenised again: nearly all (the
+  rest: URLs) give back their words."""
+  from nltk.tokenize.treebank import TreebankWordDetokenizer
+  from transformer_jax.parsing import tokenize
+  detokenizer = TreebankWordDetokenizer()
+  unescape = {escaped: char for char, escaped in tokenize.ESCAPES.items()}
+  same = sum(tokenize.words(detokenizer.detokenize([unescape.get(w, w) for w in tree.words()]))
+             == tree.words() for tree in dev_trees)
+  assert same >= 0.98 * len(dev_trees)
+
+
+def test_tag_accuracy_counts_words_tagged_as_gold():
+  from transformer_jax.parsing import parser
+  gold = [parse_tree('(TOP (S (NP (NNS Cells)) (VP (VBP divide)) (. .)))')]
+  test, _ = linearize.from_sequence('(S (NP NNS )NP (VP NN )VP . )S', gold[0].words(),
+                                    slots={'NNS', 'NN', '.'})
+  assert test.tags() == ['NNS', 'NN', '.']
+  assert parser.tag_accuracy(gold, [test]) == pytest.approx(200 / 3)

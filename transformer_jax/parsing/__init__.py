@@ -2,12 +2,15 @@
 
   * `treebank`: `Tree`, reading and normalising Penn trees, the embedded CRAFT corpus
     and its split by articles;
-  * `linearize`: trees <-> bracket sequences (`(S (NP XX XX )NP ... )S`), with repair
-    of malformed predictions;
-  * `evalb`: labelled bracket P / R / F1 with EVALB's COLLINS.prm rules.
+  * `linearize`: trees <-> bracket sequences (`(S (NP XX XX )NP ... )S`, or with tags
+    or the words themselves in the slots), with repair of malformed predictions;
+  * `evalb`: labelled bracket P / R / F1 with EVALB's COLLINS.prm rules;
+  * `symbols`: the target symbols in a vocabulary (the token table);
+  * `constraints`: the tree automaton that makes every decoded output a tree (JAX);
+  * `parser`: parsing sentences with a trained model; `tokenize`: raw text -> words.
 
-`pairs(split)` gives the (source, target) strings a model learns from, and
-`score_predictions` scores predicted sequences against the gold trees. Pure Python.
+`pairs(split, linearization)` gives the (source, target) strings a model learns from,
+and `score_predictions` scores predicted sequences against the gold trees.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from transformer_jax.parsing import evalb, linearize, treebank
 from transformer_jax.parsing.treebank import Tree
 
 
-def pairs(split: str) -> list[tuple[str, str]]:
+def pairs(split: str, linearization: str = 'xx') -> list[tuple[str, str]]:
   """(words joined by spaces, bracket sequence) of every tree of `split`, corpus order."""
-  return [(' '.join(tree.words()), linearize.to_sequence(tree))
+  return [(' '.join(tree.words()), linearize.to_sequence(tree, linearization))
           for tree in treebank.split_trees(split)]
 
 
