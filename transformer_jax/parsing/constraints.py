@@ -37,7 +37,7 @@ from transformer_jax.parsing import symbols
 Array = jax.Array
 # The train trees nest 26 deep and open at most 7 brackets in a row.
 MAX_DEPTH = 40
-MAX_RUN = 10
+MAX_RUN = 8
 
 
 @struct.dataclass
