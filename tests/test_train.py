@@ -314,9 +314,15 @@ def test_train_cli_reports_a_failed_save_in_one_line(tmp_path):
   result = subprocess.run([sys.executable, '-c', NO_SPACE_AT_STEP_6, str(tmp_path)], cwd=root,
                           env=env, capture_output=True, text=True, timeout=300)
   directory = tmp_path / 'checkpoints'
+  log = tmp_path / 'train.log'
   message = (f'cannot write checkpoint step 6 to {directory}/6: no space left on device; the '
-             f'last complete checkpoint is step 3 ({directory}/3), where a rerun resumes')
+             f'last complete checkpoint is step 3 ({directory}/3), where a rerun resumes; '
+             f'what follows is in {log}')
   assert result.returncode == 2
   assert result.stderr.splitlines()[-1] == f'transformer-jax-train: error: {message}', (
       result.stderr[-3000:])
   assert 'Traceback' not in result.stderr and result.stderr.lower().count('no space') == 1
+  # Nothing is discarded: the workdir's log has the whole story, the writer's failure too.
+  text = log.read_text(encoding='utf-8')
+  assert 'Step 6' in text or 'step 6' in text
+  assert text.count('No space left on device') >= 1, text[-3000:]

@@ -230,7 +230,7 @@ def train_step_fn(state: TrainState, batch: Batch, *, model: Transformer,
 
 def eval_step_fn(params: Any, batch: Batch, *, model: Transformer, label_smoothing: float,
                  loss_chunk_tokens: int) -> dict[str, Array]:
-  """Summed loss terms (see `metrics.loss_terms`) of one batch, dropout off."""
+  """Summed loss terms (see `loss.loss_terms`) of one batch, dropout off."""
   return _loss_terms(model, params, batch, label_smoothing, loss_chunk_tokens, True)
 
 
@@ -268,7 +268,7 @@ def make_train_step(model_cfg: TransformerConfig, config: Any, mesh: Mesh,
 
 def make_eval_step(model_cfg: TransformerConfig, config: Any, mesh: Mesh,
                    optimizer: optax.GradientTransformation) -> Callable[[Any, Batch], dict]:
-  """Jitted `eval_step(params, batch) -> summed metrics` (see `metrics.loss_terms`)."""
+  """Jitted `eval_step(params, batch) -> summed metrics` (see `loss.loss_terms`)."""
   params_sh = state_shardings(model_cfg, optimizer, mesh).params
   step = jax.jit(functools.partial(eval_step_fn, model=Transformer(model_cfg),
                                    label_smoothing=config.label_smoothing,
@@ -370,7 +370,7 @@ class _Run:
       logging.info('starting from the parameters of %s', config.init_from)
     self.train_step = make_train_step(self.model_cfg, config, self.mesh, optimizer, schedule)
     self.eval_step = make_eval_step(self.model_cfg, config, self.mesh, optimizer)
-    self.task_eval = task.make_evaluator(tasks.EvalContext(
+    self.task_eval = tasks.make_evaluator(task, tasks.EvalContext(
         config, self.workdir, self.model_cfg, tokenizer, self.mesh, self.is_main))
     self.writer = metrics_lib.MetricWriter(workdir, enabled=self.is_main)
     self.counts = metrics_lib.param_split(self.state.params)
