@@ -74,15 +74,17 @@ def _trainer():
   from transformer_jax import TransformerConfig, sharding
   try:
     from transformer_jax.training import config as config_lib, synthetic, train_lib
+    from transformer_jax.training.optimizer import create_optimizer
   except ImportError:  # an older tree
     from transformer_jax import config as config_lib, synthetic, train_lib
+    create_optimizer = train_lib.create_optimizer
   config = config_lib.default_config()
   config.warmup_steps = 150
   model_cfg = TransformerConfig(vocab_size=8000, d_model=192, d_ff=768, num_heads=4,
                                 num_encoder_layers=3, num_decoder_layers=3, pre_norm=True,
                                 dropout_rate=0.0, max_len=256)
   mesh = sharding.create_mesh((-1, 1, 1))
-  optimizer, schedule = train_lib.create_optimizer(config, model_cfg.d_model)
+  optimizer, schedule = create_optimizer(config, model_cfg.d_model)
   state = {'state': train_lib.create_train_state(model_cfg, optimizer, mesh, 0)}
   step = train_lib.make_train_step(model_cfg, config, mesh, optimizer, schedule)
   batch = next(iter(synthetic.synthetic_batches(16, 128, 8000, seed=0)))

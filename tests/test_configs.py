@@ -13,6 +13,7 @@ import pytest
 
 from transformer_jax import Transformer, TransformerConfig, count_params, sharding
 from transformer_jax.training import synthetic, train_lib
+from transformer_jax.training import optimizer as optimizer_lib
 from transformer_jax.training import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +94,8 @@ def test_unknown_keys_are_rejected_with_their_names():
 def test_renamed_keys_are_refused_with_their_new_names():
   config = _load('tiny.py')
   config.num_bleu_sentences = 10
-  with pytest.raises(ValueError, match=r"'num_bleu_sentences' \(renamed: config.decode_sentences\)"):
+  renamed = r"'num_bleu_sentences' \(renamed: config.decode_sentences\)"
+  with pytest.raises(ValueError, match=renamed):
     config_lib.validate_config(config)
   with pytest.raises(KeyError, match=r"'bleu_split' \(renamed: config.decode_split\)"):
     config_lib.apply_override(_load('tiny.py'), 'bleu_split', 'test')
@@ -187,7 +189,7 @@ def _variant_trains_one_step(variant):
     config.model[key] = min(config.model[key], 2)
   model_cfg = config_lib.model_config(config, 64)
   mesh = sharding.create_mesh((-1, 1, 1))
-  optimizer, schedule = train_lib.create_optimizer(config, model_cfg.d_model)
+  optimizer, schedule = optimizer_lib.create_optimizer(config, model_cfg.d_model)
   state = train_lib.create_train_state(model_cfg, optimizer, mesh, 0)
   step = train_lib.make_train_step(model_cfg, config, mesh, optimizer, schedule)
   batch = next(synthetic.synthetic_batches(2, 6, 64))
