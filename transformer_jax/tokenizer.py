@@ -19,8 +19,8 @@ from typing import Iterable, Sequence, Union
 
 import sentencepiece as spm
 
-PAD_ID = 0
-EOS_ID = 1
+from transformer_jax.model_config import EOS_ID, PAD_ID
+
 UNK_ID = 2
 
 
