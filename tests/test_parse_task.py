@@ -8,7 +8,7 @@ import pytest
 from transformer_jax.training import config as config_lib
 from transformer_jax import tokenizer as tokenizer_lib
 from transformer_jax.cli import parse
-from transformer_jax.parsing import evalb, linearize, parser, treebank
+from transformer_jax.parsing import evalb, linearize, parser, symbols, treebank
 from transformer_jax.parsing.treebank import parse_tree
 
 pytestmark = pytest.mark.xdist_group('data')
@@ -17,26 +17,59 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_SENTENCES = 3
 
 
-@pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-  """configs/parse_craft.py shrunk to a 1+1-layer d_model 32 model, trained 3 steps, its
-  evaluation parsing the first dev sentences."""
+def _train(tmp_path_factory, linearization):
+  """configs/parse_craft.py shrunk to a 1+1-layer d_model 32 model of `linearization`,
+  trained 3 steps, its evaluation parsing the first dev sentences."""
   from transformer_jax.training import train_lib
   config = config_lib.load_config(os.path.join(ROOT, 'configs', 'parse_craft.py'))
   config.update(vocab_size=300, vocab_max_sentences=3000, batch_size=2, num_train_steps=3,
                 train_minutes=0.0, eval_every_minutes=0.0, eval_every_steps=3,
                 num_eval_batches=1, decode_sentences=EVAL_SENTENCES, save_every_steps=3,
-                average_last=0, progress_bar=False, shuffle_buffer=100)
+                average_last=0, progress_bar=False, shuffle_buffer=100,
+                linearization=linearization)
   config.model.update(d_model=32, d_ff=64, num_heads=2, num_encoder_layers=1,
                       num_decoder_layers=1, max_len=512, dropout_rate=0.0)
-  root = tmp_path_factory.mktemp('parser')
+  root = tmp_path_factory.mktemp(f'parser_{linearization}')
   train_lib.train_and_evaluate(config, str(root))
   return root
 
 
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  return _train(tmp_path_factory, 'xx')
+
+
+@pytest.fixture(scope='module')
+def tags_workdir(tmp_path_factory):
+  return _train(tmp_path_factory, 'tags')
+
+
+def test_tags_parser_logs_tagging_accuracy_and_writes_its_tags(tags_workdir, tmp_path, capsys):
+  """A parser of the 'tags' linearisation: its evaluation logs tagging accuracy; the CLI
+  (which reads the linearisation from the workdir) writes predicted tags."""
+  with open(tags_workdir / 'metrics.jsonl') as f:
+    (record,) = [r for r in map(json.loads, f) if 'eval/f1' in r]
+  lines = (tags_workdir / 'translations' / 'eval_step3.txt').read_text('utf-8').splitlines()
+  golds = treebank.split_trees('dev')[:EVAL_SENTENCES]
+  trees = [parse_tree(line) for line in lines]
+  assert record['eval/tag_accuracy'] == pytest.approx(parser.tag_accuracy(golds, trees))
+  assert record['eval/repaired_percent'] == 0  # constrained by default
+  output = tmp_path / 'out.txt'
+  assert parse.main(['--workdir', str(tags_workdir), '--output', str(output), '--greedy',
+                     '--input', str(_write(tmp_path, 'Growth stops .')), '--no_progress',
+                     '--cpu_devices', '1']) == 0
+  tags = parse_tree(output.read_text(encoding='utf-8')).tags()
+  assert len(tags) == 3 and set(tags) <= set(symbols.tags())
+
+
+def _write(tmp_path, text):
+  path = tmp_path / 'in.txt'
+  path.write_text(text + '\n', encoding='utf-8')
+  return path
+
+
 def test_vocabulary_symbols_are_single_pieces(workdir):
-  symbols = parser.vocabulary_symbols()
-  assert len(symbols) == 55 and symbols[:3] == ('▁XX', '▁(ADJP', '▁)ADJP')
+  assert symbols.vocabulary_symbols()[:3] == ('▁XX', '▁(ADJP', '▁)ADJP')
   with open(workdir / 'spm.model', 'rb') as f:
     vocab = tokenizer_lib.Tokenizer(f.read())
   tree = treebank.split_trees('dev')[0]
@@ -44,6 +77,7 @@ def test_vocabulary_symbols_are_single_pieces(workdir):
   ids = vocab.encode(target)
   assert len(ids) == len(target.split()) + 1  # one piece a symbol, then EOS
   assert vocab.pieces(ids[:-1]) == ['▁' + symbol for symbol in target.split()]
+  assert set(symbols.vocabulary_symbols()) <= set(vocab.pieces(range(vocab.vocab_size)))
   assert vocab.decode(ids) == target
 
 

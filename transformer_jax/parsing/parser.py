@@ -34,11 +34,6 @@ def sentence_words(line: str) -> list[str]:
   return [''.join(_ESCAPES.get(char, char) for char in word) for word in line.split()]
 
 
-def vocabulary_symbols(split: str = 'train') -> tuple[str, ...]:
-  """Interim, until training's task names a linearisation: the 'xx' symbols."""
-  return symbols.vocabulary_symbols('xx', split)
-
-
 class Parser(NamedTuple):
   """A trained parser: its model and vocabulary, and the vocabulary's `symbols.TokenTable`
   for the linearisation it was trained on."""
@@ -132,8 +127,6 @@ def parse_and_score(parser: Parser, golds: Sequence[Tree], search: decoding.Sear
                     batch_size: int = 32, mesh: Optional[Mesh] = None,
                     progress: bool = False, constrained: bool = True) -> Evaluation:
   """Parse the words of gold trees and score the result with `evalb`."""
-  if isinstance(parser, inference.LoadedModel):  # interim: training's evaluation
-    parser = make_parser(parser)
   parsed = parse(parser, [gold.words() for gold in golds], search, batch_size, mesh, progress,
                  constrained)
   tagged = parser.linearization == 'tags'

@@ -39,6 +39,9 @@ _SCHEMA: tuple[tuple[str, Any, Optional[Rule], bool], ...] = (
     ('task', 'translation', None, RUN),  # tasks.TASKS: 'translation' | 'parsing' (its hooks)
     # Translation: 'bible' (embedded EN-ES corpus) | 'tfds' | 'text'; parsing: 'craft'.
     ('dataset', 'tfds', None, DATA),
+    # Parsing: how a tree is written as a target (parsing.linearize): 'xx' (the paper's word
+    # slots) | 'tags' (POS tags in their place) | 'words' (the words themselves).
+    ('linearization', 'xx', None, DATA),
     ('tfds_name', 'wmt14_translate/de-en', None, DATA),
     ('tfds_data_dir', '', None, RUN),  # '': tfds default; the dataset must be prepared
     # Split names for 'tfds' ('train[:1%]' slicing works), 'bible' and 'craft' (train, dev, test).
@@ -96,6 +99,7 @@ _SCHEMA: tuple[tuple[str, Any, Optional[Rule], bool], ...] = (
     # Sentences decoded at each evaluation (translation: BLEU; parsing: F1); 0: none, -1: all.
     ('decode_sentences', 500, Rule('-1 (all) or >= 0', lambda v: v >= -1), RUN),
     ('decode_split', 'eval', None, RUN),  # 'eval' | 'test': the split they come from
+    ('parse_constrained', True, None, RUN),  # parsing: decode under the tree automaton
     ('decode_batch_size', 32, POSITIVE, RUN),  # sentences per decoding batch at evaluation
     ('max_decode_len', 256, POSITIVE, RUN),
     ('save_every_steps', 1000, POSITIVE, RUN),

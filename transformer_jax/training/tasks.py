@@ -145,22 +145,24 @@ class Translation:
 
 class Parsing:
   """The embedded CRAFT treebank (`parsing.treebank`; `config.<role>_split` names 'train',
-  'dev' or 'test') as (words, bracket sequence) pairs, the target symbols one piece each;
-  scored by EVALB F1 (all and <= 40 words) and the share of outputs that needed a repair,
-  parsed greedily (`parser.GREEDY`)."""
+  'dev' or 'test') as (words, bracket sequence) pairs in `config.linearization`, the
+  target symbols one piece each; scored by EVALB F1 (all and <= 40 words), the share of
+  outputs that needed a repair and, for 'tags', the tagging accuracy, parsed greedily
+  (`parser.GREEDY`) under the tree automaton unless `config.parse_constrained` is False."""
 
   def read_pairs(self, config: Any, split: str, process_index: int = 0,
                  process_count: int = 1) -> Any:
     import tensorflow as tf
     from transformer_jax import parsing
     from transformer_jax.parsing import parser
-    sentences, sequences = zip(*parsing.pairs(parser.split_name(config, split)))
+    sentences, sequences = zip(*parsing.pairs(parser.split_name(config, split),
+                                              config.linearization))
     return (tf.data.Dataset.from_tensor_slices((list(sentences), list(sequences)))
             .shard(process_count, process_index))
 
   def vocabulary_symbols(self, config: Any) -> Sequence[str]:
-    from transformer_jax.parsing import parser
-    return parser.vocabulary_symbols(parser.split_name(config, 'train'))
+    from transformer_jax.parsing import parser, symbols
+    return symbols.vocabulary_symbols(config.linearization, parser.split_name(config, 'train'))
 
   def eval_examples(self, config: Any, split: str) -> Sequence[Any]:
     from transformer_jax.parsing import parser, treebank
@@ -169,11 +171,14 @@ class Parsing:
   def decode_and_score(self, model: inference.LoadedModel, examples: Sequence[Any],
                        config: Any, mesh: Optional[Mesh]) -> Scored:
     from transformer_jax.parsing import parser
-    result = parser.parse_and_score(model, examples, parser.GREEDY, config.decode_batch_size,
-                                    mesh)
+    result = parser.parse_and_score(parser.make_parser(model, config.linearization), examples,
+                                    parser.GREEDY, config.decode_batch_size, mesh,
+                                    constrained=config.parse_constrained)
+    tags = ('' if result.tag_accuracy is None
+            else f'; tagging accuracy {result.tag_accuracy:.2f}%')
     return Scored(parser.summary(result), [str(tree) for tree in result.trees],
                   f'{result.scores["all"]}; <= 40 words: {result.scores["len<=40"]}; '
-                  f'{result.repaired_percent:.1f}% repaired')
+                  f'{result.repaired_percent:.1f}% repaired{tags}')
 
 
 TASKS: dict[str, Task] = {'translation': Translation(), 'parsing': Parsing()}
