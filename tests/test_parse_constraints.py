@@ -83,11 +83,30 @@ def test_targets_read_back_and_sources_count_words(vocab, dev_trees, linearizati
   assert differ <= len(dev_trees) // 100
 
 
+def _within_bounds(tree):
+  """Whether a tree opens at most MAX_RUN brackets in a row, MAX_SAME of one label."""
+  run, same, previous = 0, 0, None
+  for event, node in tree.events():
+    if event == treebank.OPEN and node is not tree:
+      same = same + 1 if run and node.label == previous else 1
+      run, previous = run + 1, node.label
+      if run > constraints.MAX_RUN or same > constraints.MAX_SAME:
+        return False
+    elif event != treebank.OPEN:
+      run = 0
+  return True
+
+
+def test_the_bounds_keep_nearly_every_tree(dev_trees):
+  assert sum(map(_within_bounds, dev_trees)) >= 0.99 * len(dev_trees)
+
+
 @pytest.mark.parametrize('linearization', linearize.LINEARIZATIONS)
 def test_gold_sequences_are_accepted_token_by_token(vocab, dev_trees, linearization):
   table = symbols.vocabulary_table(vocab, linearization)
   automaton = constraints.TreeConstraint.of(table)
-  trees = [tree for tree in dev_trees[:SENTENCES + 10] if not table.copies_words
+  trees = [tree for tree in dev_trees[:SENTENCES + 20] if _within_bounds(tree)]
+  trees = [tree for tree in trees if not table.copies_words
            or [t for t in vocab.encode(linearize.to_sequence(tree, 'words'))[:-1]
                if table.kinds[t] != symbols.OPEN and table.kinds[t] != symbols.CLOSE]
            == vocab.encode(' '.join(tree.words()))[:-1]][:SENTENCES]
