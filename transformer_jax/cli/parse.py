@@ -57,7 +57,7 @@ def _parse(args) -> None:
   if args.batch_size < 1:
     raise cli.UserError(f'--batch_size must be >= 1, got {args.batch_size}')
   mesh = cli.decoding_mesh(args.cpu_devices)
-  model = inference.load_model(args.workdir, mesh)
+  model = inference.load_model(args.workdir, mesh, task='parsing')
   sentences = [parser_lib.sentence_words(line) for line in cli.read_lines(args.input)]
   parsed = parser_lib.parse(model, sentences, search, args.batch_size, mesh,
                             progress=not args.no_progress)
