@@ -427,25 +427,35 @@ def _load_averaged(path: str) -> tuple[PyTree, dict]:
       params = ckptr.restore(path, args=ocp.args.Composite(
           params=_as_numpy_args(abstract))).params
     verify_checksums({'params': params}, metadata.get('checksums', {}), path)
-  except Exception as e:  # noqa: BLE001 - unreadable or corrupt: say how to fix it.
-    raise CheckpointError(f'{path} is unreadable ({_describe(e)}); re-run average_checkpoints'
-                          ) from None
+  except Exception as e:  # noqa: BLE001 - unreadable or corrupt: the caller says what to do.
+    raise CorruptError(_describe(e)[:120]) from None
   return params, metadata
 
 
 def load_params(workdir: str) -> tuple[PyTree, dict[str, Any], str]:
   """(params as numpy arrays, checkpoint metadata, path) of what inference uses: the
   `averaged` checkpoint if present (warning if newer steps exist), else the newest
-  readable step. Every array is checksum-verified."""
+  readable step. Every array is checksum-verified. An unreadable `averaged` falls back to
+  the newest readable step with a warning; CheckpointError (path and fix first) if the
+  workdir has no step."""
   wd = Workdir(workdir)
   if os.path.isdir(wd.averaged):
-    params, metadata = _load_averaged(wd.averaged)
-    steps, newest = metadata.get('averaged_steps', []), max(wd.steps(), default=None)
-    logging.info('using the average of steps %s from %s', steps, wd.averaged)
-    if newest is not None and steps and newest > max(steps):
-      logging.warning('%s averages steps %s but step %d exists; re-run average_checkpoints '
-                      'to use the newer ones', wd.averaged, steps, newest)
-    return params, metadata, wd.averaged
+    try:
+      params, metadata = _load_averaged(wd.averaged)
+    except CorruptError as e:
+      if not wd.steps():
+        raise CheckpointError(f'{wd.averaged} is unreadable and there is no checkpoint step '
+                              f'to use instead: restore it, or import the model again ({e})'
+                              ) from None
+      logging.warning('%s is unreadable: using the newest readable step instead; rebuild it '
+                      'with transformer-jax-average --workdir %s (%s)', wd.averaged, workdir, e)
+    else:
+      steps, newest = metadata.get('averaged_steps', []), max(wd.steps(), default=None)
+      logging.info('using the average of steps %s from %s', steps, wd.averaged)
+      if newest is not None and steps and newest > max(steps):
+        logging.warning('%s averages steps %s but step %d exists; re-run average_checkpoints '
+                        'to use the newer ones', wd.averaged, steps, newest)
+      return params, metadata, wd.averaged
   manager = _manager(wd.checkpoints, create=False)
   (params, metadata), where, _ = newest_readable(
       manager, lambda step, _: _restore_params(manager, step))

@@ -91,9 +91,10 @@ def _padded(words: Sequence[int], width: int) -> list[int]:
   return list(words) + [-1] * (width - len(words))
 
 
-def _source_words(vocab: Any, line: str, count: int) -> list[int]:
+def source_words(vocab: Any, line: str, count: int) -> list[int]:
   """The whitespace word of `line` (as written: a BOM starting it, which encoding drops,
-  counts) that each of the first `count` tokens of its source ids belongs to."""
+  counts) that each of the first `count` tokens of its source ids belongs to (-1: none;
+  `scoring.span_words`)."""
   text = line.removeprefix(inference.BOM)
   shift = len(line) - len(text)
   return scoring.span_words(line, [(b + shift, e + shift) for b, e in vocab.spans(text)][:count])
@@ -116,13 +117,13 @@ def search_lines(lines: Sequence[str], model: inference.LoadedModel, options: Se
   for number, (rows, (inputs,)) in enumerate(batches):
     tokens, scores, log_probs, attention = search_fn(inputs, number)
     for r, i in enumerate(rows):
-      source_words = _padded(_source_words(vocab, lines[i], len(sources[i]) - 1), inputs.shape[1])
+      words = _padded(source_words(vocab, lines[i], len(sources[i]) - 1), inputs.shape[1])
       for k, output in enumerate(decoding.trim(tokens[r])):
         if not np.isfinite(scores[r, k]):
           continue  # beam search: fewer than n_best finished
         text, spans = vocab.decode_spans(output)
         pairs = () if attention is None else tuple(scoring.align(
-            attention[r, k], source_words,
+            attention[r, k], words,
             _padded(scoring.span_words(text, spans), tokens.shape[-1])))
         results[i].append(Hypothesis(text, float(scores[r, k]), float(log_probs[r, k]), pairs))
         canonical = inference.fit_source(vocab.encode_target(text), model.max_len)

@@ -25,7 +25,6 @@ import json
 import threading
 from typing import Any, Iterable, Optional, Sequence, Union
 
-import numpy as np
 import sentencepiece as spm
 
 PAD_ID = 0
@@ -50,7 +49,7 @@ class Sampling:
   samples of one call are a function of its texts and `seed` alone."""
   alpha: float
   nbest_size: int = -1
-  seed: int = 0
+  seed: int = 0  # SentencePiece's generator is seeded with it modulo 2**32 - 1
 
 
 def _sentencepiece(sp: spm.SentencePieceProcessor, texts: Sequence[str], out_type: Any,
@@ -59,9 +58,8 @@ def _sentencepiece(sp: spm.SentencePieceProcessor, texts: Sequence[str], out_typ
   reproducibly (SentencePiece's generator seeded with `sampling.seed`, one thread)."""
   if sampling is None:
     return sp.encode(list(texts), out_type=out_type)
-  seed = int(np.random.SeedSequence(sampling.seed).generate_state(1)[0]) % (2 ** 32 - 1)
-  with _SAMPLING_LOCK:  # 2**32 - 1 would mean "unseeded"
-    spm.set_random_generator_seed(seed)
+  with _SAMPLING_LOCK:
+    spm.set_random_generator_seed(sampling.seed % (2 ** 32 - 1))  # 2**32 - 1: "unseeded"
     return sp.encode(list(texts), out_type=out_type, enable_sampling=True,
                      alpha=sampling.alpha, nbest_size=sampling.nbest_size, num_threads=1)
 
