@@ -332,13 +332,27 @@ def test_average_is_mean_of_last_n_and_used_for_inference(tmp_path, tiny_params,
   with caplog.at_level(logging.WARNING):
     assert_trees_equal(inference.load_for_inference(workdir)[0], expected)
   assert any('step 5 exists' in r.getMessage() for r in caplog.records)
+  # A damaged average: the newest readable step, with a warning naming it and the fix first.
+  _flip_bytes_in(f'{workdir}/averaged/params')
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    assert_trees_equal(inference.load_for_inference(workdir)[0],
+                       make_state(tiny_params, 5).params)
+  assert caplog.records[0].getMessage().startswith(
+      f'{workdir}/averaged is unreadable: using the newest readable step instead; rebuild it '
+      f'with transformer-jax-average --workdir {workdir} (')
+  # ... and without a step to use instead, one short line saying so.
+  shutil.rmtree(f'{workdir}/checkpoints')
+  with pytest.raises(ckpt.CheckpointError) as error:
+    inference.load_for_inference(workdir)
+  assert str(error.value).startswith(
+      f'{workdir}/averaged is unreadable and there is no checkpoint step to use instead: '
+      'restore it, or import the model again (')
+  assert len(str(error.value).replace(workdir, 'W')) < 220  # the cause: 100 characters at most
   # A different vocabulary file in the workdir is refused.
+  ckpt.write_averaged(workdir, expected, metadata)
   (tmp_path / 'spm.model').write_bytes(b'retrained vocabulary')
   with pytest.raises(ckpt.CheckpointError, match='not the vocabulary'):
-    inference.load_for_inference(workdir)
-  # A damaged average is an error that says what to do, not a silent fallback.
-  _flip_bytes_in(f'{workdir}/averaged/params')
-  with pytest.raises(ckpt.CheckpointError, match='averaged is unreadable.*re-run average'):
     inference.load_for_inference(workdir)
 
 

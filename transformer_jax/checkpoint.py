@@ -428,7 +428,8 @@ def _load_averaged(path: str) -> tuple[PyTree, dict]:
           params=_as_numpy_args(abstract))).params
     verify_checksums({'params': params}, metadata.get('checksums', {}), path)
   except Exception as e:  # noqa: BLE001 - unreadable or corrupt: the caller says what to do.
-    raise CorruptError(_describe(e)[:120]) from None
+    cause = _describe(e).replace(f'{path}: ', '')
+    raise CorruptError(cause if len(cause) <= 100 else cause[:97] + '...') from None
   return params, metadata
 
 
