@@ -211,17 +211,22 @@ def test_token_spans_cover_the_words_their_characters_are_in(workdir):
   emitted = np.random.default_rng(0).integers(2, 16, (20, 12))  # <unk> and pieces
   outputs = [vocab.decode_spans(ids) for ids in emitted]
   assert [text for text, _ in outputs] == [vocab.decode(ids) for ids in emitted]
-  cases = [(line, vocab.spans(line)) for line in ODD_LINES[:4]] + outputs
   assert any('\u2047' in text for text, _ in outputs)
-  for text, spans in cases:
-    words = scoring.span_words(text, spans)
-    starts = [m.start() for m in regex.finditer(r'\S+', text)]
-    for (begin, end), word in zip(spans, words):
-      visible = [i for i in range(begin, end) if not regex.match(f'[\\s{INVISIBLE}]', text[i])]
-      assert (word == -1) == (not visible)
-      assert all(starts[word] <= i < (starts + [len(text)])[word + 1] for i in visible)
-    assert set(words) - {-1} == {w for w, word in enumerate(text.split())
-                                 if regex.sub(f'[{INVISIBLE}]', '', word)}
+  for text, spans in [(line, vocab.spans(line)) for line in ODD_LINES[:4]] + outputs:
+    assert_words_of_their_characters(text, spans)
+
+
+def assert_words_of_their_characters(text, spans):
+  """`scoring.span_words` gives each token (its characters of `text`: `spans`) the word its
+  visible characters lie in (-1 if it has none), and every word with one has a token."""
+  words = scoring.span_words(text, spans)
+  starts = [m.start() for m in regex.finditer(r'\S+', text)] + [len(text)]
+  for (begin, end), word in zip(spans, words, strict=True):
+    visible = [i for i in range(begin, end) if not regex.match(f'[\\s{INVISIBLE}]', text[i])]
+    assert (word == -1) == (not visible)
+    assert all(starts[word] <= i < starts[word + 1] for i in visible)
+  assert set(words) - {-1} == {w for w, word in enumerate(text.split())
+                               if regex.sub(f'[{INVISIBLE}]', '', word)}
 
 
 def test_every_output_word_is_aligned_to_a_visible_input_word(workdir, tmp_path):

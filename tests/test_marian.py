@@ -258,6 +258,20 @@ def test_scoring_an_imported_model_splits_targets_with_its_target_model(hf_dir, 
     np.testing.assert_allclose(float(total), want.sum(), atol=1e-3)
 
 
+def test_two_model_spans_say_which_characters_each_token_covers(imported):
+  """Sources (a >>xx<< code, dropped characters) and outputs (pieces only the source model
+  knows, <unk>) of a two-model vocabulary: tokens get the words their characters are in."""
+  from test_inference_features import assert_words_of_their_characters
+  vocab = imported[1].vocab
+  for line in ['>>es<< In the \u200b beginning\u200e, God', 'Zürich ☃ unknown ñ']:
+    assert len(vocab.spans(line)) == len(vocab.encode(line)) - 1
+    assert_words_of_their_characters(line, vocab.spans(line))
+  for ids in np.random.default_rng(0).integers(2, vocab.vocab_size, (20, 12)):
+    text, spans = vocab.decode_spans(ids)
+    assert text == vocab.decode(ids) and len(spans) == len(ids)
+    assert_words_of_their_characters(text, spans)
+
+
 def test_new_options_leave_saved_configs_unchanged():
   """Configs written before the Marian options existed compare equal to today's."""
   saved = model_config_to_dict(TransformerConfig(vocab_size=8))
