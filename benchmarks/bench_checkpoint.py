@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 
 from transformer_jax import checkpoint, sharding  # noqa: E402
 from transformer_jax.training import synthetic, train_lib
+from transformer_jax.training import optimizer as optimizer_lib
 from transformer_jax.training import config as config_lib  # noqa: E402
 from transformer_jax.model import count_params  # noqa: E402
 
@@ -46,7 +47,7 @@ def main() -> None:
   config = config_lib.default_config()
   config.update(batch_size=args.batch, max_len=args.length, vocab_size=args.vocab)
   model_cfg = config_lib.model_config(config, args.vocab)
-  optimizer, schedule = train_lib.create_optimizer(config, model_cfg.d_model)
+  optimizer, schedule = optimizer_lib.create_optimizer(config, model_cfg.d_model)
   mesh = sharding.create_mesh()
   state = train_lib.create_train_state(model_cfg, optimizer, mesh, seed=0)
   floats = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))

@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from transformer_jax import TransformerConfig, sharding  # noqa: E402
 from transformer_jax.training import loss, metrics, train_lib
+from transformer_jax.training import optimizer as optimizer_lib
 
 # The paper's optimisation recipe (§5.3-5.4), as the train step reads it.
 RECIPE = types.SimpleNamespace(
@@ -77,7 +78,7 @@ def bench(name: str, args: argparse.Namespace, mesh: jax.sharding.Mesh) -> dict:
   batch = synthetic_batch(rows, args.seq_len, args.vocab_size)
   recipe = types.SimpleNamespace(**{**vars(RECIPE), 'loss_chunk_tokens': args.loss_chunk_tokens,
                                     'flatten_optimizer': args.flatten_optimizer})
-  optimizer, schedule = train_lib.create_optimizer(recipe, cfg.d_model)
+  optimizer, schedule = optimizer_lib.create_optimizer(recipe, cfg.d_model)
   step = train_lib.make_train_step(cfg, recipe, mesh, optimizer, schedule)  # traced once, below
   abstract = train_lib.abstract_train_state(cfg, optimizer, mesh)
   batch_sharding = sharding.batch_sharding(mesh)

@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from transformer_jax import TransformerConfig, sharding  # noqa: E402
 from transformer_jax.training import config as config_lib, train_lib
+from transformer_jax.training import optimizer as optimizer_lib
 
 VOCAB, LENGTH, ROWS = 32, 16, 32
 VARIANTS = {  # name -> (config changes, model changes)
@@ -61,7 +62,7 @@ def curve(config_changes: dict, model_changes: dict, batches: list, mesh) -> lis
   model_cfg = TransformerConfig(vocab_size=VOCAB, d_model=64, d_ff=128, num_heads=4,
                                 num_encoder_layers=2, num_decoder_layers=2, max_len=LENGTH,
                                 dropout_rate=0.1, dtype=dtype)
-  optimizer, schedule = train_lib.create_optimizer(config, model_cfg.d_model)
+  optimizer, schedule = optimizer_lib.create_optimizer(config, model_cfg.d_model)
   state = train_lib.create_train_state(model_cfg, optimizer, mesh, seed=config.seed)
   step = train_lib.make_train_step(model_cfg, config, mesh, optimizer, schedule)
   losses = []

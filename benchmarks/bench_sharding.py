@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench_mfu import GIB, RECIPE, synthetic_batch  # noqa: E402
 from transformer_jax import TransformerConfig, sharding  # noqa: E402
-from transformer_jax.training import train_lib
+from transformer_jax.training import optimizer as optimizer_lib, train_lib
 
 COLLECTIVES = ('all-gather', 'all-reduce', 'reduce-scatter', 'collective-permute', 'all-to-all')
 
@@ -36,7 +36,7 @@ COLLECTIVES = ('all-gather', 'all-reduce', 'reduce-scatter', 'collective-permute
 def analyse(cfg: TransformerConfig, mesh: jax.sharding.Mesh, rows: int, length: int,
             under_mesh: bool) -> dict:
   """Compile the step for `mesh`, traced under the mesh or the rules alone."""
-  optimizer, schedule = train_lib.create_optimizer(RECIPE, cfg.d_model)
+  optimizer, schedule = optimizer_lib.create_optimizer(RECIPE, cfg.d_model)
   step = train_lib.make_train_step(cfg, RECIPE, mesh, optimizer, schedule).__wrapped__
   abstract = train_lib.abstract_train_state(cfg, optimizer, mesh)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh))

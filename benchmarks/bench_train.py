@@ -21,6 +21,7 @@ import numpy as np
 
 from transformer_jax import TransformerConfig, sharding
 from transformer_jax.training import synthetic, train_lib
+from transformer_jax.training import optimizer as optimizer_lib
 from transformer_jax.training import config as config_lib
 
 SIZES = {  # (vocab, d_model, heads, layers, d_ff)
@@ -37,7 +38,7 @@ def jax_runner(size: str, dtype: str, pre_norm: bool):
                                 num_encoder_layers=layers, num_decoder_layers=layers,
                                 d_ff=d_ff, pre_norm=pre_norm, dtype=jax.numpy.dtype(dtype))
   mesh = sharding.create_mesh((-1, 1, 1))
-  optimizer, schedule = train_lib.create_optimizer(config, d_model)
+  optimizer, schedule = optimizer_lib.create_optimizer(config, d_model)
   state = train_lib.create_train_state(model_cfg, optimizer, mesh, 0)
   step = train_lib.make_train_step(model_cfg, config, mesh, optimizer, schedule)
   holder = {'state': state}

@@ -34,7 +34,7 @@ def get_config():
   config.log_every_steps = 25
   config.eval_every_steps = 1_000_000
   config.eval_every_minutes = 10.0
-  config.num_bleu_sentences = 200
+  config.decode_sentences = 200
   config.max_decode_len = 256
   config.save_every_steps = 25
   config.keep_checkpoints = 5

@@ -33,5 +33,5 @@ def get_config():
   config.model.max_len = 1024
   config.eval_every_minutes = 20.0
   config.num_eval_batches = 20
-  config.num_bleu_sentences = 400
+  config.decode_sentences = 400
   return config

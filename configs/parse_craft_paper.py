@@ -29,7 +29,7 @@ def get_config():
   config.warmup_steps = 4000
   config.num_train_steps = 50_000
   config.eval_every_steps = 2500
-  config.num_bleu_sentences = -1
+  config.decode_sentences = -1
   config.decode_batch_size = 64
   config.save_every_steps = 2500
   config.average_last = 5

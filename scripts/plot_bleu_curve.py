@@ -4,7 +4,7 @@
       --torch benchmarks/results/torch_bleu.jsonl --out docs/bleu_curve.png
 
 JAX points are the `eval/bleu` records (with `train/minutes`) of a run trained with
-`--config.bleu_split=test --config.num_bleu_sentences=-1`; torch points come from
+`--config.decode_split=test --config.decode_sentences=-1`; torch points come from
 `benchmarks/torch_peer.py` (`minutes`, `test_bleu`).
 """
 

@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from transformer_jax import sharding  # noqa: E402
 from transformer_jax.training import distributed, synthetic, train_lib
+from transformer_jax.training import optimizer as optimizer_lib
 from transformer_jax import workdir as workdir_lib  # noqa: E402
 from transformer_jax.training import config as config_lib  # noqa: E402
 from transformer_jax.model import TransformerConfig  # noqa: E402
@@ -51,7 +52,7 @@ def main():
   config = config_lib.default_config()
   config.warmup_steps, config.learning_rate_multiplier, config.adam_eps = 1, 0.05, 1e-4
   mesh = sharding.create_mesh((1, -1, 1))
-  optimizer, schedule = train_lib.create_optimizer(config, MODEL.d_model)
+  optimizer, schedule = optimizer_lib.create_optimizer(config, MODEL.d_model)
   state = train_lib.create_train_state(MODEL, optimizer, mesh, seed=0)
   step = train_lib.make_train_step(MODEL, config, mesh, optimizer, schedule)
   # Compile ahead, then meet: gloo sets up its context at the first collective and gives

@@ -26,6 +26,7 @@ from flax import linen as nn  # noqa: E402
 
 from transformer_jax import TransformerConfig, checkpoint, sharding  # noqa: E402
 from transformer_jax.training import synthetic, train_lib
+from transformer_jax.training import optimizer as optimizer_lib
 from transformer_jax import workdir as workdir_lib  # noqa: E402
 from transformer_jax.training import config as config_lib  # noqa: E402
 
@@ -69,7 +70,7 @@ def leaf(tree, path):
 
 def run(mesh):
   config = train_config()
-  optimizer, schedule = train_lib.create_optimizer(config, MODEL.d_model)
+  optimizer, schedule = optimizer_lib.create_optimizer(config, MODEL.d_model)
   state = train_lib.create_train_state(MODEL, optimizer, mesh, seed=0)
   step = train_lib.make_train_step(MODEL, config, mesh, optimizer, schedule)
   specs = {p: list(leaf(state.params, p).sharding.spec) for p in PROBES}
@@ -101,7 +102,7 @@ def main():
   ckpt = checkpoint.Checkpointer(workdir, save_every_steps=1000, keep=1, async_save=False,
                                  metadata={'model_config': workdir_lib.model_config_to_dict(MODEL)})
   ckpt.maybe_save(STEPS, ref_state, force=True)
-  optimizer, _ = train_lib.create_optimizer(train_config(), MODEL.d_model)
+  optimizer, _ = optimizer_lib.create_optimizer(train_config(), MODEL.d_model)
   for arg in sys.argv[2:]:
     shape = tuple(int(d) for d in arg.split(','))
     mesh = sharding.create_mesh(shape)

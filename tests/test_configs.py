@@ -1,5 +1,6 @@
 """Config files: they load, unknown keys fail clearly, every Table 3 variant builds and trains."""
 
+import dataclasses
 import importlib.util
 import os
 import subprocess
@@ -10,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax import Transformer, count_params, sharding
+from transformer_jax import Transformer, TransformerConfig, count_params, sharding
 from transformer_jax.training import synthetic, train_lib
+from transformer_jax.training import optimizer as optimizer_lib
 from transformer_jax.training import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,6 +89,24 @@ def test_unknown_keys_are_rejected_with_their_names():
   config.model.dtype = 'float8'
   with pytest.raises(ValueError, match=r"config.model.dtype='float8'"):
     config_lib.model_config(config, 10)
+
+
+def test_renamed_keys_are_refused_with_their_new_names():
+  config = _load('tiny.py')
+  config.num_bleu_sentences = 10
+  renamed = r"'num_bleu_sentences' \(renamed: config.decode_sentences\)"
+  with pytest.raises(ValueError, match=renamed):
+    config_lib.validate_config(config)
+  with pytest.raises(KeyError, match=r"'bleu_split' \(renamed: config.decode_split\)"):
+    config_lib.apply_override(_load('tiny.py'), 'bleu_split', 'test')
+
+
+def test_model_keys_are_the_model_configs_fields_with_its_defaults():
+  """One source for the model's defaults: `config.model` is TransformerConfig's."""
+  config = config_lib.default_config()
+  assert config_lib.model_config(config, 100) == TransformerConfig(vocab_size=100)
+  fields = {f.name for f in dataclasses.fields(TransformerConfig)}
+  assert set(config.model) == fields - {'vocab_size', 'target_vocab_size'}
 
 
 def test_out_of_range_values_are_rejected_with_their_names():
@@ -169,7 +189,7 @@ def _variant_trains_one_step(variant):
     config.model[key] = min(config.model[key], 2)
   model_cfg = config_lib.model_config(config, 64)
   mesh = sharding.create_mesh((-1, 1, 1))
-  optimizer, schedule = train_lib.create_optimizer(config, model_cfg.d_model)
+  optimizer, schedule = optimizer_lib.create_optimizer(config, model_cfg.d_model)
   state = train_lib.create_train_state(model_cfg, optimizer, mesh, 0)
   step = train_lib.make_train_step(model_cfg, config, mesh, optimizer, schedule)
   batch = next(synthetic.synthetic_batches(2, 6, 64))

@@ -456,7 +456,7 @@ def test_training_on_text_reports_both_bleus_and_keeps_translations(files, tmp_p
                                               'tiny.py'))
   config.update(dataset='text', source_lang='en', target_lang='es', vocab_size=VOCAB_SIZE,
                 vocab_model_type='unigram', max_len=48, max_eval_len=48, num_train_steps=2,
-                eval_every_steps=2, num_eval_batches=1, num_bleu_sentences=3,
+                eval_every_steps=2, num_eval_batches=1, decode_sentences=3,
                 max_decode_len=8, average_last=0, **files)
   config.model.max_len = 48
   train_lib.train_and_evaluate(config, str(tmp_path))

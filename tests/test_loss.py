@@ -7,7 +7,7 @@ import pytest
 from flax import linen as nn
 
 from transformer_jax import Transformer
-from transformer_jax.training import loss, metrics, train_lib
+from transformer_jax.training import loss, train_lib
 from transformer_jax.model import output_logits
 
 ROWS, LENGTH, DIM, VOCAB = 3, 7, 8, 11
@@ -39,7 +39,7 @@ def test_chunked_terms_and_gradients_equal_full_logits(label_smoothing, with_bia
   targets = jnp.where((targets > 0) & (jnp.arange(LENGTH) % 2 == 0), best, targets)
 
   def full(h, k, b):
-    return metrics.loss_terms(output_logits(h, k, b), targets, label_smoothing)
+    return loss.loss_terms(output_logits(h, k, b), targets, label_smoothing)
 
   def chunked(h, k, b):  # 6 tokens = 2 positions a chunk: 4 chunks, the last one padded
     return loss.chunked_loss_terms(h, k, b, targets, label_smoothing, chunk_tokens=6)
@@ -72,7 +72,7 @@ def test_model_loss_and_parameter_gradients_equal_full_logits(tiny_config, outpu
 
   def full(p):
     logits = model.apply({'params': p}, batch['inputs'], batch['targets'])
-    terms = metrics.loss_terms(logits, batch['targets'], 0.1)
+    terms = loss.loss_terms(logits, batch['targets'], 0.1)
     return terms['loss'], terms
 
   def chunked(p):

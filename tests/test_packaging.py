@@ -149,7 +149,8 @@ def test_the_library_needs_only_install_requires():
   heavy = {m: sorted('|'.join(sorted(d)) for d in _needs()[m]) for m in library
            if tiers[m] != 'plain'}
   assert not heavy, f'library modules that need more than install_requires: {heavy}'
-  assert {'', 'model', 'decoding.searches', 'inference', 'parsing.parser', 'interop.marian'} <= library
+  assert {'', 'model', 'decoding.searches', 'inference', 'parsing.parser',
+          'interop.marian'} <= library
 
 
 def test_training_is_its_own_tier_and_the_library_never_imports_it():

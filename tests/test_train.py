@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from transformer_jax import Transformer, checkpoint, inference, sharding
-from transformer_jax.training import train_lib
+from transformer_jax.training import optimizer as optimizer_lib, train_lib
 from transformer_jax.training import config as config_lib
 
 EPS_LS = 0.1
@@ -43,9 +43,9 @@ def _batch(seed, rows, length, vocab=40):
 
 
 def _state_and_step(model_cfg, config, mesh, optimizer=None, seed=0):
-  schedule = train_lib.learning_rate_schedule(model_cfg.d_model, config.warmup_steps)
+  schedule = optimizer_lib.learning_rate_schedule(model_cfg.d_model, config.warmup_steps)
   if optimizer is None:
-    optimizer, schedule = train_lib.create_optimizer(config, model_cfg.d_model)
+    optimizer, schedule = optimizer_lib.create_optimizer(config, model_cfg.d_model)
   state = train_lib.create_train_state(model_cfg, optimizer, mesh, seed)
   return state, train_lib.make_train_step(model_cfg, config, mesh, optimizer, schedule)
 
@@ -78,7 +78,7 @@ def test_one_step_loss_and_gradients_match_hand_computation(tiny_config, mesh):
   np.testing.assert_allclose(metrics['loss'] / metrics['tokens'], loss, rtol=1e-5)
   np.testing.assert_allclose(metrics['grad_norm'], jax.jit(optax.tree.norm)(grads), rtol=1e-4)
   # Adam's first update is -lr(1)·g/(|g| + eps): compare where g is not ~0.
-  lr = float(train_lib.learning_rate_schedule(tiny_config.d_model, config.warmup_steps)(1))
+  lr = float(optimizer_lib.learning_rate_schedule(tiny_config.d_model, config.warmup_steps)(1))
   np.testing.assert_allclose(metrics['learning_rate'], lr, rtol=1e-6)
   for g, old, new in zip(jax.tree.leaves(grads), jax.tree.leaves(params),
                          jax.tree.leaves(jax.device_get(new_state.params))):
@@ -88,7 +88,7 @@ def test_one_step_loss_and_gradients_match_hand_computation(tiny_config, mesh):
 
 
 def test_schedule_matches_paper_formula():
-  schedule = train_lib.learning_rate_schedule(512, 4000, multiplier=2.0)
+  schedule = optimizer_lib.learning_rate_schedule(512, 4000, multiplier=2.0)
   for s in (1, 10, 3999, 4000, 4001, 100_000):
     expected = 2.0 * 512 ** -0.5 * min(s ** -0.5, s * 4000 ** -1.5)
     np.testing.assert_allclose(schedule(s), expected, rtol=1e-6)
@@ -96,7 +96,7 @@ def test_schedule_matches_paper_formula():
   assert schedule(2000) < schedule(4000) > schedule(16000)
   np.testing.assert_allclose(schedule(16000), schedule(4000) / 2, rtol=1e-6)
   # An optional cooldown scales the last `cooldown_steps` linearly toward 0.
-  cooled = train_lib.learning_rate_schedule(512, 4000, 2.0, cooldown_steps=999,
+  cooled = optimizer_lib.learning_rate_schedule(512, 4000, 2.0, cooldown_steps=999,
                                             total_steps=10_000)
   for s in (1, 4000, 9001):
     np.testing.assert_allclose(cooled(s), schedule(s), rtol=1e-6)
@@ -110,7 +110,7 @@ def test_every_update_of_a_cooldown_has_a_positive_decaying_rate(cooldown_steps)
   """Update n (optax counts from 0) uses lr(n + 1): the last of `num_train_steps` updates
   still learns, and each cool-down update has a lower rate than the one before."""
   config = _recipe(warmup_steps=1, num_train_steps=6, cooldown_steps=cooldown_steps)
-  optimizer, schedule = train_lib.create_optimizer(config, 512)
+  optimizer, schedule = optimizer_lib.create_optimizer(config, 512)
   params = {'w': jnp.zeros(())}
   state, rates = optimizer.init(params), []
   for _ in range(config.num_train_steps):  # the rate optax applies: |update| of a unit grad
@@ -314,9 +314,15 @@ def test_train_cli_reports_a_failed_save_in_one_line(tmp_path):
   result = subprocess.run([sys.executable, '-c', NO_SPACE_AT_STEP_6, str(tmp_path)], cwd=root,
                           env=env, capture_output=True, text=True, timeout=300)
   directory = tmp_path / 'checkpoints'
+  log = tmp_path / 'train.log'
   message = (f'cannot write checkpoint step 6 to {directory}/6: no space left on device; the '
-             f'last complete checkpoint is step 3 ({directory}/3), where a rerun resumes')
+             f'last complete checkpoint is step 3 ({directory}/3), where a rerun resumes; '
+             f'what follows is in {log}')
   assert result.returncode == 2
   assert result.stderr.splitlines()[-1] == f'transformer-jax-train: error: {message}', (
       result.stderr[-3000:])
   assert 'Traceback' not in result.stderr and result.stderr.lower().count('no space') == 1
+  # Nothing is discarded: the workdir's log has the whole story, the writer's failure too.
+  text = log.read_text(encoding='utf-8')
+  assert 'Step 6' in text or 'step 6' in text
+  assert text.count('No space left on device') >= 1, text[-3000:]

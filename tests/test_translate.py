@@ -17,7 +17,7 @@ from flax import linen as nn
 from transformer_jax import Transformer, checkpoint
 from transformer_jax import bleu, cli, inference
 from transformer_jax.cli import translate
-from transformer_jax.workdir import CheckpointError, Workdir
+from transformer_jax.workdir import Workdir, WorkdirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINES = ['bad face', '', 'dead bead cab fad ace abc', 'ace', '   ', 'cab cab', 'fad bad ace',
@@ -359,5 +359,5 @@ def test_bleu_language_from_the_flag_or_the_workdirs_training_config(tmp_path, c
   assert translate.bleu_language(None, str(tmp_path)) == 'ja'
   assert translate.bleu_language('zh', str(tmp_path)) == 'zh'
   (tmp_path / 'config.json').write_text('not json')
-  with pytest.raises(CheckpointError, match=r'config.json:1: invalid JSON'):
+  with pytest.raises(WorkdirError, match=r'config.json:1: invalid JSON'):
     translate.bleu_language(None, str(tmp_path))

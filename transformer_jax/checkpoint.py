@@ -33,16 +33,24 @@ from jax.experimental import multihost_utils
 
 from transformer_jax.checksums import CorruptError, path_name, tree_checksums, verify_checksums
 from transformer_jax.model import TransformerConfig
-from transformer_jax.workdir import CheckpointError, Workdir, file_sha256, model_config_to_dict
+from transformer_jax.model_config import RUNTIME_FIELDS
+from transformer_jax.workdir import Workdir, WorkdirError, file_sha256, model_config_to_dict
 
 PyTree = Any
 T = TypeVar('T')
-# Model-config fields that change how the model runs, not what its weights mean.
-_RUNTIME_FIELDS = frozenset({'attention_impl', 'remat'})
+
+
+class CheckpointError(WorkdirError):
+  """A checkpoint cannot be used: incompatible with this run, or unreadable."""
 
 
 class CheckpointSaveError(CheckpointError):
-  """A checkpoint could not be written (e.g. the disk is full); earlier ones are intact."""
+  """A checkpoint could not be written (e.g. the disk is full); earlier ones are intact.
+  `log_path`: the workdir's log, for what the abandoned writes still print (`cli.run_main`)."""
+
+  def __init__(self, message: str, log_path: Optional[str] = None):
+    super().__init__(message)
+    self.log_path = log_path
 
 
 def training_metadata(cfg: TransformerConfig, vocab_path: str) -> dict[str, Any]:
@@ -92,7 +100,7 @@ def mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     if isinstance(now, dict) and isinstance(saved[key], dict):
       diffs += [f'{key}.{k}: checkpoint {saved[key].get(k)!r} != now {now.get(k)!r}'
                 for k in sorted(set(now) | set(saved[key]))
-                if k not in _RUNTIME_FIELDS and saved[key].get(k) != now.get(k)]
+                if k not in RUNTIME_FIELDS and saved[key].get(k) != now.get(k)]
     else:
       diffs.append(f'{key}: checkpoint {saved[key]!r} != now {now!r}')
   return diffs
@@ -253,7 +261,7 @@ class Checkpointer:
     if free < needed * 1.1:  # + orbax's index and metadata
       raise CheckpointSaveError(self._workdir.save_failure(
           step, f'no space left on device ({free / 2**20:.2f} MiB free, the checkpoint '
-          f'needs about {needed * 1.1 / 2**20:.2f} MiB)'))
+          f'needs about {needed * 1.1 / 2**20:.2f} MiB)'), self._workdir.log)
     data = {'position': None if data_iterator is None
             else _encode_data_state(data_iterator.get_state()),
             'progress': dict(progress or {})}
@@ -274,7 +282,8 @@ class Checkpointer:
       step, self._writing = self._writing, None
       if step is None:
         raise
-      raise CheckpointSaveError(self._workdir.save_failure(step, _save_cause(e))) from None
+      raise CheckpointSaveError(self._workdir.save_failure(step, _save_cause(e)),
+                                self._workdir.log) from None
 
   def restore(self, abstract_state: PyTree, data_iterator: Any = None) -> Optional[PyTree]:
     """The latest readable checkpoint as a pytree shaped (and sharded) like `abstract_state`.

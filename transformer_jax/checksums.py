@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from transformer_jax.workdir import CheckpointError
 
 PyTree = Any
 
@@ -51,8 +50,8 @@ def tree_checksums(tree: PyTree) -> dict[str, int]:
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
   for path, leaf in flat:
     if jax.dtypes.issubdtype(getattr(leaf, 'dtype', None), jax.dtypes.prng_key):
-      raise CheckpointError(f'state leaf {path_name(path)} is a typed PRNG key; store '
-                            'jax.random.key_data(key) in the train state instead')
+      raise TypeError(f'state leaf {path_name(path)} is a typed PRNG key; store '
+                      'jax.random.key_data(key) in the train state instead')
   sums = np.asarray(_leaf_checksums([leaf for _, leaf in flat])) if flat else []
   return {path_name(path): int(s) for (path, _), s in zip(flat, sums)}
 

@@ -31,10 +31,11 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from transformer_jax import checkpoint, decoding, sharding
+from transformer_jax.checkpoint import CheckpointError
 from transformer_jax.model import Transformer, TransformerConfig
-from transformer_jax.model_config import EOS_ID
+from transformer_jax.model_config import EOS_ID, RUNTIME_FIELDS, TRAINING_FIELDS
 from transformer_jax.tokenizer import INVISIBLE, Vocabulary, load_vocabulary as read_vocabulary
-from transformer_jax.workdir import (CheckpointError, Workdir, file_sha256,
+from transformer_jax.workdir import (Workdir, WorkdirError, file_sha256,
                                      model_config_from_dict, model_config_to_dict, read_json)
 
 MIN_BUCKET = 16
@@ -46,7 +47,7 @@ _NO_CONTENT = regex.compile(rf'[\p{{White_Space}}{INVISIBLE}]*')
 TranslateFn = Callable[[np.ndarray], np.ndarray]
 
 
-class InferenceError(ValueError):
+class InferenceError(WorkdirError):
   """A workdir or vocabulary that cannot be used for inference (one-line message)."""
 
 
@@ -272,11 +273,6 @@ def translate_lines(lines: Sequence[str], translate_fn: TranslateFn, vocab: Any,
   return outputs
 
 
-# Model-config fields a fine-tuning run may change: how it trains, not what the weights mean.
-_FINE_TUNING_FIELDS = frozenset({'attention_impl', 'remat', 'dropout_rate',
-                                 'attention_dropout_rate', 'dtype'})
-
-
 def load_initial_params(init_from: str, cfg: TransformerConfig,
                         vocab_path: Optional[str]) -> Any:
   """Params (numpy) of the training workdir `init_from` to start a fine-tuning run with.
@@ -290,7 +286,7 @@ def load_initial_params(init_from: str, cfg: TransformerConfig,
   params, theirs, their_vocab = load_for_inference(init_from)
   mine, other = model_config_to_dict(cfg), model_config_to_dict(theirs)
   diffs = [f'{key}: {init_from} has {other[key]!r}, this run {mine[key]!r}' for key in mine
-           if key not in _FINE_TUNING_FIELDS and mine[key] != other[key]]
+           if key not in RUNTIME_FIELDS | TRAINING_FIELDS and mine[key] != other[key]]
   if diffs:
     raise CheckpointError(f'config.init_from: the model differs ({"; ".join(diffs[:3])})')
   if vocab_path is not None and file_sha256(vocab_path) != file_sha256(their_vocab):

@@ -23,6 +23,19 @@ ACTIVATIONS = {'relu': nn.relu, 'gelu': functools.partial(nn.gelu, approximate=F
                'swish': nn.swish, 'silu': nn.silu}
 
 
+# What each field is to a saved model, declared once; every other field fixes what the
+# weights mean, so a checkpoint fits only a model with the same value.
+#   RUNTIME: how the model runs, not what it computes (the attention kernel, what the
+#     backward pass recomputes): may differ on resume, fine-tuning and inference.
+#   TRAINING: how it is trained (regularisation, compute precision): a fine-tuning run may
+#     choose its own; a resumed run may not (it continues one run, bit for bit).
+RUNTIME_FIELDS = frozenset({'attention_impl', 'remat'})
+TRAINING_FIELDS = frozenset({'dropout_rate', 'attention_dropout_rate', 'dtype'})
+# Fields added after checkpoints were first written: saved only where they differ from
+# their defaults, so that older saved configs still compare equal.
+LATER_FIELDS = ('activation', 'scale_embedding', 'logits_bias', 'zero_pad_embedding')
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
   """Hyper-parameters of the model (defaults: the paper's base model).

@@ -27,8 +27,8 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import sentencepiece as spm
 
-PAD_ID = 0
-EOS_ID = 1
+from transformer_jax.model_config import EOS_ID, PAD_ID
+
 UNK_ID = 2
 
 # Characters that show nothing, which SentencePiece drops or maps to <unk> (a regex class's

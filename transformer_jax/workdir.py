@@ -10,6 +10,7 @@
 <workdir>/config.json                    the training config (once a resume accepted it)
 <workdir>/model_config.json              the TransformerConfig, as `model_config_to_dict`
 <workdir>/metrics.jsonl, tensorboard/    scalars (`metrics.MetricWriter`)
+<workdir>/train.log                      the training CLI's whole log (the console shows less)
 <workdir>/translations/<label>_step<N>.txt   what an evaluation decoded
 ```
 """
@@ -25,24 +26,23 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-from transformer_jax.model import TransformerConfig
+from transformer_jax.model_config import LATER_FIELDS, TransformerConfig
 
 _DTYPE_FIELDS = ('dtype', 'param_dtype')
-# Model-config fields added after checkpoints were first written: saved only when they
-# differ from the default, so that older checkpoints' configs still compare equal.
-_OPTIONAL_FIELDS = ('activation', 'scale_embedding', 'logits_bias', 'zero_pad_embedding')
 # The vocabulary file of an imported model (a `tokenizer.TwoModelVocabulary`).
 TWO_MODEL_VOCAB = 'vocab.two_models.json'
 
 
-class CheckpointError(ValueError):
-  """A checkpoint or workdir file cannot be used: incompatible with this run, or unreadable."""
+class WorkdirError(ValueError):
+  """A workdir or one of its files cannot be used: missing, unreadable, invalid or
+  incompatible (`checkpoint.CheckpointError`, `inference.InferenceError` are kinds of it);
+  the command lines report it in one line."""
 
 
 # Workdir attribute -> path below the root.
 _LAYOUT = {'checkpoints': 'checkpoints', 'corrupt': 'checkpoints_corrupt', 'averaged': 'averaged',
            'config_json': 'config.json', 'model_config_json': 'model_config.json',
-           'metrics_jsonl': 'metrics.jsonl', 'tensorboard': 'tensorboard',
+           'metrics_jsonl': 'metrics.jsonl', 'tensorboard': 'tensorboard', 'log': 'train.log',
            'two_model_vocab': TWO_MODEL_VOCAB, 'marian_files': 'marian_files.json'}
 
 
@@ -57,6 +57,7 @@ class Workdir:
   model_config_json: str = dataclasses.field(init=False)
   metrics_jsonl: str = dataclasses.field(init=False)
   tensorboard: str = dataclasses.field(init=False)
+  log: str = dataclasses.field(init=False)
   two_model_vocab: str = dataclasses.field(init=False)
   marian_files: str = dataclasses.field(init=False)
 
@@ -135,10 +136,10 @@ class Workdir:
 
 def model_config_to_dict(cfg: TransformerConfig) -> dict[str, Any]:
   """TransformerConfig -> JSON-able dict (dtypes as names, e.g. 'bfloat16'; the
-  `_OPTIONAL_FIELDS` only where they differ from their defaults)."""
+  `model_config.LATER_FIELDS` only where they differ from their defaults)."""
   values = dataclasses.asdict(cfg)
   defaults = {f.name: f.default for f in dataclasses.fields(TransformerConfig)}
-  for key in _OPTIONAL_FIELDS:
+  for key in LATER_FIELDS:
     if values[key] == defaults[key]:
       del values[key]
   for key in _DTYPE_FIELDS:
@@ -152,18 +153,18 @@ def model_config_from_dict(values: Mapping[str, Any],
   known = {f.name for f in dataclasses.fields(TransformerConfig)}
   unknown = sorted(set(values) - known)
   if unknown:
-    raise CheckpointError(f'{source}: unknown TransformerConfig key(s) {unknown}')
+    raise WorkdirError(f'{source}: unknown TransformerConfig key(s) {unknown}')
   values = dict(values)
   for key in _DTYPE_FIELDS:
     if key in values:
       try:
         values[key] = getattr(jnp, jnp.dtype(values[key]).name)
       except TypeError:
-        raise CheckpointError(f'{source}: {key}={values[key]!r} is not a dtype name') from None
+        raise WorkdirError(f'{source}: {key}={values[key]!r} is not a dtype name') from None
   try:
     return TransformerConfig(**values)
   except (TypeError, ValueError) as e:
-    raise CheckpointError(f'{source}: {e}') from None
+    raise WorkdirError(f'{source}: {e}') from None
 
 
 def file_sha256(path: str) -> str:
@@ -174,19 +175,19 @@ def file_sha256(path: str) -> str:
       for block in iter(lambda: f.read(1 << 20), b''):
         digest.update(block)
   except OSError as e:
-    raise CheckpointError(f'{path}: cannot read ({e.strerror})') from None
+    raise WorkdirError(f'{path}: cannot read ({e.strerror})') from None
   return digest.hexdigest()
 
 
 def read_json(path: str) -> dict[str, Any]:
-  """A JSON file's value; CheckpointError naming the file (and line) if unreadable."""
+  """A JSON file's value; WorkdirError naming the file (and line) if unreadable."""
   try:
     with open(path) as f:
       return json.load(f)
   except json.JSONDecodeError as e:
-    raise CheckpointError(f'{path}:{e.lineno}: invalid JSON ({e.msg})') from None
+    raise WorkdirError(f'{path}:{e.lineno}: invalid JSON ({e.msg})') from None
   except OSError as e:
-    raise CheckpointError(f'{path}: cannot read ({e.strerror})') from None
+    raise WorkdirError(f'{path}: cannot read ({e.strerror})') from None
 
 
 def write_json_atomic(path: str, value: Any) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Callable, NoReturn, Optional, Sequence
 import jax
 
 from transformer_jax import decoding
+from transformer_jax.workdir import WorkdirError
 
 
 class UserError(Exception):
@@ -33,22 +34,34 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_main(prog: str, body: Callable[[], None],
-             user_errors: tuple[type[BaseException], ...] = (),
-             silence_after: tuple[type[BaseException], ...] = ()) -> int:
-  """Run `body`; a UserError or one of `user_errors` -> one line on stderr, returns 2.
+             user_errors: tuple[type[BaseException], ...] = ()) -> int:
+  """Run `body`; a UserError, a `workdir.WorkdirError` or one of `user_errors` -> one line
+  on stderr, returns 2.
 
-  After one of `silence_after` (errors whose background threads keep failing until the
-  process ends), the process's stderr goes to /dev/null once the line is printed.
+  An error with a `log_path` (a failed checkpoint save, whose abandoned background writes
+  keep printing until the process ends) names that file in its line, and the rest of
+  stderr goes there (or, if it cannot be opened, stays on the console).
   """
   try:
     body()
-  except (UserError, *user_errors) as e:
+  except (UserError, WorkdirError, *user_errors) as e:
     message = ' '.join(str(e).split()) or type(e).__name__
+    log = _open_log(getattr(e, 'log_path', None))
+    if log is not None:
+      message += f'; what follows is in {log.name}'
     print(f'{prog}: error: {message}', file=sys.stderr, flush=True)
-    if isinstance(e, silence_after):
-      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+    if log is not None:
+      os.dup2(log.fileno(), sys.stderr.fileno())
     return 2
   return 0
+
+
+def _open_log(path: Optional[str]) -> Optional[Any]:
+  """`path` opened for appending, or None (no path, or it cannot be opened)."""
+  try:
+    return None if path is None else open(path, 'a', encoding='utf-8')
+  except OSError:
+    return None
 
 
 def add_workdir_argument(parser: argparse.ArgumentParser) -> None:

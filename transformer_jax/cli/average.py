@@ -22,8 +22,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = cli.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True, help='training workdir (has checkpoints/)')
   parser.add_argument('--num_last', type=int, default=5, help='how many last checkpoints')
-  return cli.run_main(PROG, lambda: _average(parser.parse_args(argv)),
-                      (checkpoint.CheckpointError,))
+  return cli.run_main(PROG, lambda: _average(parser.parse_args(argv)))
 
 
 def _average(args) -> None:

@@ -18,7 +18,6 @@ from typing import Callable, Mapping, Optional, Sequence
 
 from transformer_jax import cli, inference
 from transformer_jax.interop import marian
-from transformer_jax.workdir import CheckpointError
 
 
 def _main(prog: str, description: str, flags: Mapping[str, str],
@@ -29,7 +28,7 @@ def _main(prog: str, description: str, flags: Mapping[str, str],
   for flag, help_text in flags.items():
     parser.add_argument(f'--{flag}', required=True, help=help_text)
   return cli.run_main(prog, lambda: print(action(parser.parse_args(argv))),
-                      (marian.ConversionError, CheckpointError, inference.InferenceError))
+                      (marian.ConversionError,))
 
 
 def import_main(argv: Optional[Sequence[str]] = None) -> int:

@@ -22,7 +22,6 @@ from typing import Optional, Sequence
 
 from transformer_jax import cli, inference
 from transformer_jax.parsing import parser as parser_lib
-from transformer_jax.workdir import CheckpointError
 
 PROG = 'transformer-jax-parse'
 
@@ -47,8 +46,7 @@ def build_parser() -> cli.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Run the CLI; returns the exit code (2 with a one-line message for user errors)."""
-  return cli.run_main(PROG, lambda: _parse(build_parser().parse_args(argv)),
-                      (CheckpointError, inference.InferenceError))
+  return cli.run_main(PROG, lambda: _parse(build_parser().parse_args(argv)))
 
 
 def _parse(args) -> None:

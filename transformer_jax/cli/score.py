@@ -20,7 +20,6 @@ import sys
 from typing import Optional, Sequence
 
 from transformer_jax import cli, hypotheses, inference
-from transformer_jax.workdir import CheckpointError
 
 PROG = 'transformer-jax-score'
 
@@ -42,8 +41,7 @@ def build_parser() -> cli.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Run the CLI; returns the exit code (2 with a one-line message for user errors)."""
-  return cli.run_main(PROG, lambda: _score(build_parser().parse_args(argv)),
-                      (CheckpointError, inference.InferenceError))
+  return cli.run_main(PROG, lambda: _score(build_parser().parse_args(argv)))
 
 
 def _score(args) -> None:

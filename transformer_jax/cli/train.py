@@ -9,14 +9,15 @@ exit status 2 (`cli`).
 
 from __future__ import annotations
 
+import os
 import sys
-import threading
 from typing import Optional, Sequence
 
 from absl import logging
 
 from transformer_jax import cli
 from transformer_jax.training import config as config_lib
+from transformer_jax.workdir import Workdir
 
 PROG = 'transformer-jax-train'
 _OVERRIDE = '--config.'
@@ -48,8 +49,8 @@ def parse(argv: Sequence[str]) -> tuple[object, str]:
   for key, value in overrides:
     try:
       config_lib.apply_override(config, key, value)
-    except KeyError:
-      raise cli.UserError(f"bad --config flag: unknown config key '{key}'") from None
+    except KeyError as e:
+      raise cli.UserError(f'bad --config flag: unknown config key {e.args[0]}') from None
     except (ValueError, TypeError, SyntaxError) as e:
       raise cli.UserError(f'bad --config flag: {e}') from None
   return config, args.workdir
@@ -57,48 +58,43 @@ def parse(argv: Sequence[str]) -> tuple[object, str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Parse flags, then train; returns the exit code (2 with one line for user errors)."""
-  from transformer_jax.checkpoint import CheckpointSaveError  # orbax (starts no backend)
-  # After a failed save, the writes orbax abandoned keep failing until the process ends
-  # (asyncio's 'exception was never retrieved', 'Event loop is closed'): the one line is all.
   return cli.run_main(PROG, lambda: _train(*parse(sys.argv[1:] if argv is None else argv)),
-                      (ValueError, FloatingPointError, OSError),
-                      silence_after=(CheckpointSaveError,))
+                      (ValueError, FloatingPointError, OSError))
 
 
 def _train(config, workdir: str) -> None:
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
+  log_to_workdir(Workdir(workdir).log)
   quiet_checkpoint_info()
-  drop_closed_loop_callbacks()
   from transformer_jax.training import distributed, train_lib  # after flag parsing: JAX starts here.
   distributed.initialize()  # multi-host: from JAX_* env or the cluster (docs/scaling.md)
   train_lib.train_and_evaluate(config, workdir)
 
 
+def log_to_workdir(path: str) -> None:
+  """Every log record, at INFO and above and with its traceback, appended to `path` (the
+  workdir's train.log), whatever the console shows (nothing if it cannot be written)."""
+  import logging as std_logging
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handler = std_logging.FileHandler(path, encoding='utf-8')
+  except OSError:
+    return  # an unwritable workdir: the training set-up says so in one line
+  handler.setFormatter(std_logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+  std_logging.getLogger().addHandler(handler)
+
+
 def quiet_checkpoint_info() -> None:
-  """Drop the INFO chatter of orbax and of TensorFlow's checkpointing of the data iterator
-  (several lines per save) from the absl log, and orbax's tracebacks from its writer
-  threads (a failed save is reported once, by checkpoint.CheckpointSaveError); keep
-  warnings."""
+  """Keep the INFO chatter of orbax and of TensorFlow's checkpointing of the data iterator
+  (several lines per save), and orbax's tracebacks from its writer threads (a failed save
+  is reported in one line, `checkpoint.CheckpointSaveError`), off the console; they stay
+  in the workdir's log (`log_to_workdir`). Warnings still show."""
   import logging as std_logging
   chatty = ('/orbax/', '/tensorflow/python/checkpoint/')
   logging.get_absl_handler().addFilter(
       lambda r: not any(p in r.pathname for p in chatty)
       or (r.levelno >= std_logging.WARNING and not r.exc_info))
-
-
-def drop_closed_loop_callbacks() -> None:
-  """Drop the 'Event loop is closed' traceback that tensorstore prints (through
-  sys.excepthook, from its own threads) for every write still in flight when a failed
-  save ends orbax's event loop: hundreds for a big model. The failure itself is reported
-  once, as checkpoint.CheckpointSaveError."""
-  previous = sys.excepthook
-
-  def hook(kind, value, traceback):
-    if not (kind is RuntimeError and str(value) == 'Event loop is closed'
-            and threading.current_thread() is not threading.main_thread()):
-      previous(kind, value, traceback)
-  sys.excepthook = hook
 
 
 def run() -> None:

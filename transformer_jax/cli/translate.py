@@ -33,7 +33,7 @@ import sys
 from typing import Optional, Sequence
 
 from transformer_jax import bleu, cli, hypotheses, inference
-from transformer_jax.workdir import CheckpointError, Workdir
+from transformer_jax.workdir import Workdir
 
 PROG = 'transformer-jax-translate'
 
@@ -115,8 +115,7 @@ def search_options(args) -> hypotheses.SearchOptions:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Run the CLI; returns the exit code (2 with a one-line message for user errors)."""
-  return cli.run_main(PROG, lambda: _translate(build_parser().parse_args(argv)),
-                      (CheckpointError, inference.InferenceError))
+  return cli.run_main(PROG, lambda: _translate(build_parser().parse_args(argv)))
 
 
 def _translate(args) -> None:

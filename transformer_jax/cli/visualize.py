@@ -26,7 +26,6 @@ import numpy as np  # noqa: E402
 from transformer_jax import cli, decoding, inference  # noqa: E402
 from transformer_jax.model import Transformer  # noqa: E402
 from transformer_jax.model_config import EOS_ID  # noqa: E402
-from transformer_jax.workdir import CheckpointError  # noqa: E402
 
 INCHES_PER_TOKEN = 0.28
 HEADS_PER_ROW = 4
@@ -121,8 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--output_dir', required=True, help='where to write the PNGs')
   parser.add_argument('--beam_size', type=int, default=4, help='1 means greedy decoding')
   parser.add_argument('--alpha', type=float, default=0.6, help='length penalty exponent')
-  return cli.run_main(PROG, lambda: _visualize(parser.parse_args(argv)),
-                      (CheckpointError, inference.InferenceError))
+  return cli.run_main(PROG, lambda: _visualize(parser.parse_args(argv)))
 
 
 def _visualize(args) -> None:

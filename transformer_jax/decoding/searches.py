@@ -203,6 +203,41 @@ class BeamState:
   step: Any                  # the step's state, K rows per sentence
 
 
+def _continuations(log_probs: Array, alive_log_probs: Array, at_limit: Array
+                   ) -> tuple[Array, Array, Array]:
+  """The 2K best continuations of each sentence's K alive hypotheses (log-probs [B·K, V],
+  alive log-probs [B, K]; rows at their limit [B·K] continue with EOS alone) -> their
+  log-probs, the hypothesis each continues and its token, [B, 2K] each, best first.
+
+  They are among the 2K best tokens of each hypothesis: those are ranked (K·2K candidates,
+  not K·V). 2K, because at most K of them end in EOS, so K can stay alive."""
+  batch, k = alive_log_probs.shape
+  width = min(2 * k, log_probs.shape[-1])
+  beam_log_probs, beam_tokens = backend.top_k(log_probs, width)
+  eos_only = jnp.where(jnp.arange(width) == 0, log_probs[:, EOS_ID][:, None], NEG_INF)
+  beam_log_probs = jnp.where(at_limit[:, None], eos_only, beam_log_probs)
+  beam_tokens = jnp.where(at_limit[:, None], EOS_ID, beam_tokens)
+  candidates = alive_log_probs[:, :, None] + beam_log_probs.reshape(batch, k, width)
+  top_log_probs, top_index = lax.top_k(candidates.reshape(batch, k * width), 2 * k)
+  token = jnp.take_along_axis(beam_tokens.reshape(batch, k * width), top_index, axis=1)
+  return top_log_probs, top_index // width, token
+
+
+def _merge_finished(s: BeamState, tokens: Array, log_probs: Array, ends: Array,
+                    alpha: Array) -> tuple[Array, Array, Array]:
+  """The K best finished hypotheses of those so far and the candidates that `ends` [B, 2K]
+  marks (tokens [B, 2K, L], log-probs [B, 2K]) -> their tokens, scores, log-probs."""
+  k = s.finished_scores.shape[1]
+  scores = log_probs / length_penalty((s.index + 1).astype(jnp.float32), alpha)
+  merged = jnp.concatenate([s.finished_scores, jnp.where(ends, scores, NEG_INF)], 1)
+  finished_scores, keep = lax.top_k(merged, k)
+  finished_tokens = jnp.take_along_axis(
+      jnp.concatenate([s.finished_tokens, tokens], axis=1), keep[:, :, None], axis=1)
+  finished_log_probs = jnp.take_along_axis(
+      jnp.concatenate([s.finished_log_probs, log_probs], axis=1), keep, axis=1)
+  return finished_tokens, finished_scores, finished_log_probs
+
+
 @functools.partial(jax.jit, static_argnames=('beam_size', 'length', 'n_best', 'stop_early'))
 def _beam_search(step: Step, inputs: Array, alpha: Array, max_extra_len: Array,
                  min_len: Array, *, beam_size: int, length: int, n_best: int = 1,
@@ -212,7 +247,6 @@ def _beam_search(step: Step, inputs: Array, alpha: Array, max_extra_len: Array,
   change)."""
   batch, k = inputs.shape[0], beam_size
   limits = _limits(inputs, max_extra_len, length)
-  row_limits = jnp.repeat(limits, k)
   best_alive_penalty = length_penalty(limits.astype(jnp.float32), alpha)
 
   def body(s: BeamState) -> BeamState:
@@ -220,54 +254,29 @@ def _beam_search(step: Step, inputs: Array, alpha: Array, max_extra_len: Array,
                                         keepdims=False)
     previous = jnp.where(s.index > 0, previous, PAD_ID).reshape(batch * k)
     log_probs, step_state = step.log_probs(s.step, previous, s.index)
-    at_limit = s.index + 1 >= row_limits
-    log_probs = _ban_early_eos(log_probs, s.index + 1, min_len, at_limit)
-    # The 2K best continuations of a sentence are among the 2K best of each of its
-    # hypotheses: rank those (K·2K candidates, not K·V). At the limit, EOS alone.
-    width = min(2 * k, log_probs.shape[-1])
-    beam_log_probs, beam_tokens = backend.top_k(log_probs, width)
-    first = (jnp.arange(width) == 0)[None]
-    beam_log_probs = jnp.where(at_limit[:, None], jnp.where(
-        first, log_probs[:, EOS_ID][:, None], NEG_INF), beam_log_probs)
-    beam_tokens = jnp.where(at_limit[:, None], EOS_ID, beam_tokens)
-    candidates = s.alive_log_probs[:, :, None] + beam_log_probs.reshape(batch, k, width)
-    # 2K candidates: at most K of them end in EOS, so K can stay alive.
-    top_log_probs, top_index = lax.top_k(candidates.reshape(batch, k * width), 2 * k)
-    origin = top_index // width
-    token = jnp.take_along_axis(beam_tokens.reshape(batch, k * width), top_index, axis=1)
+    at_limit = s.index + 1 >= limits
+    row_at_limit = jnp.repeat(at_limit, k)
+    log_probs = _ban_early_eos(log_probs, s.index + 1, min_len, row_at_limit)
+    top_log_probs, origin, token = _continuations(log_probs, s.alive_log_probs, row_at_limit)
     top_seq = jnp.take_along_axis(s.alive_tokens, origin[:, :, None], axis=1)
     top_seq = lax.dynamic_update_slice(top_seq, token[:, :, None], (0, 0, s.index))
     is_eos = token == EOS_ID
-    sentence_at_limit = s.index + 1 >= limits
-
-    # Finished: the K best of those so far and the EOS candidates among the K best (every
-    # one of the K best at the length limit). EOS ranked below K is dropped, so a beam of 1
-    # makes the greedy choice.
-    new_scores = top_log_probs / length_penalty((s.index + 1).astype(jnp.float32), alpha)
-    ends = ((is_eos | sentence_at_limit[:, None]) & (jnp.arange(2 * k) < k)
-            & ~s.done[:, None])
-    merged = jnp.concatenate([s.finished_scores, jnp.where(ends, new_scores, NEG_INF)], 1)
-    finished_scores, keep = lax.top_k(merged, k)
-    finished_tokens = jnp.take_along_axis(
-        jnp.concatenate([s.finished_tokens, top_seq], axis=1), keep[:, :, None], axis=1)
-    finished_log_probs = jnp.take_along_axis(
-        jnp.concatenate([s.finished_log_probs, top_log_probs], axis=1), keep, axis=1)
-
+    # Finished: the EOS candidates among the K best (every one of the K best at the
+    # limit). EOS ranked below K is dropped, so a beam of 1 makes the greedy choice.
+    ends = (is_eos | at_limit[:, None]) & (jnp.arange(2 * k) < k) & ~s.done[:, None]
+    finished = _merge_finished(s, top_seq, top_log_probs, ends, alpha)
     # Alive: the K best candidates that did not end in EOS.
     alive_log_probs, keep = lax.top_k(jnp.where(is_eos, NEG_INF, top_log_probs), k)
     alive_tokens = jnp.take_along_axis(top_seq, keep[:, :, None], axis=1)
     step_state = step.reorder(step_state, jnp.take_along_axis(origin, keep, axis=1))
-
     # A sentence is done at its length limit, or once the last of the hypotheses returned
     # (the n-th best finished) scores at least what any continuation of an alive one still
     # could: log-probs only fall, and with alpha >= 0 the penalty grows at most to the one
     # at the limit. K finished hypotheses alone do not stop it: an alive one may beat them.
-    done = s.done | sentence_at_limit
+    done = s.done | at_limit
     if stop_early:
-      bound = alive_log_probs[:, 0] / best_alive_penalty
-      done = done | (finished_scores[:, n_best - 1] >= bound)
-    return BeamState(s.index + 1, alive_tokens, alive_log_probs, finished_tokens,
-                     finished_scores, finished_log_probs, done, step_state)
+      done = done | (finished[1][:, n_best - 1] >= alive_log_probs[:, 0] / best_alive_penalty)
+    return BeamState(s.index + 1, alive_tokens, alive_log_probs, *finished, done, step_state)
 
   start = Start(inputs, limits, k, length)
   first_beam_only = jnp.where(jnp.arange(k) == 0, 0.0, NEG_INF)

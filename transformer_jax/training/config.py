@@ -1,19 +1,22 @@
 """The training config: its schema (every key's default, rule and role), validation, loading.
 
 Config files (`configs/*.py`) return `default_config()` with some values changed; importing
-this module loads only `ml_collections` (no JAX, no training code). Each key is declared
-once, in `_SCHEMA`: its default, the rule a value must satisfy (None: any value of the
-default's type) and whether it is part of the training data's identity (`DATA_KEYS`: a
-checkpoint's data-iterator position only fits an input pipeline built with the same values).
-The model's values (`config.model`) are checked by `TransformerConfig` itself.
+this module loads only `ml_collections` (no training code). Each key is declared once, in
+`_SCHEMA`: its default, the rule a value must satisfy (None: any value of the default's
+type) and whether it is part of the training data's identity (`DATA_KEYS`: a checkpoint's
+data-iterator position only fits an input pipeline built with the same values). The
+model's keys (`config.model`) are `TransformerConfig`'s fields, with its defaults and its
+checks. A renamed key (`RENAMED`) is refused with its new name.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import importlib.util
 import os
+import typing
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import ml_collections
@@ -91,8 +94,8 @@ _SCHEMA: tuple[tuple[str, Any, Optional[Rule], bool], ...] = (
     ('eval_every_minutes', 0.0, NON_NEGATIVE, RUN),  # also every so many training minutes
     ('num_eval_batches', -1, Rule('-1 (all) or > 0', lambda v: v == -1 or v > 0), RUN),
     # Sentences decoded at each evaluation (translation: BLEU; parsing: F1); 0: none, -1: all.
-    ('num_bleu_sentences', 500, Rule('-1 (all) or >= 0', lambda v: v >= -1), RUN),
-    ('bleu_split', 'eval', None, RUN),  # 'eval' | 'test': the split those sentences come from
+    ('decode_sentences', 500, Rule('-1 (all) or >= 0', lambda v: v >= -1), RUN),
+    ('decode_split', 'eval', None, RUN),  # 'eval' | 'test': the split they come from
     ('decode_batch_size', 32, POSITIVE, RUN),  # sentences per decoding batch at evaluation
     ('max_decode_len', 256, POSITIVE, RUN),
     ('save_every_steps', 1000, POSITIVE, RUN),
@@ -105,25 +108,40 @@ _SCHEMA: tuple[tuple[str, Any, Optional[Rule], bool], ...] = (
     ('progress_bar', True, None, RUN),
 )
 DATA_KEYS = tuple(key for key, _, _, data in _SCHEMA if data)
+# Keys that were renamed: an old name is refused with the new one.
+RENAMED = {'num_bleu_sentences': 'decode_sentences', 'bleu_split': 'decode_split'}
 DTYPES = ('float32', 'bfloat16', 'float16')
 
 
 def default_config() -> ml_collections.ConfigDict:
   """The full training ConfigDict with the paper's recipe as defaults (base, WMT14 EN→DE).
 
-  Every key a config may set is here; `validate_config` rejects any other.
+  Every key a config may set is here; `validate_config` rejects any other. `model` holds
+  `TransformerConfig`'s fields and defaults (dtypes by name) but the vocabulary sizes,
+  which come from the tokenizer.
   """
   c = ml_collections.ConfigDict({key: default for key, default, _, _ in _SCHEMA})
-  # Model: TransformerConfig fields except the vocabulary sizes (from the tokenizer).
-  c.model = ml_collections.ConfigDict(dict(
-      d_model=512, d_ff=2048, num_heads=8, d_k=placeholder(int), d_v=placeholder(int),
-      num_encoder_layers=6, num_decoder_layers=6, dropout_rate=0.1,
-      attention_dropout_rate=0.0, max_len=512, positional='sinusoidal',
-      share_embeddings=True, logits_via_embedding=True, pre_norm=False,
-      layer_norm_epsilon=1e-6, activation='relu', scale_embedding=True, logits_bias=False,
-      zero_pad_embedding=False, dtype='float32', param_dtype='float32',
-      attention_impl=placeholder(str), remat='none'))
+  c.model = ml_collections.ConfigDict(_model_defaults())
   return c
+
+
+def _model_defaults() -> dict[str, Any]:
+  """`TransformerConfig`'s defaults as config values: dtypes by name, None as a typed
+  placeholder."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from transformer_jax.model_config import TransformerConfig  # pylint: disable=g-import-not-at-top
+  hints = typing.get_type_hints(TransformerConfig)
+  values = {}
+  for field in dataclasses.fields(TransformerConfig):
+    if field.name in ('vocab_size', 'target_vocab_size'):
+      continue
+    if field.name in ('dtype', 'param_dtype'):
+      values[field.name] = jnp.dtype(field.default).name
+    elif field.default is None:  # Optional[X]: a placeholder of type X
+      values[field.name] = placeholder(typing.get_args(hints[field.name])[0])
+    else:
+      values[field.name] = field.default
+  return values
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -153,7 +171,7 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
   *parents, name = key.split('.')
   node = functools.reduce(lambda c, k: c[k], parents, config)
   if not hasattr(node, 'get_type') or name not in node:
-    raise KeyError(key)
+    raise KeyError(_unknown_key_hint(key))
   kind = node.get_type(name)
   if kind is bool:
     if text.lower() not in ('true', 'false', '1', '0'):
@@ -167,6 +185,12 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
     except ValueError:
       raise ValueError(f'--config.{key}={text!r}: expected a {kind.__name__}') from None
   node[name] = value
+
+
+def _unknown_key_hint(key: str) -> str:
+  """'key', or for a renamed key 'key' (renamed: config.<new>)."""
+  new = RENAMED.get(key)
+  return repr(key) + (f' (renamed: config.{new})' if new else '')
 
 
 def _unknown_keys(config: Mapping[str, Any], reference: Mapping[str, Any],
@@ -186,7 +210,7 @@ def validate_config(config: Mapping[str, Any]) -> None:
   max_len / max_eval_len longer than model.max_len)."""
   unknown = _unknown_keys(config, default_config())
   if unknown:
-    raise ValueError(f"unknown config key(s) {', '.join(map(repr, unknown))}; "
+    raise ValueError(f"unknown config key(s) {', '.join(map(_unknown_key_hint, unknown))}; "
                      'see transformer_jax.training.config for the valid keys')
   get = lambda key: functools.reduce(lambda c, k: c[k], key.split('.'), config)
   bad = [f'config.{key}={config[key]!r} must be {rule.words}' for key, _, rule, _ in _SCHEMA

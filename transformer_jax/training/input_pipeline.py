@@ -39,6 +39,7 @@ Bad input raises `DataError` with a one-line message naming the file and line.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import io
 import logging
@@ -46,6 +47,7 @@ import math
 import os
 import tarfile
 import tempfile
+import weakref
 from typing import Callable, Iterator, Optional, Sequence
 
 import jax
@@ -311,6 +313,13 @@ class TrainIterator:
   def __init__(self, dataset: tf.data.Dataset):
     self._iterator = iter(dataset)
     self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
+    # The pipeline's threads must stop before the interpreter does: one running Python
+    # (sampled segmentations) then aborts the process ("terminate called ...").
+    atexit.register(lambda ref: ref() and ref().close(), weakref.ref(self))
+
+  def close(self) -> None:
+    """Stop the pipeline's threads; the iterator cannot be used afterwards."""
+    self._iterator = self._checkpoint = None
 
   def __iter__(self) -> 'TrainIterator':
     return self

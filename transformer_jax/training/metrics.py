@@ -1,9 +1,5 @@
-"""Training metrics: the label-smoothed loss, model FLOPs / MFU, and the metric writers.
-
-Loss (paper §5.4): cross-entropy against the smoothed target distribution
-q = (1 - ε)·onehot(y) + ε/V, summed over real (non-padding, id != 0) target
-tokens and divided by their number. `nll` is the plain cross-entropy (perplexity
-= exp(nll / tokens)).
+"""Training metrics: per-token means of the loss terms (`loss`), model FLOPs / MFU, and
+the metric writers. Perplexity = exp(nll / tokens).
 
 Model FLOPs of one training step (the formula behind `mfu`), with N_enc / N_dec
 the encoder / decoder parameters without embeddings, S / T the real source /
@@ -28,7 +24,6 @@ import time
 from typing import Any, Mapping, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -43,26 +38,6 @@ PEAK_TFLOPS = {
     'TPU v6 lite': 918.0, 'NVIDIA H100': 989.0, 'NVIDIA H200': 989.0,
     'NVIDIA A100': 312.0, 'NVIDIA L4': 121.0,
 }
-
-
-def loss_terms(logits: Array, targets: Array, label_smoothing: float) -> dict[str, Array]:
-  """Summed metrics over real target tokens of logits [..., T, V] and targets [..., T].
-
-  Returns scalars: `loss` (label-smoothed cross-entropy, sum), `nll` (plain
-  cross-entropy, sum), `correct` (argmax hits) and `tokens` (number of real tokens).
-  """
-  # With q = (1 - ε)·onehot(y) + ε/V and log p = logits - lse:
-  #   -Σ q·log p = (1 - ε)·nll + ε·(lse - mean(logits)),  nll = lse - logits[y].
-  # log-softmax is never materialised, nor a one-hot [.., V] array.
-  weights = (targets > 0).astype(jnp.float32)
-  logits = logits.astype(jnp.float32)
-  lse = jax.nn.logsumexp(logits, axis=-1)
-  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  nll = lse - picked
-  loss = (1.0 - label_smoothing) * nll + label_smoothing * (lse - jnp.mean(logits, axis=-1))
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-  return {'loss': jnp.sum(loss * weights), 'nll': jnp.sum(nll * weights),
-          'correct': jnp.sum(correct * weights), 'tokens': jnp.sum(weights)}
 
 
 def summarize(sums: Mapping[str, Any]) -> dict[str, float]:

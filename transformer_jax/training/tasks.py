@@ -1,20 +1,23 @@
 """What differs between tasks: how training pairs are read, and what evaluation computes.
 
-A task is three hooks (`Task`): `read_pairs(config, split, process_index, process_count)`,
+A task (`Task`) is four hooks: `read_pairs(config, split, process_index, process_count)`,
 a `tf.data.Dataset` of (input, output) string pairs that `input_pipeline` tokenises and
 batches; `vocabulary_symbols(config)`, strings the vocabulary must hold as single pieces;
-and `make_evaluator(context)`, the function training's periodic evaluation calls beside
-the loss (`(label, params, step) -> {name: value}`, logged as `<label>/<name>`).
-`config.task` picks one of `TASKS`. Translation reads parallel text (`sources`) and scores
-BLEU; parsing reads the embedded treebank as (sentence, linearised tree) pairs and scores
-labelled bracket F1 (`transformer_jax.parsing`). Both decode the first
-`num_bleu_sentences` sentences of the split `bleu_split` names, greedily.
+`eval_examples(config, split)`, what evaluation decodes; and `decode_and_score(model,
+examples, config, mesh)`, decoding them greedily and scoring the outputs. `make_evaluator`
+builds from the last two the function training's periodic evaluation calls beside the
+loss (`(label, params, step) -> {name: value}`, logged as `<label>/<name>`): it decodes
+the first `decode_sentences` examples of the split `decode_split` names and keeps the
+outputs in `Workdir.translations(label, step)`. `config.task` picks one of `TASKS`.
+Translation reads parallel text (`sources`) and scores BLEU; parsing reads the embedded
+treebank as (sentence, linearised tree) pairs and scores labelled bracket F1
+(`transformer_jax.parsing`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Protocol, Sequence
 
 import jax
 from absl import logging
@@ -39,8 +42,16 @@ class EvalContext:
   is_main: bool
 
 
+class Scored(NamedTuple):
+  """What decoding evaluation examples gives: the scalars to log, one output line per
+  example (kept in the workdir) and a one-line summary for the log."""
+  metrics: dict[str, float]
+  outputs: list[str]
+  summary: str
+
+
 class Task(Protocol):
-  """A task's data hook and evaluation hook."""
+  """A task's data hooks and evaluation hooks."""
 
   def read_pairs(self, config: Any, split: str, process_index: int = 0,
                  process_count: int = 1) -> Any:
@@ -49,8 +60,38 @@ class Task(Protocol):
   def vocabulary_symbols(self, config: Any) -> Sequence[str]:
     """SentencePiece user-defined symbols for a new vocabulary (each one piece)."""
 
-  def make_evaluator(self, context: EvalContext) -> Optional[Evaluator]:
-    """The evaluation beside the loss, or None for none."""
+  def eval_examples(self, config: Any, split: str) -> Sequence[Any]:
+    """The examples of `split` that evaluation decodes (in order)."""
+
+  def decode_and_score(self, model: inference.LoadedModel, examples: Sequence[Any],
+                       config: Any, mesh: Optional[Mesh]) -> Scored:
+    """Decode `examples` greedily with `model` (per device on `mesh`) and score them."""
+
+
+def make_evaluator(task: Task, context: EvalContext) -> Optional[Evaluator]:
+  """The evaluation beside the loss: `task` decodes the first `decode_sentences` examples
+  of `decode_split`; None if there is none (0 sentences, or synthetic data)."""
+  config = context.config
+  if context.tokenizer is None or not config.decode_sentences:
+    return None
+  examples = task.eval_examples(config, config.decode_split)
+  if config.decode_sentences > 0:
+    examples = examples[:config.decode_sentences]
+  # One host: per device (several processes keep the global program: each holds all the
+  # sentences, and the per-device path takes process-local rows).
+  mesh = context.mesh if jax.process_count() == 1 else None
+
+  def evaluate(label: str, params: Any, step: int) -> dict[str, float]:
+    model = inference.LoadedModel(decoding.Model(params, context.model_config),
+                                  context.tokenizer)
+    scored = task.decode_and_score(model, examples, config, mesh)
+    if context.is_main:
+      path = context.workdir.translations(label, step)
+      bleu.write_hypotheses(path, scored.outputs)
+      logging.info('step %d %s on %d %s examples: %s; outputs in %s', step, label,
+                   len(examples), config.decode_split, scored.summary, path)
+    return scored.metrics
+  return evaluate
 
 
 def translate_and_score(params: Any, model_cfg: TransformerConfig, tokenizer: Any,
@@ -76,9 +117,7 @@ def translate_and_score(params: Any, model_cfg: TransformerConfig, tokenizer: An
 
 class Translation:
   """Parallel text (`sources`: text files, the embedded Bible, tfds) scored by BLEU (with
-  the tokenizer of `target_lang`) on the first `num_bleu_sentences` pairs of `bleu_split`,
-  greedy; the translations are kept in
-  `Workdir.translations(label, step)`."""
+  the tokenizer of `target_lang`), translated greedily."""
 
   def read_pairs(self, config: Any, split: str, process_index: int = 0,
                  process_count: int = 1) -> Any:
@@ -88,42 +127,27 @@ class Translation:
   def vocabulary_symbols(self, config: Any) -> Sequence[str]:
     return ()
 
-  def make_evaluator(self, context: EvalContext) -> Optional[Evaluator]:
-    config = context.config
-    if context.tokenizer is None or not config.num_bleu_sentences:
-      return None
+  def eval_examples(self, config: Any, split: str) -> Sequence[tuple[str, str]]:
     from transformer_jax.training import sources
-    pairs = sources.load_raw(config, config.bleu_split)
-    if config.num_bleu_sentences > 0:
-      pairs = pairs[:config.num_bleu_sentences]
     bleu.sacrebleu_metric(config.target_lang)  # its tokenizer loads, before training
-    mesh = _decoding_mesh(context.mesh)
+    return sources.load_raw(config, split)
 
-    def evaluate(label: str, params: Any, step: int) -> dict[str, float]:
-      scores, hypotheses = translate_and_score(
-          params, context.model_config, context.tokenizer, pairs, config.decode_batch_size,
-          config.max_eval_len, mesh=mesh, target_lang=config.target_lang)
-      if context.is_main:
-        path = context.workdir.translations(label, step)
-        bleu.write_hypotheses(path, hypotheses)
-        logging.info('step %d %s on %d %s sentences: %s; translations in %s', step, label,
-                     len(pairs), config.bleu_split, bleu.format_scores(scores), path)
-      return {'bleu': scores.sacrebleu, 'bleu_tokenized': scores.tokenized}
-    return evaluate
-
-
-def _decoding_mesh(mesh: Mesh) -> Optional[Mesh]:
-  """The mesh to decode per device on: one host only (several processes keep the global
-  program: each holds all the sentences, and the per-device path takes process-local rows)."""
-  return mesh if jax.process_count() == 1 else None
+  def decode_and_score(self, model: inference.LoadedModel,
+                       examples: Sequence[tuple[str, str]], config: Any,
+                       mesh: Optional[Mesh]) -> Scored:
+    scores, hypotheses = translate_and_score(
+        model.decoder.params, model.decoder.config, model.vocab, examples,
+        config.decode_batch_size, config.max_eval_len, mesh=mesh,
+        target_lang=config.target_lang)
+    return Scored({'bleu': scores.sacrebleu, 'bleu_tokenized': scores.tokenized},
+                  hypotheses, bleu.format_scores(scores))
 
 
 class Parsing:
   """The embedded CRAFT treebank (`parsing.treebank`; `config.<role>_split` names 'train',
   'dev' or 'test') as (words, bracket sequence) pairs, the target symbols one piece each;
-  scored by EVALB F1 (all and <= 40 words) and the share of outputs that needed a repair on
-  the first `num_bleu_sentences` trees of `bleu_split`, parsed greedily (`parser.GREEDY`);
-  the trees are kept in `Workdir.translations(label, step)`."""
+  scored by EVALB F1 (all and <= 40 words) and the share of outputs that needed a repair,
+  parsed greedily (`parser.GREEDY`)."""
 
   def read_pairs(self, config: Any, split: str, process_index: int = 0,
                  process_count: int = 1) -> Any:
@@ -138,31 +162,18 @@ class Parsing:
     from transformer_jax.parsing import parser
     return parser.vocabulary_symbols(parser.split_name(config, 'train'))
 
-  def make_evaluator(self, context: EvalContext) -> Optional[Evaluator]:
-    config = context.config
-    if context.tokenizer is None or not config.num_bleu_sentences:
-      return None
+  def eval_examples(self, config: Any, split: str) -> Sequence[Any]:
     from transformer_jax.parsing import parser, treebank
-    split = parser.split_name(config, config.bleu_split)
-    golds = treebank.split_trees(split)
-    if config.num_bleu_sentences > 0:
-      golds = golds[:config.num_bleu_sentences]
-    mesh = _decoding_mesh(context.mesh)
+    return treebank.split_trees(parser.split_name(config, split))
 
-    def evaluate(label: str, params: Any, step: int) -> dict[str, float]:
-      model = inference.LoadedModel(decoding.Model(params, context.model_config),
-                                    context.tokenizer)
-      result = parser.parse_and_score(model, golds, parser.GREEDY, config.decode_batch_size,
-                                      mesh)
-      if context.is_main:
-        path = context.workdir.translations(label, step)
-        parser.write_trees(path, result.trees)
-        logging.info('step %d %s on %d %s trees (greedy): %s; <= 40 words: %s; %.1f%% '
-                     'repaired; trees in %s', step, label, len(golds), split,
-                     result.scores['all'], result.scores['len<=40'], result.repaired_percent,
-                     path)
-      return parser.summary(result)
-    return evaluate
+  def decode_and_score(self, model: inference.LoadedModel, examples: Sequence[Any],
+                       config: Any, mesh: Optional[Mesh]) -> Scored:
+    from transformer_jax.parsing import parser
+    result = parser.parse_and_score(model, examples, parser.GREEDY, config.decode_batch_size,
+                                    mesh)
+    return Scored(parser.summary(result), [str(tree) for tree in result.trees],
+                  f'{result.scores["all"]}; <= 40 words: {result.scores["len<=40"]}; '
+                  f'{result.repaired_percent:.1f}% repaired')
 
 
 TASKS: dict[str, Task] = {'translation': Translation(), 'parsing': Parsing()}

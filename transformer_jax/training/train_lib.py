@@ -1,4 +1,4 @@
-"""The training system: train state, optimizer, jitted train/eval steps, loop.
+"""The training system: train state, jitted train/eval steps, the loop.
 
 Everything up to the loop is pure JAX (no TensorFlow): `make_train_step` and
 `make_eval_step` build jitted functions over global arrays, with explicit
@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 from transformer_jax.training import loss as loss_lib
 from transformer_jax.training.clock import Clock
 from transformer_jax.training import metrics as metrics_lib
+from transformer_jax.training.optimizer import create_optimizer
 from transformer_jax import sharding
 from transformer_jax.training.synthetic import synthetic_batches
 from transformer_jax.model import Transformer, TransformerConfig
@@ -41,50 +42,6 @@ Batch = Mapping[str, Any]
 _BATCH_TO_MODEL = {'inputs_position': 'inputs_positions', 'targets_position': 'targets_positions',
                    'inputs_segmentation': 'inputs_segmentation',
                    'targets_segmentation': 'targets_segmentation'}
-
-
-# ------------------------------------------------------------------------- optimizer
-
-
-def learning_rate_schedule(d_model: int, warmup_steps: int, multiplier: float = 1.0,
-                           cooldown_steps: int = 0, total_steps: int = 0) -> optax.Schedule:
-  """Paper eq. 3 as a function of the 1-based step s (update s of `total_steps`):
-
-  lr(s) = multiplier · d_model^-0.5 · min(s^-0.5, s · warmup^-1.5),
-
-  times min(1, (total_steps + 1 - s) / (cooldown_steps + 1)) when `cooldown_steps` > 0:
-  the last `cooldown_steps` updates decay linearly, by 1/(cooldown_steps + 1) of the rate
-  each, toward the 0 that step total_steps + 1 would have; every update of the run keeps a
-  positive rate (not in the paper; for short runs).
-  """
-  def schedule(step):
-    s = jnp.maximum(jnp.asarray(step, jnp.float32), 1.0)
-    lr = multiplier * d_model ** -0.5 * jnp.minimum(s ** -0.5, s * warmup_steps ** -1.5)
-    if cooldown_steps:
-      lr = lr * jnp.clip((total_steps + 1 - s) / (cooldown_steps + 1), 0.0, 1.0)
-    return lr
-  return schedule
-
-
-def create_optimizer(config: Any, d_model: int) -> tuple[optax.GradientTransformation,
-                                                         optax.Schedule]:
-  """Adam(b1, b2, eps) on the paper's schedule, after optional global-norm clipping.
-
-  Returns (optimizer, schedule); optax counts updates from 0, so update n uses lr(n + 1).
-  With `flatten_optimizer` Adam runs on all parameters raveled into one vector (the same
-  updates in a few large kernels instead of a few per leaf; its state is then one
-  replicated vector, so keep it off when the mesh shards parameters).
-  """
-  schedule = learning_rate_schedule(d_model, config.warmup_steps,
-                                    config.learning_rate_multiplier, config.cooldown_steps,
-                                    config.num_train_steps)
-  adam = optax.adam(lambda count: schedule(count + 1), b1=config.adam_b1,
-                    b2=config.adam_b2, eps=config.adam_eps)
-  if config.flatten_optimizer:
-    adam = optax.flatten(adam)
-  if config.grad_clip_norm:
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adam), schedule
-  return adam, schedule
 
 
 # ---------------------------------------------------------------------------- state
@@ -230,7 +187,7 @@ def train_step_fn(state: TrainState, batch: Batch, *, model: Transformer,
 
 def eval_step_fn(params: Any, batch: Batch, *, model: Transformer, label_smoothing: float,
                  loss_chunk_tokens: int) -> dict[str, Array]:
-  """Summed loss terms (see `metrics.loss_terms`) of one batch, dropout off."""
+  """Summed loss terms (see `loss.loss_terms`) of one batch, dropout off."""
   return _loss_terms(model, params, batch, label_smoothing, loss_chunk_tokens, True)
 
 
@@ -268,7 +225,7 @@ def make_train_step(model_cfg: TransformerConfig, config: Any, mesh: Mesh,
 
 def make_eval_step(model_cfg: TransformerConfig, config: Any, mesh: Mesh,
                    optimizer: optax.GradientTransformation) -> Callable[[Any, Batch], dict]:
-  """Jitted `eval_step(params, batch) -> summed metrics` (see `metrics.loss_terms`)."""
+  """Jitted `eval_step(params, batch) -> summed metrics` (see `loss.loss_terms`)."""
   params_sh = state_shardings(model_cfg, optimizer, mesh).params
   step = jax.jit(functools.partial(eval_step_fn, model=Transformer(model_cfg),
                                    label_smoothing=config.label_smoothing,
@@ -370,7 +327,7 @@ class _Run:
       logging.info('starting from the parameters of %s', config.init_from)
     self.train_step = make_train_step(self.model_cfg, config, self.mesh, optimizer, schedule)
     self.eval_step = make_eval_step(self.model_cfg, config, self.mesh, optimizer)
-    self.task_eval = task.make_evaluator(tasks.EvalContext(
+    self.task_eval = tasks.make_evaluator(task, tasks.EvalContext(
         config, self.workdir, self.model_cfg, tokenizer, self.mesh, self.is_main))
     self.writer = metrics_lib.MetricWriter(workdir, enabled=self.is_main)
     self.counts = metrics_lib.param_split(self.state.params)
