@@ -294,6 +294,14 @@ def test_training_encoders_match_marian_tokenization(hf_dir, imported):
   want = [hf(text_target=t)['input_ids'][:-1] for t in targets]  # Marian ids, no EOS
   got = [[vocab.marian_ids[i] for i in ids] for ids in target(tf.constant(targets)).to_list()]
   assert got == want
+  # Sampled (subword regularisation): the same per key, split by the side's model (the
+  # code kept whole), joining back to the text.
+  sample = vocabulary.tf_sampler(vocab, tokenizer.Sampling(0.5, seed=3))
+  draw = lambda texts, key, side: sample(tf.constant(texts), tf.constant(key, tf.int64),  # noqa: E731
+                                         side).to_list()
+  assert draw(targets, 0, True) == draw(targets, 0, True) != draw(targets, 1, True)
+  assert [vocab.decode(ids) for ids in draw(targets, 0, True)] == targets
+  assert [ids[0] for ids in draw(sources[6:7], 0, False)] == vocab.encode(sources[6])[:1]
 
 
 def test_fine_tuning_an_imported_model(imported, tmp_path):

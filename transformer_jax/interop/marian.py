@@ -347,8 +347,7 @@ def _read_vocabulary(hf_dir: str, vocab_size: int) -> tuple[bytes, bytes, str]:
 
 
 def _make_dir(path: str) -> None:
-  """Create the directory `path` (and its parents) if needed; ConversionError if it cannot
-  be (a file of that name, no permission, ...)."""
+  """Create the directory `path` if needed; ConversionError if it cannot be (a file...)."""
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
