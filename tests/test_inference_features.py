@@ -14,7 +14,7 @@ from transformer_jax import Transformer, decoding, hypotheses, inference, scorin
 from transformer_jax.cli import score
 from transformer_jax.cli import translate
 from transformer_jax.model_config import EOS_ID
-from transformer_jax.tokenizer import INVISIBLE, UNK_ID
+from transformer_jax.tokenizer import INVISIBLE
 
 SOURCES = [line for line in LINES if line.strip()]
 

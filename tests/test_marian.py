@@ -12,7 +12,8 @@ import pytest
 from flax import linen as nn
 
 import marian_models
-from transformer_jax import Transformer, TransformerConfig, checkpoint, decoding, inference
+from transformer_jax import (Transformer, TransformerConfig, checkpoint, compatibility,
+                             decoding, inference)
 from transformer_jax.interop import marian
 from transformer_jax.training import vocabulary
 from transformer_jax import tokenizer
@@ -128,7 +129,7 @@ def _own_workdir(path, **overrides):
   with open(vocab_path, 'wb') as f:
     f.write(spm_bytes)
   Workdir(path).save_model_config(cfg)
-  checkpoint.write_averaged(path, params, checkpoint.training_metadata(cfg, vocab_path))
+  checkpoint.write_averaged(path, params, compatibility.training_metadata(cfg, vocab_path))
   return inference.load_model(path)
 
 

@@ -14,7 +14,7 @@ import pytest
 import sentencepiece as spm
 from flax import linen as nn
 
-from transformer_jax import Transformer, checkpoint
+from transformer_jax import Transformer, checkpoint, compatibility
 from transformer_jax import bleu, cli, inference
 from transformer_jax.cli import translate
 from transformer_jax.workdir import Workdir, WorkdirError
@@ -211,7 +211,7 @@ def make_workdir(root, config, vocab_seed=0):
   norm = params['decoder']['layer_1']['ffn_block']['norm']
   norm['bias'] = norm['bias'] - 5.0 * eos / jnp.sum(eos ** 2)
   Workdir(str(root)).save_model_config(config)
-  metadata = checkpoint.training_metadata(config, str(root / 'spm.model'))
+  metadata = compatibility.training_metadata(config, str(root / 'spm.model'))
   with checkpoint.Checkpointer(str(root), save_every_steps=1, keep=1, metadata=metadata) as c:
     c.maybe_save(1, {'params': params}, force=True)
   return root

@@ -30,7 +30,7 @@ from flax import linen as nn
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from transformer_jax import checkpoint, decoding, sharding
+from transformer_jax import checkpoint, compatibility, decoding, sharding
 from transformer_jax.checkpoint import CheckpointError
 from transformer_jax.model import Transformer, TransformerConfig
 from transformer_jax.model_config import EOS_ID, RUNTIME_FIELDS, TRAINING_FIELDS
@@ -79,7 +79,7 @@ def load_for_inference(workdir: str) -> tuple[Any, TransformerConfig, str]:
   params, metadata, where = checkpoint.load_params(wd.root)
   if 'model_config' in metadata:
     cfg = model_config_from_dict(metadata['model_config'], source=f'{where} metadata')
-    if os.path.exists(wd.model_config_json) and (diffs := checkpoint.mismatch(
+    if os.path.exists(wd.model_config_json) and (diffs := compatibility.mismatch(
         metadata, {'model_config': read_json(wd.model_config_json)})):
       raise CheckpointError(f'{wd.model_config_json} disagrees with {where}: {diffs[0]}')
   else:
@@ -87,7 +87,7 @@ def load_for_inference(workdir: str) -> tuple[Any, TransformerConfig, str]:
   ones = jnp.ones((1, 1), jnp.int32)
   expected = jax.eval_shape(lambda: nn.meta.unbox(
       Transformer(cfg).init(jax.random.key(0), ones, ones)['params']))
-  if diffs := checkpoint.shape_mismatch(params, expected):
+  if diffs := compatibility.shape_mismatch(params, expected):
     raise CheckpointError(f'{where} does not fit the model of its config: {"; ".join(diffs)}')
   vocab_path = wd.saved_vocab_path()
   if 'vocab_sha256' in metadata and file_sha256(vocab_path) != metadata['vocab_sha256']:

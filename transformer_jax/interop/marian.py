@@ -43,7 +43,7 @@ import numpy as np
 import sentencepiece as spm
 from flax import linen as nn
 
-from transformer_jax import checkpoint, inference
+from transformer_jax import checkpoint, compatibility, inference
 from transformer_jax.model import ACTIVATIONS, Transformer, TransformerConfig
 from transformer_jax.tokenizer import TwoModelVocabulary, load_vocabulary
 from transformer_jax.workdir import Workdir
@@ -383,7 +383,7 @@ def import_marian(hf_dir: str, workdir: str) -> str:
     json.dump(kept, f, indent=1)
   wd.save_model_config(cfg)
   return checkpoint.write_averaged(workdir, params, {
-      **checkpoint.training_metadata(cfg, wd.two_model_vocab), 'averaged_steps': [],
+      **compatibility.training_metadata(cfg, wd.two_model_vocab), 'averaged_steps': [],
       'imported_from': os.path.abspath(hf_dir)})
 
 

@@ -27,7 +27,7 @@ import tensorflow as tf
 import tensorflow_text as tftxt
 
 from transformer_jax.tokenizer import (EOS_ID, PAD_ID, UNK_ID, Sampling, Tokenizer,
-                                       TwoModelVocabulary, Vocabulary, load_vocabulary)
+                                       Vocabulary, load_vocabulary)
 
 
 def tf_sentencepiece(model: bytes, out_type: Any = tf.int32) -> tftxt.SentencepieceTokenizer:
