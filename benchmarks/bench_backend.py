@@ -6,13 +6,12 @@ Every variant runs in a process of its own and the variants take turns run by ru
 decoding of the same batch, and a training step of the demo's model (d_model 192, 3+3
 pre-LN layers, vocabulary 8,000, 16 packed rows of 128 tokens). Variants:
 
-  default            the policy as it stands
-  no_weights_major   `linear.project` always the plain dot
-  no_chunked_top_k   beam search's top-k by `lax.top_k` over the whole vocabulary
-  plain              neither (every choice off: what another backend gets)
-  attention_bqnh     attention's value product asked for [B, Q, N, H] directly instead of
-                     heads-major [B, N, Q, H] and a transpose (`attention._explicit_attention`)
-  tree:PATH          the library as checked out at PATH (e.g. a worktree of an older commit)
+  default                the policy as it stands
+  no_weights_major       `linear.project` always the plain dot
+  no_chunked_top_k       beam search's top-k by `lax.top_k` over the whole vocabulary
+  no_heads_major_values  attention's value product asked for [B, Q, N, H] directly
+  plain                  every choice off (what another backend gets)
+  tree:PATH              the library as checked out at PATH (e.g. an older commit)
 
   python benchmarks/bench_backend.py --variants default,plain --workloads beam,train
 """
@@ -32,7 +31,9 @@ import numpy as np
 SOURCE_LEN, OUTPUT_LEN, BEAM, VOCAB, BATCH = 32, 64, 4, 32000, 8
 POLICIES = {'default': None, 'no_weights_major': {'weights_major_max_rows': 0},
             'no_chunked_top_k': {'chunked_top_k': False},
-            'plain': {'weights_major_max_rows': 0, 'chunked_top_k': False}}
+            'no_heads_major_values': {'heads_major_values': False},
+            'plain': {'weights_major_max_rows': 0, 'chunked_top_k': False,
+                      'heads_major_values': False}}
 
 
 def _decoder(dtype=None):
@@ -95,28 +96,8 @@ def _trainer():
   return run
 
 
-def _attention_bqnh() -> None:
-  """Replace `attention._explicit_attention` by the same math whose value product writes
-  [B, Q, N, H] itself (no heads-major output and transpose)."""
-  import jax
-  import jax.numpy as jnp
-  from transformer_jax import attention
-
-  def explicit(query, key, value, mask, dropout_rate, deterministic, module,
-               key_layout='bknh', value_layout='bknh'):
-    scale = query.shape[-1] ** -0.5
-    logits = jnp.einsum(f'bqnh,{key_layout}->bnqk', query, key).astype(jnp.float32) * scale
-    if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1)
-    return jnp.einsum(f'bnqk,{value_layout}->bqnh', weights.astype(value.dtype), value), weights
-  attention._explicit_attention = explicit
-
-
 def worker(variant: str, workload: str) -> None:
   """Child: set up, print 'ready', then time one run per line read from stdin."""
-  if variant == 'attention_bqnh':
-    _attention_bqnh()
   if POLICIES.get(variant):
     from transformer_jax import backend
     backend.POLICIES['cpu'] = backend.Policy(**{**backend.POLICIES['cpu'].__dict__,
@@ -150,7 +131,8 @@ def start(variant: str, workload: str) -> subprocess.Popen:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--variants', default='default,no_weights_major,no_chunked_top_k,plain')
+  parser.add_argument('--variants', default='default,no_weights_major,no_chunked_top_k,'
+                      'no_heads_major_values,plain')
   parser.add_argument('--workloads', default='beam,greedy,train')
   parser.add_argument('--repeats', type=int, default=7)
   parser.add_argument('--worker', help=argparse.SUPPRESS)

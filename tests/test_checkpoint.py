@@ -17,7 +17,7 @@ import pytest
 from flax import struct
 
 from transformer_jax import checkpoint as ckpt
-from transformer_jax import inference, sharding
+from transformer_jax import compatibility, inference, sharding
 from transformer_jax.training import distributed
 from transformer_jax.workdir import Workdir, WorkdirError
 
@@ -77,7 +77,7 @@ def float64_mean(trees):
 def metadata(tiny_config, tmp_path):
   vocab = tmp_path / 'spm.model'
   vocab.write_bytes(b'fake sentencepiece model')
-  return ckpt.training_metadata(tiny_config, str(vocab))
+  return compatibility.training_metadata(tiny_config, str(vocab))
 
 
 def save_steps(workdir, params, metadata, steps, every=1, keep=10, iterator=None):
@@ -251,8 +251,9 @@ def test_different_model_config_or_vocabulary_is_refused(tmp_path, tiny_params, 
   abstract = abstract_of(make_state(tiny_params, 0))
   other_vocab = tmp_path / 'other.model'
   other_vocab.write_bytes(b'another vocabulary')
-  wider = ckpt.training_metadata(tiny_config.replace(d_model=64), str(tmp_path / 'spm.model'))
-  relabelled = ckpt.training_metadata(tiny_config, str(other_vocab))
+  wider = compatibility.training_metadata(tiny_config.replace(d_model=64),
+                                          str(tmp_path / 'spm.model'))
+  relabelled = compatibility.training_metadata(tiny_config, str(other_vocab))
   for other, message in ((wider, r'model_config\.d_model: checkpoint 32 != now 64'),
                          (relabelled, 'vocab_sha256')):
     c = ckpt.Checkpointer(workdir, save_every_steps=1, keep=10, metadata=other)
@@ -266,7 +267,7 @@ def test_different_model_config_or_vocabulary_is_refused(tmp_path, tiny_params, 
   with pytest.raises(ckpt.CheckpointError, match='state arrays only in the checkpoint'):
     c.restore(abstract_of(other_state))
   # How the model runs (remat, attention kernel) may change on resume.
-  runtime = ckpt.training_metadata(tiny_config.replace(remat='full', attention_impl='xla'),
+  runtime = compatibility.training_metadata(tiny_config.replace(remat='full', attention_impl='xla'),
                                    str(tmp_path / 'spm.model'))
   c = ckpt.Checkpointer(workdir, save_every_steps=1, keep=10, metadata=runtime)
   assert_trees_equal(c.restore(abstract), make_state(tiny_params, 1))
@@ -332,13 +333,27 @@ def test_average_is_mean_of_last_n_and_used_for_inference(tmp_path, tiny_params,
   with caplog.at_level(logging.WARNING):
     assert_trees_equal(inference.load_for_inference(workdir)[0], expected)
   assert any('step 5 exists' in r.getMessage() for r in caplog.records)
+  # A damaged average: the newest readable step, with a warning naming it and the fix first.
+  _flip_bytes_in(f'{workdir}/averaged/params')
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    assert_trees_equal(inference.load_for_inference(workdir)[0],
+                       make_state(tiny_params, 5).params)
+  assert caplog.records[0].getMessage().startswith(
+      f'{workdir}/averaged is unreadable: using the newest readable step instead; rebuild it '
+      f'with transformer-jax-average --workdir {workdir} (')
+  # ... and without a step to use instead, one short line saying so.
+  shutil.rmtree(f'{workdir}/checkpoints')
+  with pytest.raises(ckpt.CheckpointError) as error:
+    inference.load_for_inference(workdir)
+  assert str(error.value).startswith(
+      f'{workdir}/averaged is unreadable and there is no checkpoint step to use instead: '
+      'restore it, or import the model again (')
+  assert len(str(error.value).replace(workdir, 'W')) < 220  # the cause: 100 characters at most
   # A different vocabulary file in the workdir is refused.
+  ckpt.write_averaged(workdir, expected, metadata)
   (tmp_path / 'spm.model').write_bytes(b'retrained vocabulary')
   with pytest.raises(ckpt.CheckpointError, match='not the vocabulary'):
-    inference.load_for_inference(workdir)
-  # A damaged average is an error that says what to do, not a silent fallback.
-  _flip_bytes_in(f'{workdir}/averaged/params')
-  with pytest.raises(ckpt.CheckpointError, match='averaged is unreadable.*re-run average'):
     inference.load_for_inference(workdir)
 
 

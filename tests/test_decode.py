@@ -15,7 +15,6 @@ from flax import struct
 
 from transformer_jax import Transformer, TransformerConfig, backend, decoding
 from transformer_jax.decoding import searches as search_lib
-from transformer_jax.decoding import devices
 from transformer_jax.model_config import EOS_ID
 
 EOS = EOS_ID

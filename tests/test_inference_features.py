@@ -7,11 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import regex
 
 from test_translate import LINES, make_workdir, workdir  # noqa: F401 - the fixture
 from transformer_jax import Transformer, decoding, hypotheses, inference, scoring
 from transformer_jax.cli import score
 from transformer_jax.cli import translate
+from transformer_jax.model_config import EOS_ID
+from transformer_jax.tokenizer import INVISIBLE
 
 SOURCES = [line for line in LINES if line.strip()]
 
@@ -26,10 +29,10 @@ def files(tmp_path_factory):
   return root
 
 
-def _translate(tmp_path, *flags):
-  """translate.main in-process on LINES -> its output lines."""
+def _translate(tmp_path, *flags, lines=LINES):
+  """translate.main in-process on `lines` -> its output lines."""
   source, output = tmp_path / 'in.txt', tmp_path / 'out.txt'
-  source.write_text('\n'.join(LINES) + '\n', encoding='utf-8')
+  source.write_text('\n'.join(lines) + '\n', encoding='utf-8')
   assert translate.main(['--input', str(source), '--output', str(output), '--max_extra_len',
                          '5', '--no_progress', *flags]) == 0
   return output.read_text(encoding='utf-8').splitlines()
@@ -68,7 +71,9 @@ def test_nbest_and_scores_lines(workdir, tmp_path):
     assert len({hyp for hyp, _, _ in entries}) == 3
     assert [float(s) for _, s, _ in entries] == sorted((float(s) for _, s, _ in entries),
                                                         reverse=True)
-    assert one_best[index] == entries[0]  # hypothesis ||| score ||| log_prob
+    # hypothesis ||| score ||| log_prob: the beam's best, among its n best (which are sorted
+    # by the scores of their texts, so that a rescored one may move above it)
+    assert one_best[index] in entries
   assert [bool(fields) for fields in one_best] == [bool(line.strip()) for line in LINES]
 
 
@@ -101,6 +106,60 @@ def test_score_cli_equals_the_forward_pass(workdir, files, tmp_path, capsys):
                                  else np.sum(expected), atol=2e-5)
 
 
+def _score_texts(workdir, tmp_path, sources, targets):
+  """score.main on line-aligned `sources` and `targets` -> the log-probabilities."""
+  paths = [tmp_path / 'rescore.src', tmp_path / 'rescore.tgt', tmp_path / 'rescore.out']
+  for path, lines in zip(paths, (sources, targets)):
+    path.write_text(''.join(line + '\n' for line in lines), encoding='utf-8')
+  assert score.main(['--workdir', str(workdir), '--source', str(paths[0]), '--target',
+                     str(paths[1]), '--output', str(paths[2]), '--no_progress']) == 0
+  return [float(x) for x in paths[2].read_text(encoding='utf-8').splitlines()]
+
+
+def test_outputs_at_the_limit_and_resegmented_ones_occur(workdir):
+  """The random model's beam outputs with --max_extra_len 2 include both kinds of output
+  that the next test rescores: ones cut at the length limit (their EOS forced) and ones
+  whose text re-encodes to other ids than the search emitted."""
+  model = inference.load_model(str(workdir))
+  options = hypotheses.SearchOptions(decoding.Search(beam_size=3, n_best=3, max_extra_len=2))
+  sources = inference.encode_lines(SOURCES, model.vocab, model.max_len)
+  (rows, (inputs,)), = inference.length_batches({i: (ids,) for i, ids in sources.items()}, 8,
+                                                64, progress=False)
+  tokens = hypotheses.make_search_fn(model, options)(inputs, 0)[0]
+  limits = [len(sources[i]) + 2 for i in rows]
+  outputs = [(out, limit) for row, limit in zip(tokens, limits) for out in decoding.trim(row)]
+  assert sum(len(out) + 1 == limit for out, limit in outputs) >= 5
+  vocab = model.vocab
+  assert sum(vocab.encode_target(vocab.decode(out)) != out + [EOS_ID]
+             for out, _ in outputs) >= 3
+
+
+@pytest.mark.parametrize('flags', [['--beam_size', '3', '--n_best', '3'],
+                                   ['--beam_size', '1', '--scores'],
+                                   ['--sample', '--scores']])
+def test_rescoring_a_printed_output_gives_its_printed_score(workdir, tmp_path, flags):
+  """Every n-best entry and 1-best --scores line, at the length limit or re-segmented:
+  transformer-jax-score on its text gives its log_prob, and its score is that over the
+  length penalty of the text's tokens; n-best lists are sorted by score, texts distinct."""
+  lines = _translate(tmp_path, '--workdir', str(workdir), '--max_extra_len', '2', *flags)
+  if '--n_best' in flags:
+    entries = [(LINES[int(f[0])], *f[1:]) for f in (line.split(' ||| ') for line in lines)]
+  else:
+    entries = [(source, *line.split(' ||| ')) for source, line in zip(LINES, lines) if line]
+  assert len(entries) >= len(SOURCES)
+  rescored = _score_texts(workdir, tmp_path, [e[0] for e in entries], [e[1] for e in entries])
+  np.testing.assert_allclose([float(e[3]) for e in entries], rescored, atol=5e-5, rtol=0)
+  vocab = inference.load_model(str(workdir)).vocab
+  lengths = np.asarray([len(vocab.encode_target(e[1])) for e in entries])
+  alpha = 0.6  # the CLI's default
+  np.testing.assert_allclose([float(e[2]) for e in entries],
+                             np.asarray(rescored) / ((5 + lengths) / 6) ** alpha, atol=5e-5)
+  for source in set(e[0] for e in entries):
+    mine = [e for e in entries if e[0] == source]
+    assert [float(e[2]) for e in mine] == sorted((float(e[2]) for e in mine), reverse=True)
+    assert len({e[1] for e in mine}) == len(mine)
+
+
 def test_alignment_covers_every_output_word_within_bounds(workdir, tmp_path):
   lines = _translate(tmp_path, '--workdir', str(workdir), '--beam_size', '2', '--alignment')
   for source, line in zip(LINES, lines):
@@ -110,6 +169,76 @@ def test_alignment_covers_every_output_word_within_bounds(workdir, tmp_path):
     hypothesis, alignment = line.split(' ||| ')
     pairs = [tuple(map(int, pair.split('-'))) for pair in alignment.split()]
     assert all(0 <= i < len(source.split()) for i, _ in pairs)
+    assert {j for _, j in pairs} == set(range(len(hypothesis.split())))
+
+
+# Words as written: a zero-width space as a word of its own, a left-to-right mark and BOMs
+# inside and between words, a BOM and a space starting a line, characters the vocabulary
+# lacks ('xyz': one piece, written ' ⁇ '); every word is several pieces or follows one.
+ODD_LINES = ['bad \u200b face cab', 'dead\u200e bead fad', 'cab \ufeffface \ufeff ace',
+             'bad xyz face', '\ufeff ace fad']
+
+
+def _echo_search(model, options, mesh=None):
+  """A search that outputs each source (its ids, EOS) attending to the source token at its
+  own position (`hypotheses.SearchFn`)."""
+  def search_fn(inputs, batch_number):
+    rows, width = inputs.shape
+    attention = np.broadcast_to(np.eye(width), (rows, 1, width, width))
+    return inputs[:, None, :], np.zeros((rows, 1)), np.zeros((rows, 1)), attention
+  return search_fn
+
+
+def test_alignments_index_the_words_as_written(workdir, monkeypatch):
+  """Each output token aligned to the source token it copies: the pairs link each word to
+  itself, counted as `line.split()` counts the input line and the output text."""
+  monkeypatch.setattr(hypotheses, 'make_search_fn', _echo_search)
+  model = inference.load_model(str(workdir))
+  results = hypotheses.search_lines(ODD_LINES, model, hypotheses.SearchOptions(alignment=True),
+                                    batch_size=8, progress=False)
+  assert [h.text.split() for h, in results] == [
+      ['bad', 'face', 'cab'], ['dead', 'bead', 'fad'], ['cab', 'face', 'ace'],
+      ['bad', '\u2047', 'face'], ['ace', 'fad']]
+  assert [h.alignment for h, in results] == [
+      ((0, 0), (2, 1), (3, 2)), ((0, 0), (1, 1), (2, 2)), ((0, 0), (1, 1), (3, 2)),
+      ((0, 0), (1, 1), (2, 2)), ((1, 0), (2, 1))]
+
+
+def test_token_spans_cover_the_words_their_characters_are_in(workdir):
+  """Source and output tokens (unknown ones, invisible characters, several pieces a word)
+  are given the word of `text.split()` their visible characters lie in."""
+  vocab = inference.load_model(str(workdir)).vocab
+  emitted = np.random.default_rng(0).integers(2, 16, (20, 12))  # <unk> and pieces
+  outputs = [vocab.decode_spans(ids) for ids in emitted]
+  assert [text for text, _ in outputs] == [vocab.decode(ids) for ids in emitted]
+  assert any('\u2047' in text for text, _ in outputs)
+  for text, spans in [(line, vocab.spans(line)) for line in ODD_LINES[:4]] + outputs:
+    assert_words_of_their_characters(text, spans)
+
+
+def assert_words_of_their_characters(text, spans):
+  """`scoring.span_words` gives each token (its characters of `text`: `spans`) the word its
+  visible characters lie in (-1 if it has none), and every word with one has a token."""
+  words = scoring.span_words(text, spans)
+  starts = [m.start() for m in regex.finditer(r'\S+', text)] + [len(text)]
+  for (begin, end), word in zip(spans, words, strict=True):
+    visible = [i for i in range(begin, end) if not regex.match(f'[\\s{INVISIBLE}]', text[i])]
+    assert (word == -1) == (not visible)
+    assert all(starts[word] <= i < starts[word + 1] for i in visible)
+  assert set(words) - {-1} == {w for w, word in enumerate(text.split())
+                               if regex.sub(f'[{INVISIBLE}]', '', word)}
+
+
+def test_every_output_word_is_aligned_to_a_visible_input_word(workdir, tmp_path):
+  """The random model's samples of ODD_LINES (which hold unknown pieces, ' ⁇ ')."""
+  lines = _translate(tmp_path, '--workdir', str(workdir), '--sample', '--max_extra_len', '10',
+                     '--alignment', lines=ODD_LINES)
+  assert any('\u2047' in line.split(' ||| ')[0] for line in lines)
+  for source, line in zip(ODD_LINES, lines, strict=True):
+    hypothesis, alignment = line.split(' ||| ')
+    pairs = [tuple(map(int, pair.split('-'))) for pair in alignment.split()]
+    words = source.split()
+    assert all(regex.sub(f'[{INVISIBLE}]', '', words[i]) for i, _ in pairs)
     assert {j for _, j in pairs} == set(range(len(hypothesis.split())))
 
 

@@ -478,7 +478,8 @@ def test_subword_sampling_changes_segmentations_across_epochs_only_with_alpha(
   """Two passes over the same sentences: sampled segmentations differ somewhere with
   alpha > 0 (each decoding back to the sentence), never with alpha = 0 (the best one)."""
   pairs = ip.raw_dataset(make_config(files), 'train').take(40)
-  tokens = ip.tokenize(pairs.repeat(2), tokenizer, alpha=alpha)
+  sampling = tokenizer_lib.Sampling(alpha) if alpha else None
+  tokens = ip.tokenize(pairs.repeat(2), tokenizer, chunk=16, sampling=sampling)
   passes = [ex['inputs'].tolist() for ex in tokens.as_numpy_iterator()]
   first, second = passes[:40], passes[40:]
   best = [ex['inputs'].tolist() for ex in ip.tokenize(pairs, tokenizer).as_numpy_iterator()]
@@ -500,3 +501,34 @@ def test_training_batches_sample_segmentations_but_eval_batches_do_not(files, to
   evals = [list(ip.eval_dataset(ip.raw_dataset(config, 'eval'), tokenizer, 256, 8)
                 .as_numpy_iterator())[0]['inputs'] for _ in range(2)]
   np.testing.assert_array_equal(*evals)
+
+
+@pytest.fixture(scope='module')
+def bpe_tokenizer(files, tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('bpe') / 'bpe.model')
+  return vocabulary.load_or_train(path, _bible_lines('train', 'en', 2000)
+                                  + _bible_lines('train', 'es', 2000), VOCAB_SIZE, 'bpe')
+
+
+@pytest.mark.parametrize('kind, alpha', [('unigram', 0.5), ('bpe', 0.1)])
+def test_subword_sampling_is_reproducible_for_a_seed_and_resumes_exactly(
+    files, tokenizer, bpe_tokenizer, kind, alpha):
+  """The same config and seed give the same sampled batches (unigram sampling, BPE-dropout),
+  other than the best segmentation's; a restored iterator continues the sequence an
+  uninterrupted one draws; another seed samples other segmentations of the same pairs."""
+  vocab = tokenizer if kind == 'unigram' else bpe_tokenizer
+  first = _take(_train_iter(files, vocab, spm_alpha=alpha), 20)  # past one epoch
+  _assert_same_batches(first, _take(_train_iter(files, vocab, spm_alpha=alpha), 20))
+  best = _take(_train_iter(files, vocab), 1)[0]
+  assert not np.array_equal(first[0]['inputs'], best['inputs'])
+  interrupted = _train_iter(files, vocab, spm_alpha=alpha)
+  _take(interrupted, 10)
+  resumed = _train_iter(files, vocab, spm_alpha=alpha)
+  resumed.set_state(interrupted.get_state())
+  _assert_same_batches(_take(resumed, 10), first[10:])
+
+  pairs = ip.raw_dataset(make_config(files), 'train').take(64)
+  sampled = lambda seed: [ex['targets'].tolist() for ex in ip.tokenize(  # noqa: E731
+      pairs, vocab, chunk=16, sampling=tokenizer_lib.Sampling(alpha, seed=seed)
+  ).as_numpy_iterator()]
+  assert sampled(1) == sampled(1) != sampled(2)

@@ -2,6 +2,7 @@
 a tiny MarianMTModel saved here (tests/marian_models.py) is imported, decoded by both
 libraries, exported back; an own post-LN model is exported and run by both."""
 
+import json
 import os
 import shutil
 
@@ -11,11 +12,12 @@ import pytest
 from flax import linen as nn
 
 import marian_models
-from transformer_jax import Transformer, TransformerConfig, checkpoint, decoding, inference
+from transformer_jax import (Transformer, TransformerConfig, checkpoint, compatibility,
+                             decoding, inference)
 from transformer_jax.interop import marian
 from transformer_jax.training import vocabulary
 from transformer_jax import tokenizer
-from transformer_jax.cli import marian as marian_cli, translate
+from transformer_jax.cli import marian as marian_cli, score, translate
 from transformer_jax.workdir import Workdir, model_config_from_dict, model_config_to_dict
 
 LONG = ' '.join(marian_models.bible_lines('en', 'test', 40)[30:33])  # ~150 tokens
@@ -127,7 +129,7 @@ def _own_workdir(path, **overrides):
   with open(vocab_path, 'wb') as f:
     f.write(spm_bytes)
   Workdir(path).save_model_config(cfg)
-  checkpoint.write_averaged(path, params, checkpoint.training_metadata(cfg, vocab_path))
+  checkpoint.write_averaged(path, params, compatibility.training_metadata(cfg, vocab_path))
   return inference.load_model(path)
 
 
@@ -193,6 +195,84 @@ def test_one_line_errors(hf_dir, tmp_path, capsys):
       capsys, marian_cli.export_main, ['--workdir', new('pre_ln'), '--to_hf', new('e')])
 
 
+@pytest.mark.parametrize('key, change', [('d_model', lambda x: 2 * x),
+                                         ('vocab_size', lambda x: x + 10)])
+def test_import_names_the_tensor_that_disagrees_with_config_json(hf_dir, tmp_path, capsys,
+                                                                 key, change):
+  broken = tmp_path / 'broken'
+  shutil.copytree(hf_dir, broken)
+  config = json.loads((broken / 'config.json').read_text())
+  size, d_model = config['vocab_size'], config['d_model']
+  config[key] = change(config[key])
+  if key == 'vocab_size':
+    config['decoder_vocab_size'] = config[key]  # Transformers writes both
+  (broken / 'config.json').write_text(json.dumps(config))
+  err = _cli_error(capsys, marian_cli.import_main, ['--from_hf', str(broken), '--workdir',
+                                                    str(tmp_path / 'out')])
+  tensor, shape, expected = {
+      'd_model': ('model.shared.weight', (size, d_model), (size, 2 * d_model)),
+      'vocab_size': ('final_logits_bias', (1, size), (1, size + 10))}[key]
+  assert err.startswith(f'transformer-jax-import: error: {broken}: tensor {tensor} has shape '
+                        f'{shape}, config.json (d_model={config["d_model"]}, vocab_size='
+                        f'{config["vocab_size"]}, ')
+  assert err.endswith(f'gives {expected}\n')
+
+
+def test_export_to_a_file_or_an_uncreatable_directory_is_one_line(imported, tmp_path,
+                                                                    capsys):
+  workdir, _ = imported
+  (tmp_path / 'file').write_text('')
+  for out in (tmp_path / 'file', tmp_path / 'file' / 'sub'):
+    err = _cli_error(capsys, marian_cli.export_main, ['--workdir', workdir, '--to_hf', str(out)])
+    assert err.startswith(f'transformer-jax-export: error: cannot create the directory {out}: ')
+
+
+def test_scoring_an_imported_model_splits_targets_with_its_target_model(hf_dir, imported,
+                                                                        tmp_path):
+  """transformer-jax-score on an imported model: each target token's log-probability is
+  Transformers' for the target as MarianTokenizer splits it (`text_target=`: target.spm),
+  which segments otherwise than source.spm."""
+  import torch
+  from transformers import MarianMTModel, MarianTokenizer
+  workdir, model = imported
+  sources, targets = _sentences(5)[:4], marian_models.bible_lines('es', 'test', 4)
+  assert all(model.vocab.encode(t) != model.vocab.encode_target(t) for t in targets)
+  hf_model, hf_tok = MarianMTModel.from_pretrained(hf_dir), MarianTokenizer.from_pretrained(hf_dir)
+  batch = hf_tok(sources, text_target=targets, padding=True, return_tensors='pt')
+  with torch.no_grad():
+    logits = hf_model(**batch).logits.numpy().astype(np.float64)
+  pad = hf_model.config.pad_token_id
+  logits[..., pad] = -np.inf  # padding is never a candidate here
+  log_probs = logits - np.log(np.sum(np.exp(logits), axis=-1, keepdims=True))
+  labels = batch['labels'].numpy()
+  expected = [np.take_along_axis(row, ids[:, None], -1)[ids != pad, 0]
+              for row, ids in zip(log_probs, labels)]
+  paths = [tmp_path / name for name in ('src', 'tgt', 'out')]
+  paths[0].write_text('\n'.join(sources) + '\n')
+  paths[1].write_text('\n'.join(targets) + '\n')
+  assert score.main(['--workdir', workdir, '--source', str(paths[0]), '--target',
+                     str(paths[1]), '--output', str(paths[2]), '--per_token',
+                     '--no_progress']) == 0
+  for line, want in zip(paths[2].read_text().splitlines(), expected, strict=True):
+    total, per_token = line.split('\t')
+    np.testing.assert_allclose([float(x) for x in per_token.split()], want, atol=1e-4)
+    np.testing.assert_allclose(float(total), want.sum(), atol=1e-3)
+
+
+def test_two_model_spans_say_which_characters_each_token_covers(imported):
+  """Sources (a >>xx<< code, dropped characters) and outputs (pieces only the source model
+  knows, <unk>) of a two-model vocabulary: tokens get the words their characters are in."""
+  from test_inference_features import assert_words_of_their_characters
+  vocab = imported[1].vocab
+  for line in ['>>es<< In the \u200b beginning\u200e, God', 'Zürich ☃ unknown ñ']:
+    assert len(vocab.spans(line)) == len(vocab.encode(line)) - 1
+    assert_words_of_their_characters(line, vocab.spans(line))
+  for ids in np.random.default_rng(0).integers(2, vocab.vocab_size, (20, 12)):
+    text, spans = vocab.decode_spans(ids)
+    assert text == vocab.decode(ids) and len(spans) == len(ids)
+    assert_words_of_their_characters(text, spans)
+
+
 def test_new_options_leave_saved_configs_unchanged():
   """Configs written before the Marian options existed compare equal to today's."""
   saved = model_config_to_dict(TransformerConfig(vocab_size=8))
@@ -215,6 +295,14 @@ def test_training_encoders_match_marian_tokenization(hf_dir, imported):
   want = [hf(text_target=t)['input_ids'][:-1] for t in targets]  # Marian ids, no EOS
   got = [[vocab.marian_ids[i] for i in ids] for ids in target(tf.constant(targets)).to_list()]
   assert got == want
+  # Sampled (subword regularisation): the same per key, split by the side's model (the
+  # code kept whole), joining back to the text.
+  sample = vocabulary.tf_sampler(vocab, tokenizer.Sampling(0.5, seed=3))
+  draw = lambda texts, key, side: sample(tf.constant(texts), tf.constant(key, tf.int64),  # noqa: E731
+                                         side).to_list()
+  assert draw(targets, 0, True) == draw(targets, 0, True) != draw(targets, 1, True)
+  assert [vocab.decode(ids) for ids in draw(targets, 0, True)] == targets
+  assert [ids[0] for ids in draw(sources[6:7], 0, False)] == vocab.encode(sources[6])[:1]
 
 
 def test_fine_tuning_an_imported_model(imported, tmp_path):

@@ -297,6 +297,18 @@ def test_explicit_and_fused_attention_agree_and_d_v_may_differ(tiny_config, tiny
   assert jax.jit(model.apply)({'params': params}, src, tgt).shape == (2, T, 40)
 
 
+def test_attention_values_layout_is_only_a_layout(tiny_config, tiny_params, monkeypatch):
+  """The backend policy's heads-major value product computes the same attention."""
+  src, tgt = _tokens(21, (2, S)), _tokens(22, (2, T))
+  outputs = []
+  for heads_major in (True, False):
+    monkeypatch.setattr(backend, 'policy',
+                        lambda h=heads_major: backend.Policy(heads_major_values=h))
+    outputs.append(Transformer(tiny_config).apply({'params': tiny_params}, src, tgt,
+                                                  mutable=('intermediates',))[0])
+  np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-6)
+
+
 @pytest.mark.parametrize('rows', [8, 9])
 def test_project_is_x_times_kernel_transposed_on_both_paths(rows, monkeypatch):
   """linear.project takes the weights-major path up to the backend policy's

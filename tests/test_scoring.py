@@ -83,10 +83,10 @@ def test_cross_attention_is_the_penultimate_layers_head_average(tiny_config, tin
 
 def test_alignment_of_identity_like_attention_maps_pieces_to_words():
   """Source '▁the ▁house s </s>' (words: the, houses), target '▁das ▁Haus ▁ er </s>' (das,
-  Häuser as 'Haus' + 'er' split off), attention mostly on the diagonal plus noise."""
-  source_words = scoring.word_indices(['\u2581the', '\u2581house', 's']) + [-1]
-  target_words = scoring.word_indices(['\u2581das', '\u2581Haus', '\u2581', 'er']) + [-1]
-  assert source_words == [0, 1, 1, -1] and target_words == [0, 1, 2, 2, -1]
+  Haus, er: a lone '▁' covers only a space), attention mostly on the diagonal plus noise."""
+  source_words = scoring.span_words('the houses', [(0, 3), (3, 9), (9, 10)]) + [-1]
+  target_words = scoring.span_words('das Haus er', [(0, 3), (3, 8), (8, 9), (9, 11)]) + [-1]
+  assert source_words == [0, 1, 1, -1] and target_words == [0, 1, -1, 2, -1]
   rng = np.random.default_rng(0)
   weights = 0.1 * rng.random((5, 4))
   for t, s in enumerate((0, 1, 2, 2, 3)):  # target token t attends to source token s

@@ -3,6 +3,7 @@
 import io
 import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import pytest
 import sentencepiece as spm
 from flax import linen as nn
 
-from transformer_jax import Transformer, checkpoint
+from transformer_jax import Transformer, checkpoint, compatibility
 from transformer_jax import bleu, cli, inference
 from transformer_jax.cli import translate
 from transformer_jax.workdir import Workdir, WorkdirError
@@ -210,7 +211,7 @@ def make_workdir(root, config, vocab_seed=0):
   norm = params['decoder']['layer_1']['ffn_block']['norm']
   norm['bias'] = norm['bias'] - 5.0 * eos / jnp.sum(eos ** 2)
   Workdir(str(root)).save_model_config(config)
-  metadata = checkpoint.training_metadata(config, str(root / 'spm.model'))
+  metadata = compatibility.training_metadata(config, str(root / 'spm.model'))
   with checkpoint.Checkpointer(str(root), save_every_steps=1, keep=1, metadata=metadata) as c:
     c.maybe_save(1, {'params': params}, force=True)
   return root
@@ -279,6 +280,28 @@ for beam_size in (1, 2):
   assert got == expected, (got, expected)
 print('ok')
 """
+
+
+def test_a_workdir_of_another_task_is_refused_in_one_line(workdir, tmp_path, capsys):
+  """translate and score refuse a parser's workdir (its config.json's task), parse a
+  translation workdir (here one without config.json, as older runs and imported models)."""
+  from transformer_jax.cli import parse, score
+  parser = tmp_path / 'parser'
+  shutil.copytree(workdir, parser)
+  (parser / 'config.json').write_text('{"task": "parsing", "dataset": "craft"}')
+  text = tmp_path / 'in.txt'
+  text.write_text('bad face\n', encoding='utf-8')
+  refusal = (f'{parser} holds a parsing model ("task": "parsing" in {parser}/config.json), '
+             'not a translation one\n')
+  for prog, main, flags in (('translate', translate.main, ['--input', str(text)]),
+                            ('score', score.main, ['--source', str(text), '--target', str(text)])):
+    assert main(['--workdir', str(parser), *flags, '--no_progress']) == 2
+    assert capsys.readouterr().err == f'transformer-jax-{prog}: error: {refusal}'
+  assert parse.main(['--workdir', str(workdir), '--input', str(text), '--no_progress',
+                     '--cpu_devices', '1']) == 2
+  assert capsys.readouterr().err == (
+      f'transformer-jax-parse: error: {workdir} holds a translation model (no "task" in '
+      f'{workdir}/config.json), not a parsing one\n')
 
 
 def test_training_evaluation_decodes_per_device_with_the_same_result(workdir):

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from transformer_jax import backend
 from transformer_jax.linear import Linear, project
 
 Array = jax.Array
@@ -71,10 +72,10 @@ def _explicit_attention(query: Array, key: Array, value: Array,
     keep = jax.random.bernoulli(module.make_rng('dropout'), 1.0 - dropout_rate,
                                 weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-  # Heads-major output, then one small transpose: asking the dot for [B, Q, N, H]
-  # directly makes XLA:CPU pick a layout that runs ~8x slower when decoding.
-  out = jnp.einsum(f'bnqk,{value_layout}->bnqh', weights.astype(value.dtype), value)
-  return out.transpose(0, 2, 1, 3), weights
+  weights_v = weights.astype(value.dtype)
+  if backend.policy().heads_major_values:  # [B, N, Q, H], then a small transpose
+    return jnp.einsum(f'bnqk,{value_layout}->bnqh', weights_v, value).transpose(0, 2, 1, 3), weights
+  return jnp.einsum(f'bnqk,{value_layout}->bqnh', weights_v, value), weights
 
 
 def _cache_layout(key: Array, value: Array) -> tuple[Array, Array]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
-import json
 import logging
 import os
 import shutil
@@ -31,10 +30,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from transformer_jax.checksums import CorruptError, path_name, tree_checksums, verify_checksums
-from transformer_jax.model import TransformerConfig
-from transformer_jax.model_config import RUNTIME_FIELDS
-from transformer_jax.workdir import Workdir, WorkdirError, file_sha256, model_config_to_dict
+from transformer_jax import compatibility
+from transformer_jax.checksums import CorruptError, tree_checksums, verify_checksums
+from transformer_jax.workdir import Workdir, WorkdirError
 
 PyTree = Any
 T = TypeVar('T')
@@ -51,11 +49,6 @@ class CheckpointSaveError(CheckpointError):
   def __init__(self, message: str, log_path: Optional[str] = None):
     super().__init__(message)
     self.log_path = log_path
-
-
-def training_metadata(cfg: TransformerConfig, vocab_path: str) -> dict[str, Any]:
-  """The `metadata` a training run passes to `Checkpointer`: model config + vocabulary hash."""
-  return {'model_config': model_config_to_dict(cfg), 'vocab_sha256': file_sha256(vocab_path)}
 
 
 def _describe(error: BaseException) -> str:
@@ -81,59 +74,6 @@ def _bytes_to_write(tree: PyTree) -> int:
   return sum(sum(s.data.nbytes for s in x.addressable_shards if s.replica_id == 0)
              if isinstance(x, jax.Array) else np.asarray(x).nbytes
              for x in jax.tree.leaves(tree))
-
-
-def _canonical(value: Any) -> Any:
-  """JSON round trip: tuples -> lists, so values compare like their saved form."""
-  return json.loads(json.dumps(value))
-
-
-def mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-  """'key: checkpoint X != now Y' for every key both have and disagree on (one level deep).
-
-  `attention_impl` and `remat` may change between runs.
-  """
-  diffs = []
-  for key, now in _canonical(dict(current)).items():
-    if key == 'checksums' or key not in saved or saved[key] == now:
-      continue
-    if isinstance(now, dict) and isinstance(saved[key], dict):
-      diffs += [f'{key}.{k}: checkpoint {saved[key].get(k)!r} != now {now.get(k)!r}'
-                for k in sorted(set(now) | set(saved[key]))
-                if k not in RUNTIME_FIELDS and saved[key].get(k) != now.get(k)]
-    else:
-      diffs.append(f'{key}: checkpoint {saved[key]!r} != now {now!r}')
-  return diffs
-
-
-def _structure_mismatch(saved: Mapping[str, Any], abstract_state: PyTree) -> list[str]:
-  """Arrays the checkpoint has and the state lacks or vice versa (e.g. another optimizer)."""
-  if 'checksums' not in saved:
-    return []
-  paths = {path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
-  missing, extra = sorted(set(saved['checksums']) - paths), sorted(paths - set(saved['checksums']))
-  return ([f'state arrays only in the checkpoint: {missing[:3]}'] if missing else []) + (
-      [f'state arrays not in the checkpoint: {extra[:3]}'] if extra else [])
-
-
-def _shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
-  return {path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def shape_mismatch(saved: PyTree, expected: PyTree) -> list[str]:
-  """Arrays (leaves with `.shape`: arrays, orbax metadata, ShapeDtypeStructs) that the
-  checkpoint has with another shape than expected, or lacks; e.g. kernels saved [in, out]
-  by transformer_jax < 0.2, which now stores them [out, in]."""
-  have, want = _shapes(saved), _shapes(expected)
-  differ = [name for name in sorted(have.keys() & want.keys()) if have[name] != want[name]]
-  diffs = [f'{name} has shape {have[name]} in the checkpoint, {want[name]} here'
-           for name in differ[:2]]
-  diffs += [f'{len(differ) - 2} more arrays differ in shape'] if len(differ) > 2 else []
-  missing = sorted(want.keys() - have.keys())
-  diffs += [f'arrays not in the checkpoint: {missing[:3]}'] if missing else []
-  if any(name.endswith('kernel') for name in differ):
-    diffs.append('checkpoints of transformer_jax < 0.2 store kernels [in, out]')
-  return diffs
 
 
 def _encode_data_state(state: Any) -> dict[str, Any]:
@@ -227,7 +167,7 @@ class Checkpointer:
                metadata: Optional[Mapping[str, Any]] = None):
     self._workdir = Workdir(workdir)
     self.directory = self._workdir.checkpoints
-    self._metadata = _canonical(dict(metadata or {}))
+    self._metadata = compatibility.canonical(dict(metadata or {}))
     self.restored_progress: dict[str, Any] = {}
     self._writing: Optional[int] = None  # the step of the save in flight
     self._manager = _manager(
@@ -300,9 +240,9 @@ class Checkpointer:
 
     def read(step: int, where: str) -> tuple[PyTree, dict[str, Any]]:
       saved = _read_step_metadata(self._manager, step)
-      diffs = mismatch(saved, self._metadata) + _structure_mismatch(saved, abstract_state)
+      diffs = compatibility.mismatch(saved, self._metadata) + compatibility.structure_mismatch(saved, abstract_state)
       if not diffs:
-        diffs = shape_mismatch(self._manager.item_metadata(step)['state'].tree, abstract_state)
+        diffs = compatibility.shape_mismatch(self._manager.item_metadata(step)['state'].tree, abstract_state)
       if diffs:
         raise CheckpointError(f'{where} was saved by a different run ({"; ".join(diffs[:5])}); '
                               'use a new --workdir or restore the original config/vocabulary')
@@ -399,7 +339,7 @@ def average_checkpoints(workdir: str, num_last: int) -> str:
       raise CheckpointError(str(e)) from None
     if reference is None:
       reference = metadata
-    elif diffs := mismatch(metadata, {k: reference[k] for k in ('model_config', 'vocab_sha256')
+    elif diffs := compatibility.mismatch(metadata, {k: reference[k] for k in ('model_config', 'vocab_sha256')
                                        if k in reference}):
       raise CheckpointError(f'{manager.directory}/{step} differs from step {steps[0]}: {diffs[0]}')
     as_float64 = jax.tree.map(lambda x: x.astype(np.float64), params)
@@ -436,25 +376,36 @@ def _load_averaged(path: str) -> tuple[PyTree, dict]:
       params = ckptr.restore(path, args=ocp.args.Composite(
           params=_as_numpy_args(abstract))).params
     verify_checksums({'params': params}, metadata.get('checksums', {}), path)
-  except Exception as e:  # noqa: BLE001 - unreadable or corrupt: say how to fix it.
-    raise CheckpointError(f'{path} is unreadable ({_describe(e)}); re-run average_checkpoints'
-                          ) from None
+  except Exception as e:  # noqa: BLE001 - unreadable or corrupt: the caller says what to do.
+    cause = _describe(e).replace(f'{path}: ', '')
+    raise CorruptError(cause if len(cause) <= 100 else cause[:97] + '...') from None
   return params, metadata
 
 
 def load_params(workdir: str) -> tuple[PyTree, dict[str, Any], str]:
   """(params as numpy arrays, checkpoint metadata, path) of what inference uses: the
   `averaged` checkpoint if present (warning if newer steps exist), else the newest
-  readable step. Every array is checksum-verified."""
+  readable step. Every array is checksum-verified. An unreadable `averaged` falls back to
+  the newest readable step with a warning; CheckpointError (path and fix first) if the
+  workdir has no step."""
   wd = Workdir(workdir)
   if os.path.isdir(wd.averaged):
-    params, metadata = _load_averaged(wd.averaged)
-    steps, newest = metadata.get('averaged_steps', []), max(wd.steps(), default=None)
-    logging.info('using the average of steps %s from %s', steps, wd.averaged)
-    if newest is not None and steps and newest > max(steps):
-      logging.warning('%s averages steps %s but step %d exists; re-run average_checkpoints '
-                      'to use the newer ones', wd.averaged, steps, newest)
-    return params, metadata, wd.averaged
+    try:
+      params, metadata = _load_averaged(wd.averaged)
+    except CorruptError as e:
+      if not wd.steps():
+        raise CheckpointError(f'{wd.averaged} is unreadable and there is no checkpoint step '
+                              f'to use instead: restore it, or import the model again ({e})'
+                              ) from None
+      logging.warning('%s is unreadable: using the newest readable step instead; rebuild it '
+                      'with transformer-jax-average --workdir %s (%s)', wd.averaged, workdir, e)
+    else:
+      steps, newest = metadata.get('averaged_steps', []), max(wd.steps(), default=None)
+      logging.info('using the average of steps %s from %s', steps, wd.averaged)
+      if newest is not None and steps and newest > max(steps):
+        logging.warning('%s averages steps %s but step %d exists; re-run average_checkpoints '
+                        'to use the newer ones', wd.averaged, steps, newest)
+      return params, metadata, wd.averaged
   manager = _manager(wd.checkpoints, create=False)
   (params, metadata), where, _ = newest_readable(
       manager, lambda step, _: _restore_params(manager, step))

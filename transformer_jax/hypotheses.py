@@ -11,6 +11,18 @@ Scores, in nats: `log_prob` is the sum of the output's token log-probabilities, 
 included (an ensemble's: the mean of its members'); `score` is that over the GNMT length
 penalty ((5 + n) / 6) ** alpha of its n tokens, what beam search ranks by (also reported
 for greedy decoding and sampling, from their log-probabilities).
+
+An output is a text, and its scores are the text's: those of the ids the vocabulary
+encodes it to (`encode_target`), which `score_lines` (the score CLI) computes for it. An
+output at the length limit ends in a forced EOS, scored (`decoding`). Where the search
+emitted another segmentation than the text's own (the text re-encodes to other ids, e.g.
+'▁a' 'b' where the vocabulary has '▁ab'), the hypothesis is rescored by teacher forcing;
+an n-best list is then sorted by these scores, a text found twice kept once.
+
+Word alignments index whitespace words of the texts as written (`line.split()` of the
+input line and of the output): each token's word is found from the characters it covers
+(`scoring.span_words`), so characters SentencePiece drops and unknown pieces (' ⁇ ') count
+as in the text.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from transformer_jax import decoding, inference, scoring
+from transformer_jax.model_config import EOS_ID
 
 # (source ids [B, S], batch number) -> tokens [B, n, L], scores [B, n], log-probs [B, n],
 # cross-attention [B, n, L, S] (None without alignments).
@@ -73,36 +86,71 @@ def make_search_fn(model: inference.LoadedModel, options: SearchOptions,
   return search_fn
 
 
-def _word_indices(vocab: Any, ids: Sequence[int], width: int, words: int) -> list[int]:
-  """Each of `width` token positions' whitespace word index (`scoring.word_indices` of the
-  pieces of `ids`, the tokens before EOS); -1 for EOS, padding and pieces beyond `words`
-  (a lone trailing '▁' that the text does not keep)."""
-  indices = [w if w < words else -1 for w in scoring.word_indices(vocab.pieces(ids))]
-  return indices + [-1] * (width - len(indices))
+def _padded(words: Sequence[int], width: int) -> list[int]:
+  """Token word indices (`scoring.span_words`) completed with -1 (EOS, padding) to `width`."""
+  return list(words) + [-1] * (width - len(words))
 
 
-def search_lines(lines: Sequence[str], search_fn: SearchFn, vocab: Any, *, batch_size: int,
-                 max_source_len: int, progress: bool = True) -> list[list[Hypothesis]]:
-  """Decode `lines` -> per line its hypotheses, best first (beam search: those that
-  finished; none for a blank line, which never reaches the model). Batching and the
-  cutting of long sources as in `inference.translate_lines`."""
+def source_words(vocab: Any, line: str, count: int) -> list[int]:
+  """The whitespace word of `line` (as written: a BOM starting it, which encoding drops,
+  counts) that each of the first `count` tokens of its source ids belongs to (-1: none;
+  `scoring.span_words`)."""
+  text = line.removeprefix(inference.BOM)
+  shift = len(line) - len(text)
+  return scoring.span_words(line, [(b + shift, e + shift) for b, e in vocab.spans(text)][:count])
+
+
+def search_lines(lines: Sequence[str], model: inference.LoadedModel, options: SearchOptions, *,
+                 batch_size: int, mesh: Optional[Mesh] = None,
+                 progress: bool = True) -> list[list[Hypothesis]]:
+  """Decode `lines` with `options` (`make_search_fn`) -> per line its hypotheses, best
+  first (beam search: those that finished; none for a line with no content, which never
+  reaches the model). Batching and the cutting of long sources as in
+  `inference.translate_lines`. Scores are those of each output's text (the module's
+  docstring): outputs that re-encode to other ids are rescored (`_rescore`)."""
+  vocab, search_fn = model.vocab, make_search_fn(model, options, mesh)
   results: list[list[Hypothesis]] = [[] for _ in lines]
-  sources = inference.encode_lines(lines, vocab, max_source_len)
+  resegmented: dict[tuple[int, int], list[int]] = {}
+  sources = inference.encode_lines(lines, vocab, model.max_len)
   batches = inference.length_batches({i: (ids,) for i, ids in sources.items()}, batch_size,
-                                     max_source_len, progress)
+                                     model.max_len, progress)
   for number, (rows, (inputs,)) in enumerate(batches):
     tokens, scores, log_probs, attention = search_fn(inputs, number)
     for r, i in enumerate(rows):
-      source_words = _word_indices(vocab, sources[i][:-1], inputs.shape[1], len(lines[i].split()))
+      words = _padded(source_words(vocab, lines[i], len(sources[i]) - 1), inputs.shape[1])
       for k, output in enumerate(decoding.trim(tokens[r])):
         if not np.isfinite(scores[r, k]):
           continue  # beam search: fewer than n_best finished
-        text = vocab.decode(output)
+        text, spans = vocab.decode_spans(output)
         pairs = () if attention is None else tuple(scoring.align(
-            attention[r, k], source_words,
-            _word_indices(vocab, output, tokens.shape[-1], len(text.split()))))
+            attention[r, k], words,
+            _padded(scoring.span_words(text, spans), tokens.shape[-1])))
         results[i].append(Hypothesis(text, float(scores[r, k]), float(log_probs[r, k]), pairs))
-  return results
+        canonical = inference.fit_source(vocab.encode_target(text), model.max_len)
+        if canonical != output + [EOS_ID]:
+          resegmented[i, len(results[i]) - 1] = canonical
+  _rescore(results, resegmented, sources, model, options.search.alpha, batch_size)
+  return [_best_first(found) for found in results]
+
+
+def _rescore(results: list[list[Hypothesis]], resegmented: dict[tuple[int, int], list[int]],
+             sources: dict[int, list[int]], model: inference.LoadedModel, alpha: float,
+             batch_size: int) -> None:
+  """Give hypothesis k of line i (`results[i][k]`, a key of `resegmented`) the scores of
+  its text's ids `resegmented[i, k]` (teacher-forced, as `score_lines`), in place."""
+  pairs = {key: (sources[key[0]], ids) for key, ids in resegmented.items()}
+  for (i, k), (log_prob, _) in _force_decode(pairs, model, batch_size).items():
+    penalty = float(decoding.length_penalty(len(resegmented[i, k]), alpha))
+    results[i][k] = dataclasses.replace(results[i][k], score=log_prob / penalty,
+                                        log_prob=log_prob)
+
+
+def _best_first(found: Sequence[Hypothesis]) -> list[Hypothesis]:
+  """Hypotheses sorted by score, best first (stable), each text once."""
+  best: dict[str, Hypothesis] = {}
+  for h in sorted(found, key=lambda h: -h.score):
+    best.setdefault(h.text, h)
+  return list(best.values())
 
 
 def format_lines(results: Sequence[Sequence[Hypothesis]], *, n_best: bool, scores: bool,
@@ -126,20 +174,32 @@ def score_lines(sources: Sequence[str], targets: Sequence[str],
                 progress: bool = True) -> list[tuple[float, list[float]]]:
   """Force-decoding scores of line-aligned (source, target) pairs -> per pair (log p(target
   | source), or with `normalise` its mean per token; each target token's log-probability,
-  EOS last), from `scoring.score` on batches bucketed by length as in translation. Blank
-  lines are scored too (as EOS alone); sources and targets longer than the model's
-  max_len are cut to it (EOS kept), with a warning."""
+  EOS last), from `scoring.score` on batches bucketed by length as in translation. Targets
+  are encoded as targets (`encode_target`: an imported model's target SentencePiece
+  model). Blank lines are scored too (as EOS alone); sources and targets longer than the
+  model's max_len are cut to it (EOS kept), with a warning."""
   if len(sources) != len(targets):
     raise ValueError(f'{len(sources)} sources but {len(targets)} targets')
-  encode = lambda lines, what: inference.encode_lines(lines, model.vocab, model.max_len,
-                                                      skip_empty=False, what=what)
-  source_ids, target_ids = encode(sources, 'source lines'), encode(targets, 'target lines')
-  results: list[tuple[float, list[float]]] = [(0.0, [])] * len(sources)
-  pairs = {i: (source_ids[i], target_ids[i]) for i in range(len(sources))}
-  for rows, (inputs, outputs) in inference.length_batches(pairs, batch_size, model.max_len,
+  source_ids = inference.encode_lines(sources, model.vocab, model.max_len, skip_empty=False,
+                                      what='source lines')
+  target_ids = inference.encode_lines(targets, model.vocab, model.max_len, target=True,
+                                      what='target lines')
+  scores = _force_decode({i: (source_ids[i], target_ids[i]) for i in range(len(sources))},
+                         model, batch_size, normalise=normalise, progress=progress)
+  return [scores[i] for i in range(len(sources))]
+
+
+def _force_decode(pairs: dict[Any, tuple[list[int], list[int]]], model: inference.LoadedModel,
+                  batch_size: int, *, normalise: bool = False,
+                  progress: bool = False) -> dict[Any, tuple[float, list[float]]]:
+  """(source ids, target ids) pairs, each EOS-terminated -> per key (the target's total or,
+  with `normalise`, mean log-probability; each target token's), from `scoring.score` on
+  batches bucketed by length (`inference.length_batches`)."""
+  scores = {}
+  for keys, (inputs, outputs) in inference.length_batches(pairs, batch_size, model.max_len,
                                                           progress):
     total, per_token = (np.asarray(x) for x in scoring.score(
         model.decoder, inputs, outputs, normalise=normalise))
-    for r, i in enumerate(rows):
-      results[i] = (float(total[r]), per_token[r, :len(target_ids[i])].tolist())
-  return results
+    for r, key in enumerate(keys):
+      scores[key] = (float(total[r]), per_token[r, :len(pairs[key][1])].tolist())
+  return scores

@@ -30,20 +30,18 @@ from flax import linen as nn
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from transformer_jax import checkpoint, decoding, sharding
+from transformer_jax import checkpoint, compatibility, decoding, sharding
 from transformer_jax.checkpoint import CheckpointError
 from transformer_jax.model import Transformer, TransformerConfig
 from transformer_jax.model_config import EOS_ID, RUNTIME_FIELDS, TRAINING_FIELDS
-from transformer_jax.tokenizer import Vocabulary, load_vocabulary as read_vocabulary
+from transformer_jax.tokenizer import INVISIBLE, Vocabulary, load_vocabulary as read_vocabulary
 from transformer_jax.workdir import (Workdir, WorkdirError, file_sha256,
                                      model_config_from_dict, model_config_to_dict, read_json)
 
 MIN_BUCKET = 16
 BOM = '\ufeff'
-# Text with nothing to translate: white space, control characters and Unicode's
-# default-ignorable code points (zero-width spaces and joiners, BOM, soft hyphen, bidi and
-# variation marks, ...), which SentencePiece drops or maps to <unk>.
-_NO_CONTENT = regex.compile(r'[\p{White_Space}\p{Cc}\p{Default_Ignorable_Code_Point}]*')
+# Text with nothing to translate: white space and invisible characters.
+_NO_CONTENT = regex.compile(rf'[\p{{White_Space}}{INVISIBLE}]*')
 
 # Source ids [B, S] (int32, 0-padded) -> output ids [B, L].
 TranslateFn = Callable[[np.ndarray], np.ndarray]
@@ -81,7 +79,7 @@ def load_for_inference(workdir: str) -> tuple[Any, TransformerConfig, str]:
   params, metadata, where = checkpoint.load_params(wd.root)
   if 'model_config' in metadata:
     cfg = model_config_from_dict(metadata['model_config'], source=f'{where} metadata')
-    if os.path.exists(wd.model_config_json) and (diffs := checkpoint.mismatch(
+    if os.path.exists(wd.model_config_json) and (diffs := compatibility.mismatch(
         metadata, {'model_config': read_json(wd.model_config_json)})):
       raise CheckpointError(f'{wd.model_config_json} disagrees with {where}: {diffs[0]}')
   else:
@@ -89,7 +87,7 @@ def load_for_inference(workdir: str) -> tuple[Any, TransformerConfig, str]:
   ones = jnp.ones((1, 1), jnp.int32)
   expected = jax.eval_shape(lambda: nn.meta.unbox(
       Transformer(cfg).init(jax.random.key(0), ones, ones)['params']))
-  if diffs := checkpoint.shape_mismatch(params, expected):
+  if diffs := compatibility.shape_mismatch(params, expected):
     raise CheckpointError(f'{where} does not fit the model of its config: {"; ".join(diffs)}')
   vocab_path = wd.saved_vocab_path()
   if 'vocab_sha256' in metadata and file_sha256(vocab_path) != metadata['vocab_sha256']:
@@ -112,20 +110,26 @@ def load_vocabulary(path: str, config: TransformerConfig) -> Vocabulary:
   return vocab
 
 
-def load_model(workdir: str, mesh: Optional[Mesh] = None) -> LoadedModel:
+def load_model(workdir: str, mesh: Optional[Mesh] = None, *,
+               task: Optional[str] = None) -> LoadedModel:
   """Params (on the default device, or replicated on `mesh`), config and vocabulary of a
-  training workdir (averaged if present)."""
-  return load_ensemble([workdir], mesh)
+  training workdir (averaged if present); with `task`, a workdir of that task only
+  (`check_task`)."""
+  return load_ensemble([workdir], mesh, task=task)
 
 
-def load_ensemble(workdirs: Sequence[str], mesh: Optional[Mesh] = None) -> LoadedModel:
+def load_ensemble(workdirs: Sequence[str], mesh: Optional[Mesh] = None, *,
+                  task: Optional[str] = None) -> LoadedModel:
   """`load_model` of one workdir, or an `Ensemble` of several (members may differ in
   size), with the first one's vocabulary. InferenceError naming both workdirs if a
-  member's vocabulary file differs (SHA-256) from the first one's."""
+  member's vocabulary file differs (SHA-256) from the first one's, or (with `task`) if a
+  workdir was trained for another task."""
   members = []
   for workdir in workdirs:
     if not os.path.isdir(workdir):
       raise InferenceError(f'workdir {workdir} does not exist')
+    if task is not None:
+      check_task(workdir, task)
     members.append(load_for_inference(workdir))
   vocab_path = members[0][2]
   for workdir, (_, _, path) in zip(workdirs[1:], members[1:]):
@@ -138,6 +142,18 @@ def load_ensemble(workdirs: Sequence[str], mesh: Optional[Mesh] = None) -> Loade
   except ValueError as e:  # the members' embedding sizes differ
     raise InferenceError(f'{", ".join(workdirs)}: {e}') from None
   return LoadedModel(place(step, mesh), load_vocabulary(vocab_path, members[0][1]))
+
+
+def check_task(workdir: str, task: str) -> None:
+  """InferenceError unless `workdir` was trained for `task` ('translation', 'parsing'): the
+  `task` of its config.json, 'translation' where it has none (older runs, imported
+  models)."""
+  wd = Workdir(workdir)
+  saved = wd.saved_config().get('task')
+  if (saved or 'translation') != task:
+    said = f'"task": "{saved}" in' if saved else 'no "task" in'
+    raise InferenceError(f'{workdir} holds a {saved or "translation"} model ({said} '
+                         f'{wd.config_json}), not a {task} one')
 
 
 def place(tree: Any, mesh: Optional[Mesh]) -> Any:
@@ -196,13 +212,18 @@ def source_ids(line: str, vocab: Any) -> Optional[list[int]]:
 
 
 def encode_lines(lines: Sequence[str], vocab: Any, max_len: int, *, skip_empty: bool = True,
-                 what: str = 'lines') -> dict[int, list[int]]:
+                 target: bool = False, what: str = 'lines') -> dict[int, list[int]]:
   """Line number -> the line's ids (EOS last), cut to `max_len` tokens keeping the EOS
-  (with one warning naming the first cut line); lines with no content are left out
-  (`skip_empty`: `source_ids` None) or encoded as they are (`vocab.encode`; EOS alone)."""
+  (with one warning naming the first cut line). Sources: lines with
+  no content are left out (`skip_empty`: `source_ids` None) or encoded as they are
+  (`vocab.encode`; EOS alone). `target`: the lines are targets, all encoded with
+  `vocab.encode_target` (an imported model's target SentencePiece model)."""
   encoded, cut = {}, []
   for i, line in enumerate(lines):
-    ids = source_ids(line, vocab) if skip_empty else vocab.encode(line)
+    if target:
+      ids = vocab.encode_target(line)
+    else:
+      ids = source_ids(line, vocab) if skip_empty else vocab.encode(line)
     if ids is not None:
       encoded[i] = fit_source(ids, max_len)
       if len(ids) > max_len:

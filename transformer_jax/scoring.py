@@ -13,14 +13,16 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import regex
 
 from transformer_jax.decoding import Model, ModelOrEnsemble
 from transformer_jax.model import Transformer
 from transformer_jax.model_config import PAD_ID
+from transformer_jax.tokenizer import INVISIBLE
 
 Array = jax.Array
 
-WORD_START = '\u2581'  # SentencePiece's mark of a piece that begins a whitespace word
+_INVISIBLE = regex.compile(f'[{INVISIBLE}]')
 
 
 @jax.jit
@@ -69,22 +71,24 @@ def cross_attention(model: Model, inputs: Array, targets: Array,
   return jnp.mean(weights['attention_weights'][0], axis=1)
 
 
-def word_indices(pieces: Sequence[str]) -> list[int]:
-  """SentencePiece pieces of one sentence's words (without EOS) -> for each, the index of
-  the whitespace word it belongs to (a piece starting with '▁' starts a new word)."""
-  indices, word = [], -1
-  for piece in pieces:
-    if piece.startswith(WORD_START) or word < 0:
-      word += 1
-    indices.append(word)
-  return indices
+def span_words(text: str, spans: Sequence[tuple[int, int]]) -> list[int]:
+  """Each token's whitespace word in `text` (its index in `text.split()`) from the
+  [begin, end) characters of `text` it covers (`tokenizer` `spans` / `decode_spans`): the
+  word of its first visible character; -1 for a token with none (a lone '▁', or only
+  characters SentencePiece drops into a neighbour's span: U+200B, U+200E, a BOM, ...)."""
+  word, words = -1, []
+  for i, char in enumerate(text):
+    word += not char.isspace() and (i == 0 or text[i - 1].isspace())
+    words.append(-1 if char.isspace() or _INVISIBLE.match(char) else word)
+  return [next((words[i] for i in range(begin, min(end, len(text))) if words[i] >= 0), -1)
+          for begin, end in spans]
 
 
 def align(weights: Any, source_words: Sequence[int],
           target_words: Sequence[int]) -> list[tuple[int, int]]:
   """Word alignment of one sentence pair from attention weights [T, S] (e.g. a sentence's
   `cross_attention`, cut to its tokens) and each token's word index (-1: none, e.g. EOS and
-  padding; see `word_indices`): every target token with a word is aligned to the source
+  padding; see `span_words`): every target token with a word is aligned to the source
   token of largest weight among those with a word, giving the pair (source word, target
   word). -> the distinct pairs, sorted."""
   weights = np.asarray(weights, np.float64)

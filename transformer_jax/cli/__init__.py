@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import codecs
 import logging
-import math
 import os
 import sys
 from typing import Any, Callable, NoReturn, Optional, Sequence

@@ -16,7 +16,7 @@ import logging
 import sys
 from typing import Callable, Mapping, Optional, Sequence
 
-from transformer_jax import cli, inference
+from transformer_jax import cli
 from transformer_jax.interop import marian
 
 

@@ -8,6 +8,8 @@ space-separated, EOS last. Pairs are batched by length as in translation (`--bat
 rows, lengths rounded up to powers of two); blank lines are scored (as EOS alone); lines
 longer than the model's `max_len` tokens are cut to it (EOS kept), with a warning.
 Several `--workdir`s score as an ensemble (the mean of the members' log-probabilities).
+Targets are split with the target vocabulary (an imported model's target.spm); the score
+of an output that `transformer-jax-translate` printed is the score it printed.
 Unequal line counts, a bad flag, or a missing or incompatible checkpoint end with one
 line on stderr, exit 2 (`cli`). The work is done by `transformer_jax.hypotheses`.
 """
@@ -49,7 +51,7 @@ def _score(args) -> None:
   if len(sources) != len(targets):
     raise cli.UserError(f'{args.source} has {len(sources)} lines but {args.target} '
                         f'{len(targets)}')
-  model = inference.load_ensemble(args.workdir)
+  model = inference.load_ensemble(args.workdir, task='translation')
   scores = hypotheses.score_lines(sources, targets, model, batch_size=args.batch_size,
                                   normalise=args.normalise, progress=not args.no_progress)
   cli.write_lines(args.output, [

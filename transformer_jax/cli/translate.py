@@ -14,7 +14,9 @@ from `<workdir>/config.json`): the zh / ja-mecab / ko-mecab tokenizers for Chine
 Japanese, Korean, 13a otherwise.
 Several `--workdir`s decode as an ensemble (same vocabulary). `--n_best K` writes the beam's
 K best per input as `index ||| hypothesis ||| score ||| log_prob`, `--scores` and
-`--alignment` add fields to 1-best lines, `--sample` samples (`hypotheses.format_lines`).
+`--alignment` add fields to 1-best lines, `--sample` samples (`hypotheses.format_lines`);
+a printed score is that of the printed text, what `transformer-jax-score` gives for it.
+A workdir trained for another task (its config.json's "task", e.g. a parser) is refused.
 Each batch is split over all of JAX's devices; on a CPU host JAX is first told to present
 the CPU as `--cpu_devices` devices (default: 2 where there are at least 2 cores, unless
 the environment sets JAX_NUM_CPU_DEVICES or XLA's host device count), whose
@@ -119,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _translate(args) -> None:
   options = search_options(args)
   mesh = cli.decoding_mesh(args.cpu_devices)
-  model = inference.load_ensemble(args.workdir, mesh)
+  model = inference.load_ensemble(args.workdir, mesh, task='translation')
   lines = cli.read_lines(args.input)
   references = None if args.reference is None else cli.read_lines(args.reference)
   if references is not None and len(references) != len(lines):
@@ -127,10 +129,8 @@ def _translate(args) -> None:
                         f'{len(lines)}')
   if references is not None:
     target_lang = bleu_language(args.target_lang, args.workdir[0])
-  results = hypotheses.search_lines(lines, hypotheses.make_search_fn(model, options, mesh),
-                                    model.vocab, batch_size=args.batch_size,
-                                    max_source_len=model.max_len,
-                                    progress=not args.no_progress)
+  results = hypotheses.search_lines(lines, model, options, batch_size=args.batch_size,
+                                    mesh=mesh, progress=not args.no_progress)
   cli.write_lines(args.output, hypotheses.format_lines(
       results, n_best=args.n_best is not None, scores=args.scores, alignment=args.alignment))
   if references is not None:

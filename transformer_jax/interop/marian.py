@@ -43,7 +43,7 @@ import numpy as np
 import sentencepiece as spm
 from flax import linen as nn
 
-from transformer_jax import checkpoint, inference
+from transformer_jax import checkpoint, compatibility, inference
 from transformer_jax.model import ACTIVATIONS, Transformer, TransformerConfig
 from transformer_jax.tokenizer import TwoModelVocabulary, load_vocabulary
 from transformer_jax.workdir import Workdir
@@ -208,22 +208,38 @@ def _param_shapes(cfg: TransformerConfig) -> dict[tuple[str, ...], tuple[int, ..
           for path, x in jax.tree_util.tree_flatten_with_path(shapes)[0]}
 
 
+def _hf_shape(t: _Tensor, shape: tuple[int, ...], d_model: int) -> tuple[int, ...]:
+  """The Transformers shape of `t`, whose parameter here has `shape`: attention kernels
+  [N, H, D] / [D, N, H] are [N·H, D] / [D, N·H], their biases [N·H], the logits bias [1, V]."""
+  size = int(np.prod(shape))
+  if t.name == 'final_logits_bias':
+    return (1, size)
+  if len(shape) == 3:
+    return (d_model, size // d_model) if t.path[-2] == 'out' else (size // d_model, d_model)
+  if len(shape) == 2 and t.path[-1] == 'bias':
+    return (size,)
+  return shape
+
+
 def params_from_hf(weights: Mapping[str, np.ndarray], cfg: TransformerConfig,
                    marian_ids: list[int], source: str) -> Params:
-  """This library's float32 params (nested dicts of numpy arrays) from Transformers tensors."""
+  """This library's float32 params (nested dicts of numpy arrays) from Transformers tensors;
+  ConversionError naming the first tensor missing or of another shape than `cfg` gives."""
   shapes, params = _param_shapes(cfg), {}
   inverse = np.argsort(feature_permutation(cfg.d_model))
   for t in _tensors(cfg):
     if t.name not in weights:
       raise ConversionError(f'{source} has no tensor {t.name}')
+    expected = _hf_shape(t, shapes[t.path], cfg.d_model)
+    if tuple(weights[t.name].shape) != expected:
+      raise ConversionError(f'{source}: tensor {t.name} has shape {weights[t.name].shape}, '
+                            f'config.json (d_model={cfg.d_model}, vocab_size={cfg.vocab_size}, '
+                            f'encoder_ffn_dim={cfg.d_ff}) gives {expected}')
     x = np.asarray(weights[t.name], np.float32)
     for axis in t.model_axes:
       x = np.take(x, inverse, axis=axis)
     if t.vocab_axis is not None:
       x = np.take(x, marian_ids, axis=t.vocab_axis)
-    if x.size != np.prod(shapes[t.path]):
-      raise ConversionError(f'{source}: {t.name} has shape {weights[t.name].shape}, which '
-                            f'does not fit {"/".join(t.path)} {shapes[t.path]}')
     node = params
     for key in t.path[:-1]:
       node = node.setdefault(key, {})
@@ -244,12 +260,7 @@ def params_to_hf(params: Params, cfg: TransformerConfig,
     else:
       x = functools.reduce(lambda node, key: node[key], t.path, params)
     x = np.asarray(x, np.float32)
-    if t.name == 'final_logits_bias':
-      x = x.reshape(1, -1)
-    elif x.ndim == 3:  # attention kernels: [N, H, D] -> [N·H, D], [D, N, H] -> [D, N·H]
-      x = x.reshape(d, -1) if t.path[-2] == 'out' else x.reshape(-1, d)
-    elif x.ndim == 2 and t.path[-1] == 'bias':  # [N, H] -> [N·H]
-      x = x.reshape(-1)
+    x = x.reshape(_hf_shape(t, x.shape, d))
     for axis in t.model_axes:
       x = np.take(x, perm, axis=axis)
     if t.vocab_axis is not None:
@@ -335,6 +346,14 @@ def _read_vocabulary(hf_dir: str, vocab_size: int) -> tuple[bytes, bytes, str]:
   return models[0], models[1], text
 
 
+def _make_dir(path: str) -> None:
+  """Create the directory `path` if needed; ConversionError if it cannot be (a file...)."""
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise ConversionError(f'cannot create the directory {path}: {e.strerror}') from None
+
+
 def import_marian(hf_dir: str, workdir: str) -> str:
   """Convert the Marian `save_pretrained` directory `hf_dir` into a new workdir (which must
   not exist or be empty); returns the path of its parameters (`<workdir>/averaged`)."""
@@ -356,7 +375,7 @@ def import_marian(hf_dir: str, workdir: str) -> str:
   pad_row = weights.get('model.shared.weight', np.zeros((cfg.vocab_size, 1)))[marian_ids[0]]
   cfg = cfg.replace(zero_pad_embedding=not np.any(pad_row))
   params = params_from_hf(weights, cfg, marian_ids, hf_dir)
-  os.makedirs(workdir, exist_ok=True)
+  _make_dir(workdir)
   wd = Workdir(workdir)
   with open(wd.two_model_vocab, 'wb') as f:
     f.write(vocabulary_file(source_spm, target_spm, vocab_json, marian_ids))
@@ -364,7 +383,7 @@ def import_marian(hf_dir: str, workdir: str) -> str:
     json.dump(kept, f, indent=1)
   wd.save_model_config(cfg)
   return checkpoint.write_averaged(workdir, params, {
-      **checkpoint.training_metadata(cfg, wd.two_model_vocab), 'averaged_steps': [],
+      **compatibility.training_metadata(cfg, wd.two_model_vocab), 'averaged_steps': [],
       'imported_from': os.path.abspath(hf_dir)})
 
 
@@ -421,17 +440,16 @@ def export_marian(workdir: str, out_dir: str) -> list[str]:
   }
   if 'special_tokens_map.json' in kept:
     files['special_tokens_map.json'] = kept['special_tokens_map.json']
-  os.makedirs(out_dir, exist_ok=True)
-  written = []
-  for name, text in files.items():
-    written.append(os.path.join(out_dir, name))
-    with open(written[-1], 'w', encoding='utf-8') as f:
-      f.write(text)
-  for name, data in zip(SPM_FILES, spm_models):
-    written.append(os.path.join(out_dir, name))
-    with open(written[-1], 'wb') as f:
-      f.write(data)
+  _make_dir(out_dir)
+  contents = {**{name: text.encode('utf-8') for name, text in files.items()},
+              **dict(zip(SPM_FILES, spm_models))}
+  written = [os.path.join(out_dir, name) for name in [*contents, 'model.safetensors']]
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  written.append(os.path.join(out_dir, 'model.safetensors'))
-  save_file(params_to_hf(params, cfg, marian_ids), written[-1], metadata={'format': 'pt'})
+  try:
+    for path, data in zip(written, contents.values()):
+      with open(path, 'wb') as f:
+        f.write(data)
+    save_file(params_to_hf(params, cfg, marian_ids), written[-1], metadata={'format': 'pt'})
+  except OSError as e:
+    raise ConversionError(f'cannot write {e.filename or out_dir}: {e.strerror}') from None
   return written

@@ -52,9 +52,10 @@ def make_parser(model: inference.LoadedModel, linearization: str = 'xx') -> Pars
 
 
 def load(workdir: str, mesh: Optional[Mesh] = None) -> Parser:
-  """The parser of a training workdir (`inference.load_model`), its linearisation as its
-  config.json says ('xx' if it says none); InferenceError if they do not fit."""
-  model = inference.load_model(workdir, mesh)
+  """The parser of a training workdir (`inference.load_model`; refused if it is not a
+  parser's), its linearisation as its config.json says ('xx' if it says none);
+  InferenceError if they do not fit."""
+  model = inference.load_model(workdir, mesh, task='parsing')
   linearization = Workdir(workdir).saved_config().get('linearization', 'xx')
   try:
     return make_parser(model, linearization)

@@ -39,6 +39,7 @@ Bad input raises `DataError` with a one-line message naming the file and line.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import io
 import logging
@@ -46,6 +47,7 @@ import math
 import os
 import tarfile
 import tempfile
+import weakref
 from typing import Callable, Iterator, Optional, Sequence
 
 import jax
@@ -93,24 +95,33 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str,
                                   config.seed, symbols)
 
 
-def tokenize(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Vocabulary,
-             chunk: int = 256, alpha: float = 0.0, nbest_size: int = -1) -> tf.data.Dataset:
+def tokenize(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Vocabulary, chunk: int = 256,
+             sampling: Optional[tokenizer_lib.Sampling] = None) -> tf.data.Dataset:
   """String pairs → {'inputs', 'targets'} int32 id vectors ending in EOS (order kept).
 
-  `alpha` > 0 samples each sentence's segmentation anew every time it is read
-  (subword regularisation, see `vocabulary.tf_sentencepiece`); 0: always the best one.
+  With `sampling`, each sentence's segmentation is sampled anew every time it is read
+  (subword regularisation, `vocabulary.tf_sampler`); else it is always the best one.
+  Samples are reproducible: chunk c of `chunk` pairs (counted from the start of `pairs`,
+  across epochs) samples with the key c, so the same pairs and seed give the same
+  segmentations, and a restored iterator (whose position holds the count) goes on with
+  those an uninterrupted one would have drawn.
   """
-  source, target = vocabulary.tf_encoders(tokenizer, alpha, nbest_size)
-
   def with_eos(ids: tf.RaggedTensor) -> tf.RaggedTensor:
     eos = tf.fill([ids.nrows(), 1], tf.constant(tokenizer_lib.EOS_ID, ids.dtype))
     return tf.concat([ids, eos], axis=1)
 
-  return (pairs.batch(chunk)
-          .map(lambda s, t: {'inputs': with_eos(source(s)), 'targets': with_eos(target(t))},
-               num_parallel_calls=AUTOTUNE)
-          .unbatch()
-          .map(lambda ex: ex))  # unbatched rows come typed as ragged rank 0: make them dense
+  if sampling is None:
+    source, target = vocabulary.tf_encoders(tokenizer)
+    chunks = pairs.batch(chunk).map(
+        lambda s, t: {'inputs': with_eos(source(s)), 'targets': with_eos(target(t))},
+        num_parallel_calls=AUTOTUNE)
+  else:
+    sample = vocabulary.tf_sampler(tokenizer, sampling)
+    chunks = pairs.batch(chunk).enumerate().map(
+        lambda key, pair: {'inputs': with_eos(sample(pair[0], key, False)),
+                           'targets': with_eos(sample(pair[1], key, True))},
+        num_parallel_calls=AUTOTUNE)
+  return chunks.unbatch().map(lambda ex: ex)  # unbatched rows come typed as ragged rank 0
 
 
 def _longest_side(example: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -249,10 +260,11 @@ def _per_process(value: int, process_count: int, name: str) -> int:
 def train_dataset(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Vocabulary,
                   config: ml_collections.ConfigDict, process_count: int = 1) -> tf.data.Dataset:
   """Infinite shuffled train batches (see module docstring) from this process's pairs."""
+  alpha = config.get('spm_alpha', 0.0)
+  sampling = tokenizer_lib.Sampling(alpha, config.get('spm_nbest_size', -1),
+                                    config.seed) if alpha > 0 else None
   tokens = filter_length(tokenize(pairs.shuffle(config.shuffle_buffer, seed=config.seed)
-                                  .repeat(), tokenizer, alpha=config.get('spm_alpha', 0.0),
-                                  nbest_size=config.get('spm_nbest_size', -1)),
-                         config.max_len)
+                                  .repeat(), tokenizer, sampling=sampling), config.max_len)
   if config.batching == 'pack':
     rows = _per_process(config.batch_size, process_count, 'batch_size')
     batches = pack(tokens, config.max_len).batch(rows, drop_remainder=True)
@@ -301,6 +313,13 @@ class TrainIterator:
   def __init__(self, dataset: tf.data.Dataset):
     self._iterator = iter(dataset)
     self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
+    # The pipeline's threads must stop before the interpreter does: one running Python
+    # (sampled segmentations) then aborts the process ("terminate called ...").
+    atexit.register(lambda ref: ref() and ref().close(), weakref.ref(self))
+
+  def close(self) -> None:
+    """Stop the pipeline's threads; the iterator cannot be used afterwards."""
+    self._iterator = self._checkpoint = None
 
   def __iter__(self) -> 'TrainIterator':
     return self

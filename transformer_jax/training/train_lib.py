@@ -290,7 +290,7 @@ class _Run:
   """What set-up gives the loop: the mesh, data, model, state, steps and writers."""
 
   def __init__(self, config: Any, workdir: str):
-    from transformer_jax import checkpoint, inference  # orbax: only when training.
+    from transformer_jax import checkpoint, compatibility, inference  # orbax: only when training.
     from transformer_jax.training import tasks
     from transformer_jax.training import config as config_lib  # ml_collections: the steps need none
     config_lib.validate_config(config)
@@ -307,7 +307,7 @@ class _Run:
     if vocab is None:
       metadata = {'model_config': model_config_to_dict(self.model_cfg)}
     else:  # the vocabulary the tokenizer was loaded from
-      metadata = checkpoint.training_metadata(self.model_cfg, vocab)
+      metadata = compatibility.training_metadata(self.model_cfg, vocab)
     self.ckpt = checkpoint.Checkpointer(
         workdir, save_every_steps=config.save_every_steps, keep=config.keep_checkpoints,
         async_save=config.async_checkpointing,

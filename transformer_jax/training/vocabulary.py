@@ -4,8 +4,9 @@
     SentencePiece model first if absent. Training writes a temporary file and renames it
     with `overwrite=False`, so concurrent hosts never see a partial file and all end up
     using the first model written.
-  * `tf_encoders(vocab, alpha, nbest_size)`: the (source, target) in-graph encoders of a
-    `tokenizer.Vocabulary` (one joint model, or an imported model's two).
+  * `tf_encoders(vocab)`: the (source, target) in-graph encoders of a `tokenizer.Vocabulary`
+    (one joint model, or an imported model's two); `tf_sampler(vocab, sampling)` samples
+    segmentations instead (subword regularisation), reproducibly for a seed and key.
 
 The vocabularies themselves (`Tokenizer`, `TwoModelVocabulary`) live in the plain
 `transformer_jax.tokenizer`, which decoding uses without TensorFlow.
@@ -13,45 +14,38 @@ The vocabularies themselves (`Tokenizer`, `TwoModelVocabulary`) live in the plai
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
 import uuid
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
 import tensorflow_text as tftxt
 
-from transformer_jax.tokenizer import (EOS_ID, PAD_ID, UNK_ID, Tokenizer, TwoModelVocabulary,
+from transformer_jax.tokenizer import (EOS_ID, PAD_ID, UNK_ID, Sampling, Tokenizer,
                                        Vocabulary, load_vocabulary)
 
 
-def tf_sentencepiece(model: bytes, alpha: float = 0.0, nbest_size: int = -1,
-                     out_type: Any = tf.int32) -> tftxt.SentencepieceTokenizer:
-  """In-graph tokenizer of a SentencePiece `model` (ids, or `out_type`, e.g. strings; no
-  EOS: the pipeline adds it).
-
-  `alpha` > 0 samples a segmentation per call (subword regularisation, Kudo 2018): unigram
-  models sample among the `nbest_size` best (-1: all) with inverse temperature `alpha`; BPE
-  models drop merges with probability `alpha` (BPE-dropout). 0: the best.
-  """
-  sampling = dict(nbest_size=nbest_size, alpha=alpha) if alpha > 0 else {}
-  return tftxt.SentencepieceTokenizer(model=model, add_eos=False, out_type=out_type,
-                                      **sampling)
+def tf_sentencepiece(model: bytes, out_type: Any = tf.int32) -> tftxt.SentencepieceTokenizer:
+  """In-graph tokenizer of a SentencePiece `model`: the best segmentation, as ids (or
+  `out_type`, e.g. strings); no EOS: the pipeline adds it."""
+  return tftxt.SentencepieceTokenizer(model=model, add_eos=False, out_type=out_type)
 
 
-def tf_encoders(vocab: Vocabulary, alpha: float = 0.0, nbest_size: int = -1
-                ) -> tuple[Any, Any]:
-  """(source, target) in-graph encoders: string tensor [N] -> ragged ids [N, None], no EOS.
+def tf_encoders(vocab: Vocabulary) -> tuple[Any, Any]:
+  """(source, target) in-graph encoders: string tensor [N] -> ragged ids [N, None] of the
+  best segmentation, no EOS.
 
   A joint model encodes both sides. An imported model's two-model vocabulary splits
   sources with its source model (a leading `>>xx<<` code kept as one piece, as
   `TwoModelVocabulary.encode` does) and targets with its target model, as Marian trains;
-  pieces map to ids through the shared vocabulary (unknown: `<unk>`). Sampling as
-  `tf_sentencepiece`."""
+  pieces map to ids through the shared vocabulary (unknown: `<unk>`)."""
   if isinstance(vocab, Tokenizer):
-    encode = tf_sentencepiece(vocab.model_proto, alpha, nbest_size).tokenize
+    encode = tf_sentencepiece(vocab.model_proto).tokenize
     return encode, encode
   ids = vocab.piece_ids
   table = tf.lookup.StaticHashTable(
@@ -59,7 +53,7 @@ def tf_encoders(vocab: Vocabulary, alpha: float = 0.0, nbest_size: int = -1
       ids['<unk>'])
 
   def encoder(model: bytes, codes: bool) -> Any:
-    sp = tf_sentencepiece(model, alpha, nbest_size, out_type=tf.string)
+    sp = tf_sentencepiece(model, out_type=tf.string)
 
     def encode(text: Any) -> Any:
       if codes:  # the code as one piece (empty when there is none), the rest split
@@ -72,6 +66,31 @@ def tf_encoders(vocab: Vocabulary, alpha: float = 0.0, nbest_size: int = -1
       return tf.ragged.map_flat_values(table.lookup, pieces)
     return encode
   return encoder(vocab.source_model, True), encoder(vocab.target_model, False)
+
+
+def tf_sampler(vocab: Vocabulary, sampling: Sampling) -> Callable[[Any, Any, bool], Any]:
+  """In-graph sampled segmentations (subword regularisation, `tokenizer.Sampling`):
+  (string tensor [N], key: int64 scalar tensor, target side?) -> ragged ids [N, None], no
+  EOS, split as `tf_encoders` splits them.
+
+  The vocabulary's `segment` runs in a `tf.numpy_function` with SentencePiece seeded from
+  (`sampling.seed`, key, side), so the samples are a function of the texts, the seed and
+  the key alone. (TensorFlow Text's in-graph sampler draws from a generator that cannot
+  be seeded.) Calls sample one at a time (SentencePiece's generator is one per process)."""
+  def segment(texts: np.ndarray, key: np.ndarray, target: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    seed = np.random.SeedSequence([sampling.seed, int(key), int(target)]).generate_state(1)
+    ids = vocab.segment([t.decode('utf-8') for t in texts], target=bool(target),
+                        sampling=dataclasses.replace(sampling, seed=int(seed[0])))
+    return (np.asarray([i for row in ids for i in row], np.int32),
+            np.asarray([len(row) for row in ids], np.int64))
+
+  def sample(texts: Any, key: Any, target: bool) -> Any:
+    flat, lengths = tf.numpy_function(segment, [texts, key, target], [tf.int32, tf.int64],
+                                      stateful=False)
+    return tf.RaggedTensor.from_row_lengths(tf.ensure_shape(flat, [None]),
+                                            tf.ensure_shape(lengths, [None]))
+  return sample
 
 
 def train_model(sentences: Iterable[str], vocab_size: int, model_type: str = 'unigram',
