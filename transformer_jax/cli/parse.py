@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-from transformer_jax import cli, inference
+from transformer_jax import cli
 from transformer_jax.parsing import parser as parser_lib
 from transformer_jax.parsing import tokenize
 
