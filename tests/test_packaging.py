@@ -14,6 +14,7 @@ import configparser
 import functools
 import importlib.metadata
 import os
+import subprocess
 import sys
 
 from packaging.requirements import Requirement
@@ -172,3 +173,28 @@ def test_console_scripts_of_the_plain_install_use_plain_modules():
            for name, target in targets.items()}
   assert {name for name, tier in found.items() if tier == 'train'} == TRAIN_SCRIPTS, found
   assert all(target.startswith('transformer_jax.cli.') for target in targets.values())
+
+
+def test_every_command_line_runs_as_a_module():
+  """`python -m transformer_jax.cli.<name> --help` for every console script (import and
+  export: `python -m transformer_jax.cli.marian import|export`)."""
+  scripts = _setup_cfg()['options.entry_points']['console_scripts'].strip().split('\n')
+  calls = []
+  for line in scripts:
+    name, target = (part.strip() for part in line.split('='))
+    module = target.split(':')[0]
+    calls.append((module, [name.rpartition('-')[2]] if module.endswith('.marian') else []))
+  code = ('import runpy, sys\n'
+          f'for module, sub in {calls!r}:\n'
+          '  sys.argv = [module] + sub + ["--help"]\n'
+          '  try:\n'
+          '    runpy.run_module(module, run_name="__main__")\n'
+          '  except SystemExit as e:\n'
+          '    assert e.code in (0, None), (module, e.code)\n'
+          '  else:\n'
+          '    raise AssertionError(f"{module} did not run")\n'
+          'print("ok")')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.returncode == 0 and out.stdout.strip().endswith('ok'), out.stderr[-2000:]
+  assert out.stdout.count('usage:') == len(calls)

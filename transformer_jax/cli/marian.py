@@ -58,5 +58,16 @@ def run_export() -> None:
   sys.exit(export_main())
 
 
+COMMANDS = {'import': run_import, 'export': run_export}
+
+
+def run() -> None:
+  """`python -m transformer_jax.cli.marian import|export FLAGS...`."""
+  if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+    print('usage: python -m transformer_jax.cli.marian import|export [flags]', file=sys.stderr)
+    sys.exit(2)
+  COMMANDS[sys.argv.pop(1)]()
+
+
 if __name__ == '__main__':
-  sys.exit('use transformer-jax-import or transformer-jax-export')
+  run()

@@ -100,3 +100,7 @@ def quiet_checkpoint_info() -> None:
 def run() -> None:
   """Console-script entry point."""
   sys.exit(main())
+
+
+if __name__ == '__main__':
+  run()
