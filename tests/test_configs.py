@@ -119,6 +119,9 @@ def test_out_of_range_values_are_rejected_with_their_names():
   config.update(batch_size=8, warmup_steps=10, label_smoothing=0.1, num_eval_batches=0)
   with pytest.raises(ValueError, match=r'^config.num_eval_batches=0 must be -1 \(all\) or > 0$'):
     config_lib.validate_config(config)
+  config.update(num_eval_batches=1, linearization='trees')
+  with pytest.raises(ValueError, match=r"^config.linearization='trees' must be one of 'xx', "):
+    config_lib.validate_config(config)
   config = _load('demo.py')
   config.max_len = 512
   with pytest.raises(ValueError, match=r'^config.max_len=512 exceeds config.model.max_len=256'):

@@ -22,11 +22,20 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from transformer_jax.parsing.linearize import LINEARIZATIONS
+
 
 class Rule(NamedTuple):
-  """What a numeric value must satisfy, said in words for the error message."""
+  """What a value must satisfy, said in words for the error message; `numeric`: the value
+  must also be a number."""
   words: str
   check: Callable[[Any], bool]
+  numeric: bool = True
+
+
+def one_of(*choices: str) -> Rule:
+  """The rule of a value that must be one of `choices`."""
+  return Rule(f'one of {", ".join(map(repr, choices))}', lambda v: v in choices, False)
 
 
 POSITIVE = Rule('> 0', lambda v: v > 0)
@@ -41,7 +50,7 @@ _SCHEMA: tuple[tuple[str, Any, Optional[Rule], bool], ...] = (
     ('dataset', 'tfds', None, DATA),
     # Parsing: how a tree is written as a target (parsing.linearize): 'xx' (the paper's word
     # slots) | 'tags' (POS tags in their place) | 'words' (the words themselves).
-    ('linearization', 'xx', None, DATA),
+    ('linearization', 'xx', one_of(*LINEARIZATIONS), DATA),
     ('tfds_name', 'wmt14_translate/de-en', None, DATA),
     ('tfds_data_dir', '', None, RUN),  # '': tfds default; the dataset must be prepared
     # Split names for 'tfds' ('train[:1%]' slicing works), 'bible' and 'craft' (train, dev, test).
@@ -218,7 +227,8 @@ def validate_config(config: Mapping[str, Any]) -> None:
                      'see transformer_jax.training.config for the valid keys')
   get = lambda key: functools.reduce(lambda c, k: c[k], key.split('.'), config)
   bad = [f'config.{key}={config[key]!r} must be {rule.words}' for key, _, rule, _ in _SCHEMA
-         if rule and not (isinstance(config[key], (int, float)) and rule.check(config[key]))]
+         if rule and not ((not rule.numeric or isinstance(config[key], (int, float)))
+                          and rule.check(config[key]))]
   if not bad:
     try:  # TransformerConfig's own checks, before the (slow) data set-up
       model_config(config, config['vocab_size'])
