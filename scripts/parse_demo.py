@@ -77,7 +77,7 @@ def _runs(args: argparse.Namespace, golds: list) -> list[tuple[str, object, list
       searches.append((f'greedy_first{len(subset)}', parser_lib.GREEDY, subset))
     searches.append((f'beam{args.beam_size}' + ('' if subset is golds else
                                                 f'_first{len(subset)}'), beam, subset))
-  modes = [False, True] if args.ablation else [not args.unconstrained]
+  modes = [True, False] if args.ablation else [not args.unconstrained]
   return [(name + ('' if constrained else '_unconstrained'), search, trees, constrained)
           for constrained in modes for name, search, trees in searches]
 
