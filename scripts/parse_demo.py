@@ -14,7 +14,8 @@ Decoding runs under the tree automaton (every output a tree over the sentence's 
 `--minutes 60` after a 20-minute run continues it to 60 training minutes); `--fresh`
 starts over; `--config.KEY=VALUE` overrides a config key as `transformer-jax-train` does
 (e.g. `--config.linearization=xx`). `--beam_sentences N` beam-decodes only the first N
-test sentences (the greedy F1 on the same sentences is printed beside it). Results are
+test sentences (the greedy F1 on the same sentences is printed beside it; `--subset_only`:
+no greedy pass over the whole split). Results are
 also written to `<workdir>/test_f1.json`, the trees to `<workdir>/test_trees_*.txt`.
 """
 
@@ -42,6 +43,8 @@ def _arguments() -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument('--beam_size', type=int, default=21, help='beam for the beam F1')
   parser.add_argument('--beam_sentences', type=int, default=-1,
                       help='beam-decode only the first N test sentences (-1: all)')
+  parser.add_argument('--subset_only', action='store_true',
+                      help='with --beam_sentences N: greedy on those N only, not the whole split')
   parser.add_argument('--no_train', action='store_true', help='only parse, with the workdir')
   parser.add_argument('--unconstrained', action='store_true',
                       help='decode without the tree automaton')
@@ -71,12 +74,12 @@ def _runs(args: argparse.Namespace, golds: list) -> list[tuple[str, object, list
   subset = golds if args.beam_sentences < 0 else golds[:args.beam_sentences]
   beam = decoding.Search(beam_size=args.beam_size, alpha=parser_lib.PAPER.alpha,
                          max_extra_len=parser_lib.PAPER.max_extra_len)
-  searches = [('greedy', parser_lib.GREEDY, golds)]
+  part = '' if subset is golds else f'_first{len(subset)}'
+  searches = ([] if args.subset_only and part else [('greedy', parser_lib.GREEDY, golds)])
   if args.beam_size > 1:
-    if subset is not golds:
-      searches.append((f'greedy_first{len(subset)}', parser_lib.GREEDY, subset))
-    searches.append((f'beam{args.beam_size}' + ('' if subset is golds else
-                                                f'_first{len(subset)}'), beam, subset))
+    if part:
+      searches.append((f'greedy{part}', parser_lib.GREEDY, subset))
+    searches.append((f'beam{args.beam_size}{part}', beam, subset))
   modes = [True, False] if args.ablation else [not args.unconstrained]
   return [(name + ('' if constrained else '_unconstrained'), search, trees, constrained)
           for constrained in modes for name, search, trees in searches]
@@ -117,8 +120,9 @@ def main() -> None:
   results = {}
   for name, search, trees, constrained in _runs(args, golds):
     start = time.perf_counter()
-    if name.startswith('greedy_first'):  # the greedy trees of the whole set, cut
-      whole = results[name.replace(f'_first{len(trees)}', '', 1)]['evaluation']
+    whole = results.get(name.replace(f'_first{len(trees)}', '', 1))
+    if name.startswith('greedy_first') and whole:  # the greedy trees of the whole set, cut
+      whole = whole['evaluation']
       evaluation = whole._replace(scores=evalb.evaluate(trees, whole.trees[:len(trees)]),
                                   trees=whole.trees[:len(trees)], repaired_percent=None)
     else:

@@ -176,3 +176,30 @@ def test_unconstrained_random_outputs_need_repair(vocab, dev_trees, random_model
   repaired = [linearize.from_sequence(symbols.read_ids(ids, table), tree.words())[1]
               for tree, ids in zip(trees, np.asarray(tokens))]
   assert any(repaired)
+
+
+def test_words_as_one_scores_placing_the_next_word_as_one_action(vocab, random_model):
+  """'words': each word piece carries log sum_w p(w), brackets and EOS keep their own
+  log-probs, so under the automaton (one piece allowed) the allowed mass is at most 1."""
+  table = symbols.vocabulary_table(vocab, 'words')
+  step = constraints.constrained(random_model, table)
+  inner = step.inner
+  assert isinstance(inner, constraints.WordsAsOne) and inner.inner is random_model
+  assert not isinstance(constraints.constrained(random_model, table, words_as_one=False).inner,
+                        constraints.WordsAsOne)
+  assert constraints.constrained(random_model, symbols.vocabulary_table(vocab, 'xx')
+                                 ).inner is random_model
+  source = jnp.asarray(_padded([vocab.encode('The cells divide .')]))
+  start = decoding.Start(source, jnp.asarray([20]), 1, 20)
+  previous, index = jnp.zeros((1,), jnp.int32), jnp.asarray(0)
+  model_lp = np.asarray(random_model.log_probs(random_model.init(start), previous, index)[0])
+  merged = np.asarray(inner.log_probs(inner.init(start), previous, index)[0])
+  words = np.isin(table.kinds, [symbols.SLOT, symbols.PIECE])
+  np.testing.assert_allclose(merged[:, words],
+                             np.broadcast_to(jax.nn.logsumexp(model_lp[:, words], axis=-1,
+                                                              keepdims=True), (1, words.sum())),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(merged[:, ~words], model_lp[:, ~words])
+  allowed = np.asarray(step.log_probs(step.init(start), previous, index)[0])
+  assert np.sum(np.isfinite(allowed[:, words])) == 1  # the first word's first piece
+  assert np.exp(allowed[np.isfinite(allowed)]).sum() <= 1 + 1e-5

@@ -149,6 +149,40 @@ class TreeConstraint:
     return allowed.at[:, EOS_ID].set(finished)
 
 
-def constrained(step: Any, table: symbols.TokenTable) -> decoding.Constrained:
-  """`step` (a `decoding.Model` or `Ensemble`) restricted to trees by `TreeConstraint`."""
+@struct.dataclass
+class WordsAsOne:
+  """A 'words' parser's step in which placing the next word is one action: every word
+  piece (SLOT or PIECE) gets the log-probability that *a* word comes next, the
+  log-sum-exp of theirs. Under `TreeConstraint` only the source's next piece survives, so
+  a hypothesis chooses between brackets and "the next word" (as an 'xx' parser chooses
+  `XX`): a model unsure *which* word comes next still places it instead of opening
+  brackets. Not normalised without the automaton; the state is `inner`'s."""
+  inner: Any
+  words: Array  # [V] bool
+
+  @property
+  def max_len(self) -> Any:
+    return self.inner.max_len
+
+  def init(self, start: Start) -> Any:
+    return self.inner.init(start)
+
+  def log_probs(self, state: Any, previous: Array, index: Array) -> tuple[Array, Any]:
+    log_probs, state = self.inner.log_probs(state, previous, index)
+    word = jax.nn.logsumexp(jnp.where(self.words, log_probs, -jnp.inf), axis=-1,
+                            keepdims=True)
+    return jnp.where(self.words, word, log_probs), state
+
+  def reorder(self, state: Any, origin: Array) -> Any:
+    return self.inner.reorder(state, origin)
+
+
+def constrained(step: Any, table: symbols.TokenTable, words_as_one: bool = True
+                ) -> decoding.Constrained:
+  """`step` (a `decoding.Model` or `Ensemble`) restricted to trees by `TreeConstraint`; for
+  a 'words' parser with `words_as_one`, placing the next word scored as one action
+  (`WordsAsOne`)."""
+  if table.copies_words and words_as_one:
+    step = WordsAsOne(step, jnp.isin(jnp.asarray(table.kinds), jnp.asarray([symbols.SLOT,
+                                                                            symbols.PIECE])))
   return decoding.Constrained(step, TreeConstraint.of(table))
