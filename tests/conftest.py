@@ -12,13 +12,17 @@ os.environ['XLA_FLAGS'] = ' '.join(filter(None, [
     os.environ.get('XLA_FLAGS'), '--xla_backend_optimization_level=0',
     '--xla_cpu_use_fusion_emitters=false', '--xla_cpu_parallel_codegen_split_count=1']))
 
+# One persistent compilation cache for the tests and every process they start (through
+# the environment): each program compiled once per suite, whichever process compiles it.
+os.environ.update(
+    JAX_COMPILATION_CACHE_DIR=os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.jax_cache'),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=os.environ.get('SPEED_MINT', '0'),
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.jax_cache')
-jax.config.update('jax_compilation_cache_dir', _CACHE)
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 # Start JAX now: a CLI's main() called in-process asks for CPU devices before JAX's first
 # computation, which must not change the device count of the tests that follow.
 jax.devices()

@@ -45,7 +45,6 @@ MODEL = TransformerConfig(vocab_size=64, d_model=32, d_ff=64, num_heads=4,
 
 def main():
   jax.config.update('jax_compilation_cache_dir', CACHE)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
   if NUM_PROCESSES > 1:
     distributed.initialize(f'localhost:{PORT}', NUM_PROCESSES, PROCESS_ID,
                            heartbeat_timeout_s=HEARTBEAT_S, initialization_timeout_s=60)

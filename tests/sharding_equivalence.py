@@ -31,7 +31,6 @@ from transformer_jax import workdir as workdir_lib  # noqa: E402
 from transformer_jax.training import config as config_lib  # noqa: E402
 
 jax.config.update('jax_compilation_cache_dir', sys.argv[1])
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 STEPS = 3
 MODEL = TransformerConfig(vocab_size=64, d_model=32, d_ff=64, num_heads=8,

@@ -77,19 +77,30 @@ def test_nbest_and_scores_lines(workdir, tmp_path):
   assert [bool(fields) for fields in one_best] == [bool(line.strip()) for line in LINES]
 
 
-def _forward_log_probs(model, source, target):
-  """Teacher-forced log p(target | source) per token from the model's forward pass."""
-  src = jnp.asarray([model.vocab.encode(source)], jnp.int32)
-  tgt = jnp.asarray([model.vocab.encode(target)], jnp.int32)
-  logits = Transformer(model.decoder.config).apply({'params': model.decoder.params}, src,
-                                                  tgt)[0]
-  log_probs = jax.nn.log_softmax(logits.at[:, 0].set(-jnp.inf), axis=-1)
-  return np.asarray(jnp.take_along_axis(log_probs, tgt[0][:, None], axis=-1)[:, 0])
+def _padded(rows):
+  out = np.zeros((len(rows), max(map(len, rows))), np.int32)
+  for row, ids in zip(out, rows):
+    row[:len(ids)] = ids
+  return out
+
+
+def _forward_log_probs(model, sources, targets):
+  """Teacher-forced log p(target | source) per token of each pair from the model's forward
+  pass (one jitted pass over the pairs padded into a batch: padding changes no real
+  position, see test_model)."""
+  tgt = [model.vocab.encode(t) for t in targets]
+  src, padded = _padded([model.vocab.encode(s) for s in sources]), _padded(tgt)
+  logits = jax.jit(Transformer(model.decoder.config).apply)(
+      {'params': model.decoder.params}, src, padded)
+  log_probs = jax.nn.log_softmax(logits.at[..., 0].set(-jnp.inf), axis=-1)
+  picked = np.asarray(jnp.take_along_axis(log_probs, padded[..., None], axis=-1)[..., 0])
+  return [row[:len(ids)] for row, ids in zip(picked, tgt)]
 
 
 def test_score_cli_equals_the_forward_pass(workdir, files, tmp_path, capsys):
   model = inference.load_model(str(workdir))
   targets = (files / 'tgt.txt').read_text(encoding='utf-8').splitlines()
+  forward = _forward_log_probs(model, LINES, targets)
   for normalise in (False, True):
     output = tmp_path / f'scores{normalise}.txt'
     assert score.main(['--workdir', str(workdir), '--source', str(files / 'in.txt'),
@@ -98,9 +109,8 @@ def test_score_cli_equals_the_forward_pass(workdir, files, tmp_path, capsys):
                       + ['--normalise'] * normalise) == 0
     lines = output.read_text(encoding='utf-8').splitlines()
     assert len(lines) == len(LINES)  # blank pairs too
-    for line, source, target in zip(lines, LINES, targets):
+    for line, expected in zip(lines, forward):
       total, per_token = line.split('\t')
-      expected = _forward_log_probs(model, source, target)
       np.testing.assert_allclose([float(x) for x in per_token.split()], expected, atol=2e-5)
       np.testing.assert_allclose(float(total), np.mean(expected) if normalise
                                  else np.sum(expected), atol=2e-5)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -185,10 +186,20 @@ def _tiny_training_config(**changes):
   return config
 
 
-def test_training_loop_logs_checkpoints_and_resumes(tmp_path):
-  workdir = str(tmp_path)
-  state = train_lib.train_and_evaluate(_tiny_training_config(), workdir)
-  assert int(state.step) == 6
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """configs/tiny.py trained to its end in a workdir (tests that change it copy it), and
+  the step the run returned."""
+  workdir = tmp_path_factory.mktemp('trained') / 'run'
+  state = train_lib.train_and_evaluate(_tiny_training_config(), str(workdir))
+  return workdir, int(state.step)
+
+
+@pytest.mark.xdist_group('trained')
+def test_training_loop_logs_checkpoints_and_resumes(tmp_path, trained):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(trained[0], workdir)
+  assert trained[1] == 6
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
   train = [r for r in records if 'train/loss' in r]
@@ -255,9 +266,9 @@ def test_sigterm_during_set_up_saves_and_returns(tmp_path, monkeypatch):
   assert 'eval/loss' not in (metrics.read_text() if metrics.exists() else '')  # no evaluation
 
 
-def test_fine_tuning_starts_from_the_given_parameters_with_a_fresh_optimizer(tmp_path):
-  base, tuned = str(tmp_path / 'base'), str(tmp_path / 'tuned')
-  train_lib.train_and_evaluate(_tiny_training_config(), base)
+@pytest.mark.xdist_group('trained')
+def test_fine_tuning_starts_from_the_given_parameters_with_a_fresh_optimizer(tmp_path, trained):
+  base, tuned = str(trained[0]), str(tmp_path / 'tuned')
   start, _, _ = inference.load_for_inference(base)  # what translate would use
   # No steps: the new run's state is exactly its starting point.
   state = train_lib.train_and_evaluate(
@@ -274,9 +285,10 @@ def test_fine_tuning_starts_from_the_given_parameters_with_a_fresh_optimizer(tmp
   assert max(jax.tree.leaves(moved)) > 0
 
 
-def test_fine_tuning_refuses_another_model_or_vocabulary(tmp_path):
+@pytest.mark.xdist_group('trained')
+def test_fine_tuning_refuses_another_model_or_vocabulary(tmp_path, trained):
   base = str(tmp_path / 'base')
-  train_lib.train_and_evaluate(_tiny_training_config(num_train_steps=3, average_last=0), base)
+  shutil.copytree(trained[0], base)
   wider = _tiny_training_config(init_from=base)
   wider.model.d_ff = 128
   with pytest.raises(checkpoint.CheckpointError,

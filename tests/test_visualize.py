@@ -4,9 +4,16 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from test_translate import workdir  # noqa: F401 - the fixture: a real training workdir
+from test_translate import make_workdir
 from transformer_jax import decoding, inference
 from transformer_jax.cli import visualize
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory, tiny_config):
+  """A real training workdir (`make_workdir`) of a model with max_len 8: sentences cut to
+  it plot small heatmaps."""
+  return make_workdir(tmp_path_factory.mktemp('workdir'), tiny_config.replace(max_len=8))
 
 
 def _random_weights(rng, heads, queries, keys):
@@ -51,7 +58,7 @@ def test_collect_attention_shapes(tiny_config, tiny_params):
   assert np.triu(attention['decoder_self'][0][0], 1).max() == 0.0
 
 
-def test_cli_writes_heatmaps(workdir, tmp_path, capsys):  # noqa: F811
+def test_cli_writes_heatmaps(workdir, tmp_path, capsys):
   out = tmp_path / 'maps'
   assert visualize.main(['--workdir', str(workdir), '--sentence', 'bad face', '--output_dir',
                          str(out), '--beam_size', '1']) == 0
