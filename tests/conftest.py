@@ -17,7 +17,7 @@ os.environ['XLA_FLAGS'] = ' '.join(filter(None, [
 os.environ.update(
     JAX_COMPILATION_CACHE_DIR=os.path.join(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.jax_cache'),
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=os.environ.get('SPEED_MINT', '0'),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
 
 import jax  # noqa: E402
