@@ -68,7 +68,7 @@ def _prune_empty(tree: Tree) -> bool:
     if event == CLOSE:
       kept = [child for child in node.children if child.children]
       pruned |= len(kept) < len(node.children)
-      node.children = kept
+      node.children[:] = kept
   return pruned
 
 

@@ -48,7 +48,7 @@ _TOKEN = re.compile(r'\(|\)|[^\s()]+')
 _FUNCTION_TAG = re.compile(r'[-=]')
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Tree:
   """A constituent: `label` and children, either all subtrees or (for a preterminal)
   all words."""
@@ -189,7 +189,14 @@ def split_articles(split: str, path: str = DATA_PATH) -> list[str]:
 
 
 def split_trees(split: str, path: str = DATA_PATH) -> list[Tree]:
-  """The normalised trees of `split` ('train', 'dev', 'test'), in corpus order."""
+  """The normalised trees of `split` ('train', 'dev', 'test'), in corpus order. Read once
+  a process (the train split takes seconds): the trees are shared between calls, so copy
+  one before changing it."""
+  return list(_split_trees(split, path))
+
+
+@functools.lru_cache(maxsize=None)
+def _split_trees(split: str, path: str) -> tuple[Tree, ...]:
   articles = set(split_articles(split, path))
-  return [normalize(parse_tree(tree)) for article, tree in read_corpus(path)
-          if article in articles]
+  return tuple(normalize(parse_tree(tree)) for article, tree in read_corpus(path)
+               if article in articles)
