@@ -430,23 +430,25 @@ def test_beam_search_continues_while_an_alive_hypothesis_can_win():
 def test_stopping_early_never_changes_what_the_beam_returns():
   """48 random tiny models x 3 sentences x alpha in {0, 0.6, 2}, beam 2 (one vmapped call
   per variant): the result (1-best, and the whole n-best list) equals that of the same beam
-  run to every sentence's length limit."""
+  run to every sentence's length limit; so does a loop in length buckets of 1, 2, 4, 8
+  steps (the step's cache grown three times)."""
   params = _random_tiny_models(jax.random.split(jax.random.key(1), 48))
   alphas = jnp.repeat(jnp.array([0.0, 0.6, 2.0]), 48)
   params = jax.tree.map(lambda x: jnp.concatenate([x] * 3), params)
   src = jnp.array([[3, 4, 5, 6], [2, 3, 0, 0], [6, 5, 4, 0]])
 
-  def run(n, stop_early):
+  def run(n, stop_early, first_horizon=8):
     search = functools.partial(search_lib._beam_search, inputs=src, max_extra_len=4,
                                min_len=0, beam_size=2, length=8, n_best=n,
-                               stop_early=stop_early)
+                               stop_early=stop_early, first_horizon=first_horizon)
     result = jax.jit(jax.vmap(lambda p, alpha: search(decoding.Model(p, TINY), alpha=alpha)))(
         params, alphas)
     return result.tokens, result.scores(alphas[:, None, None]), result.log_probs
 
   full = run(2, False)
-  for n in (1, 2):
-    tokens, scores, log_probs = run(n, True)
+  assert search_lib.horizons(8, 1) == [1, 2, 4, 8] and search_lib.horizons(8) == [8]
+  for n, first_horizon in ((1, 8), (2, 8), (2, 1)):
+    tokens, scores, log_probs = run(n, True, first_horizon)
     np.testing.assert_array_equal(tokens, full[0][:, :, :n])
     np.testing.assert_allclose(scores, full[1][:, :, :n], atol=1e-6)
     np.testing.assert_allclose(log_probs, full[2][:, :, :n], atol=1e-6)

@@ -1,9 +1,10 @@
 """Searches over a step (`steps.Step`): greedy, ancestral sampling and beam search.
 
-Each is one jit-compiled `lax.while_loop` with named state over global arrays, so it runs
-unchanged on batches sharded over a device mesh; with `mesh=`, each device decodes its
-share of the rows instead (`devices.run`). Shapes: B = batch, S = source length, K = beam
-size, L = `max_decode_len` (static), V = vocabulary.
+Each is a jit-compiled `lax.while_loop` with named state over global arrays (beam search:
+one loop a length bucket, `horizons`), so it runs unchanged on batches sharded over a
+device mesh; with `mesh=`, each device decodes its share of the rows instead
+(`devices.run`). Shapes: B = batch, S = source length, K = beam size, L =
+`max_decode_len` (static), V = vocabulary.
 
 Every search returns a `Result`: tokens [B, n, L] (each output's tokens, its EOS, zeros
 after it) and their log-probabilities [B, n] (n = 1, or beam search's `n_best`). Token 0
@@ -238,13 +239,37 @@ def _merge_finished(s: BeamState, tokens: Array, log_probs: Array, ends: Array,
   return finished_tokens, finished_scores, finished_log_probs
 
 
-@functools.partial(jax.jit, static_argnames=('beam_size', 'length', 'n_best', 'stop_early'))
+# Beam search's loop runs in length buckets, FIRST_HORIZON steps and then doubling up to L:
+# the step's state (the decoder's slot cache, K slots a step for each sentence) is made for
+# the bucket's length, so early steps do not attend over the slots of the whole limit.
+FIRST_HORIZON = 64
+
+
+def horizons(length: int, first: Optional[int] = None) -> list[int]:
+  """The static lengths beam search's loop runs in: first, 2·first, ... up to `length`."""
+  out = [min(first or FIRST_HORIZON, length)]
+  while out[-1] < length:
+    out.append(min(2 * out[-1], length))
+  return out
+
+
+def grown(step: Step, state: Any, start: Start) -> Any:
+  """A step's `state` carried into the one `step.init(start)` makes for a longer
+  `start.length`: each leaf whose shape grew keeps its values at the origin (a step's
+  arrays index steps outermost along their length axes, as the slot cache does)."""
+  return jax.tree.map(lambda old, new: old if old.shape == new.shape else
+                      lax.dynamic_update_slice(new, old.astype(new.dtype), (0,) * old.ndim),
+                      state, step.init(start))
+
+
+@functools.partial(jax.jit, static_argnames=('beam_size', 'length', 'n_best', 'stop_early',
+                                             'first_horizon'))
 def _beam_search(step: Step, inputs: Array, alpha: Array, max_extra_len: Array,
                  min_len: Array, *, beam_size: int, length: int, n_best: int = 1,
-                 stop_early: bool = True) -> Result:
+                 stop_early: bool = True, first_horizon: Optional[int] = None) -> Result:
   """Beam search core -> Result of each sentence's `n_best` best finished hypotheses.
   `stop_early` False runs every sentence to its limit (what the stopping rule must not
-  change)."""
+  change); the loop runs in the buckets of `horizons(length, first_horizon)`."""
   batch, k = inputs.shape[0], beam_size
   limits = _limits(inputs, max_extra_len, length)
   best_alive_penalty = length_penalty(limits.astype(jnp.float32), alpha)
@@ -278,13 +303,17 @@ def _beam_search(step: Step, inputs: Array, alpha: Array, max_extra_len: Array,
       done = done | (finished[1][:, n_best - 1] >= alive_log_probs[:, 0] / best_alive_penalty)
     return BeamState(s.index + 1, alive_tokens, alive_log_probs, *finished, done, step_state)
 
-  start = Start(inputs, limits, k, length)
+  buckets = horizons(length, first_horizon)
   first_beam_only = jnp.where(jnp.arange(k) == 0, 0.0, NEG_INF)
   state = BeamState(jnp.zeros((), jnp.int32), jnp.zeros((batch, k, length), jnp.int32),
                     jnp.broadcast_to(first_beam_only, (batch, k)),
                     jnp.zeros((batch, k, length), jnp.int32), jnp.full((batch, k), NEG_INF),
-                    jnp.full((batch, k), NEG_INF), jnp.zeros((batch,), bool), step.init(start))
-  state = lax.while_loop(lambda s: (s.index < length) & ~jnp.all(s.done), body, state)
+                    jnp.full((batch, k), NEG_INF), jnp.zeros((batch,), bool),
+                    step.init(Start(inputs, limits, k, buckets[0])))
+  for i, horizon in enumerate(buckets):
+    if i:
+      state = state.replace(step=grown(step, state.step, Start(inputs, limits, k, horizon)))
+    state = lax.while_loop(lambda s, h=horizon: (s.index < h) & ~jnp.all(s.done), body, state)
   return Result(state.finished_tokens[:, :n_best], state.finished_log_probs[:, :n_best])
 
 

@@ -4,7 +4,9 @@ A `Step` is three pure functions over a state it defines (any pytree):
 
   * `init(start)`: the state for `start.inputs` [B, S], G = `start.hypotheses` rows per
     sentence (row b·G + g is hypothesis g of sentence b), outputs of at most
-    `start.length` tokens;
+    `start.length` tokens (beam search grows it bucket by bucket: arrays sized by the
+    length index steps outermost, so a longer state holds a shorter one at its origin,
+    `searches.grown`);
   * `log_probs(state, previous, index)`: previous [B·G] (the token chosen last, PAD_ID at
     index 0) -> (log-probabilities [B·G, V] of token number `index`, new state);
   * `reorder(state, origin)`: after beam search's selection, hypothesis g of sentence b
