@@ -15,29 +15,18 @@ from transformer_jax.training.config import default_config
 
 def get_config():
   config = default_config()
-  config.dataset = 'bible'
-  config.source_lang = 'en'
-  config.target_lang = 'es'
-  config.vocab_size = 8000
-  config.vocab_model_type = 'unigram'
-  config.max_len = 128
-  config.max_eval_len = 256
-  config.batching = 'pack'
-  config.batch_size = 16
-  config.shuffle_buffer = 20_000
+  # Data: the embedded corpus, a joint unigram vocabulary, packed rows.
+  config.update(dataset='bible', source_lang='en', target_lang='es', vocab_size=8000,
+                vocab_model_type='unigram', max_len=128, max_eval_len=256, batching='pack',
+                batch_size=16, shuffle_buffer=20_000)
   config.model.update(d_model=192, d_ff=768, num_heads=4, num_encoder_layers=3,
                       num_decoder_layers=3, pre_norm=True, max_len=256, dropout_rate=0.0)
-  config.warmup_steps = 150
-  config.learning_rate_multiplier = 0.5
-  config.num_train_steps = 1_000_000
-  config.train_minutes = 20.0
-  config.log_every_steps = 25
-  config.eval_every_steps = 1_000_000
-  config.eval_every_minutes = 10.0
-  config.decode_sentences = 200
-  config.max_decode_len = 256
-  config.save_every_steps = 25
-  config.keep_checkpoints = 5
-  config.async_checkpointing = False  # CPU: a background writer would slow the steps.
-  config.average_last = 5
+  # Optimisation and the loop's clock: 20 training minutes, evaluation every 10.
+  config.update(warmup_steps=150, learning_rate_multiplier=0.5, num_train_steps=1_000_000,
+                train_minutes=20.0, log_every_steps=25, eval_every_steps=1_000_000,
+                eval_every_minutes=10.0, decode_sentences=200, max_decode_len=256)
+  # Checkpoints 25 steps apart, the last 5 averaged; a background writer would slow the
+  # steps on CPU.
+  config.update(save_every_steps=25, keep_checkpoints=5, async_checkpointing=False,
+                average_last=5)
   return config

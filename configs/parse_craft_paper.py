@@ -18,25 +18,13 @@ from transformer_jax.training.config import default_config
 
 def get_config():
   config = default_config()
-  config.task = 'parsing'
-  config.dataset = 'craft'
-  config.linearization = 'words'
-  config.train_split, config.eval_split, config.test_split = 'train', 'dev', 'test'
-  config.source_lang = config.target_lang = 'en'
-  config.vocab_size = 16000
-  config.vocab_model_type = 'unigram'
-  config.max_len = 512
-  config.max_eval_len = 512
-  config.batching = 'tokens'
-  config.tokens_per_batch = 12_288
+  config.update(task='parsing', dataset='craft', linearization='words', train_split='train',
+                eval_split='dev', test_split='test', source_lang='en', target_lang='en')
+  config.update(vocab_size=16000, vocab_model_type='unigram', max_len=512, max_eval_len=512,
+                batching='tokens', tokens_per_batch=12_288)
   config.model.update(d_model=1024, d_ff=4096, num_heads=16, num_encoder_layers=4,
                       num_decoder_layers=4, dropout_rate=0.3, pre_norm=True, max_len=1024)
-  config.warmup_steps = 150
-  config.learning_rate_multiplier = 0.5
-  config.num_train_steps = 5_000
-  config.eval_every_steps = 500
-  config.decode_sentences = -1
-  config.decode_batch_size = 64
-  config.save_every_steps = 250
-  config.average_last = 5
+  config.update(warmup_steps=150, learning_rate_multiplier=0.5, num_train_steps=5_000,
+                eval_every_steps=500, decode_sentences=-1, decode_batch_size=64,
+                save_every_steps=250, average_last=5)
   return config

@@ -5,20 +5,10 @@ from transformer_jax.training.config import default_config
 
 def get_config():
   config = default_config()
-  config.dataset = 'synthetic'
-  config.vocab_size = 64
-  config.max_len = 16
-  config.max_eval_len = 16
-  config.batching = 'pack'
-  config.batch_size = 8
+  config.update(dataset='synthetic', vocab_size=64, max_len=16, max_eval_len=16,
+                batching='pack', batch_size=8)
   config.model.update(d_model=32, d_ff=64, num_heads=4, num_encoder_layers=2,
                       num_decoder_layers=2, max_len=32)
-  config.warmup_steps = 10
-  config.num_train_steps = 6
-  config.log_every_steps = 2
-  config.eval_every_steps = 3
-  config.save_every_steps = 3
-  config.keep_checkpoints = 2
-  config.average_last = 2
-  config.progress_bar = False
+  config.update(warmup_steps=10, num_train_steps=6, log_every_steps=2, eval_every_steps=3,
+                save_every_steps=3, keep_checkpoints=2, average_last=2, progress_bar=False)
   return config
