@@ -30,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from transformer_jax import compatibility
+from transformer_jax.compatibility import canonical, mismatch, shape_mismatch, structure_mismatch
 from transformer_jax.checksums import CorruptError, tree_checksums, verify_checksums
 from transformer_jax.workdir import Workdir, WorkdirError
 
@@ -167,7 +167,7 @@ class Checkpointer:
                metadata: Optional[Mapping[str, Any]] = None):
     self._workdir = Workdir(workdir)
     self.directory = self._workdir.checkpoints
-    self._metadata = compatibility.canonical(dict(metadata or {}))
+    self._metadata = canonical(dict(metadata or {}))
     self.restored_progress: dict[str, Any] = {}
     self._writing: Optional[int] = None  # the step of the save in flight
     self._manager = _manager(
@@ -240,9 +240,9 @@ class Checkpointer:
 
     def read(step: int, where: str) -> tuple[PyTree, dict[str, Any]]:
       saved = _read_step_metadata(self._manager, step)
-      diffs = compatibility.mismatch(saved, self._metadata) + compatibility.structure_mismatch(saved, abstract_state)
+      diffs = mismatch(saved, self._metadata) + structure_mismatch(saved, abstract_state)
       if not diffs:
-        diffs = compatibility.shape_mismatch(self._manager.item_metadata(step)['state'].tree, abstract_state)
+        diffs = shape_mismatch(self._manager.item_metadata(step)['state'].tree, abstract_state)
       if diffs:
         raise CheckpointError(f'{where} was saved by a different run ({"; ".join(diffs[:5])}); '
                               'use a new --workdir or restore the original config/vocabulary')
@@ -339,8 +339,8 @@ def average_checkpoints(workdir: str, num_last: int) -> str:
       raise CheckpointError(str(e)) from None
     if reference is None:
       reference = metadata
-    elif diffs := compatibility.mismatch(metadata, {k: reference[k] for k in ('model_config', 'vocab_sha256')
-                                       if k in reference}):
+    elif diffs := mismatch(metadata, {k: reference[k] for k in ('model_config', 'vocab_sha256')
+                                      if k in reference}):
       raise CheckpointError(f'{manager.directory}/{step} differs from step {steps[0]}: {diffs[0]}')
     as_float64 = jax.tree.map(lambda x: x.astype(np.float64), params)
     total = as_float64 if total is None else jax.tree.map(np.add, total, as_float64)

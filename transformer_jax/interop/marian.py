@@ -347,7 +347,7 @@ def _read_vocabulary(hf_dir: str, vocab_size: int) -> tuple[bytes, bytes, str]:
 
 
 def _make_dir(path: str) -> None:
-  """Create the directory `path` if needed; ConversionError if it cannot be (a file...)."""
+  """Create the directory `path` if needed; ConversionError if it cannot be (e.g. a file)."""
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:

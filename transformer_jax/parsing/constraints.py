@@ -8,9 +8,9 @@ over exactly the source's words that can still end within the sentence's length 
     linearisation the word is the source's own pieces, forced in order once begun;
   * a close only for an open constituent that already holds a word, with its label;
   * an open only while a word remains (to fill it), at most `max_depth` deep,
-    `max_run` in a row and `max_same` of one label in a row, and only if the rest still fits: with b tokens left (EOS
-    included), w word tokens to place and d constituents open, an open needs
-    b >= w + d + 3 (itself, its close, then the rest and EOS);
+    `max_run` in a row and `max_same` of one label in a row, and only if the rest still
+    fits: with b tokens left (EOS included), w word tokens to place and d constituents
+    open, an open needs b >= w + d + 3 (itself, its close, then the rest and EOS);
   * EOS only once every word is placed and every bracket closed.
 
 Every state it allows can finish (all words placed, brackets closed, EOS) within the
@@ -27,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from transformer_jax import decoding
@@ -183,6 +184,5 @@ def constrained(step: Any, table: symbols.TokenTable, words_as_one: bool = True
   a 'words' parser with `words_as_one`, placing the next word scored as one action
   (`WordsAsOne`)."""
   if table.copies_words and words_as_one:
-    step = WordsAsOne(step, jnp.isin(jnp.asarray(table.kinds), jnp.asarray([symbols.SLOT,
-                                                                            symbols.PIECE])))
+    step = WordsAsOne(step, jnp.asarray(np.isin(table.kinds, (symbols.SLOT, symbols.PIECE))))
   return decoding.Constrained(step, TreeConstraint.of(table))

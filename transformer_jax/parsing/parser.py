@@ -19,19 +19,18 @@ from typing import Any, NamedTuple, Optional, Sequence
 from jax.sharding import Mesh
 
 from transformer_jax import decoding, inference
-from transformer_jax.parsing import constraints, evalb, linearize, symbols, treebank
+from transformer_jax.parsing import constraints, evalb, linearize, symbols, tokenize, treebank
 from transformer_jax.parsing.treebank import Tree
 from transformer_jax.workdir import Workdir
 
 
 PAPER = decoding.Search(beam_size=21, alpha=0.3, max_extra_len=300)
 GREEDY = decoding.Search(beam_size=1, alpha=0.3, max_extra_len=300)
-_ESCAPES = {'(': '-LRB-', ')': '-RRB-'}
 
 
 def sentence_words(line: str) -> list[str]:
   """The words of a whitespace-tokenised sentence, `(` / `)` escaped as -LRB- / -RRB-."""
-  return [''.join(_ESCAPES.get(char, char) for char in word) for word in line.split()]
+  return [''.join(tokenize.ESCAPES.get(char, char) for char in word) for word in line.split()]
 
 
 class Parser(NamedTuple):
