@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax import Transformer, TransformerConfig, count_params, sharding
+from transformer_jax import Transformer, TransformerConfig, compatibility, count_params, sharding
 from transformer_jax.training import synthetic, train_lib
 from transformer_jax.training import optimizer as optimizer_lib
 from transformer_jax.training import config as config_lib
@@ -134,6 +134,20 @@ def test_out_of_range_values_are_rejected_with_their_names():
     config.model[key] = value
     with pytest.raises(ValueError, match=rf'^config.model: {message}'):
       config_lib.validate_config(config)
+
+
+def test_a_data_key_added_later_is_recorded_only_off_its_default():
+  """Checkpoints written before `pack_window` existed packed with its default: they still
+  resume with it, and not with another window."""
+  config = _load('tiny.py')
+  before = compatibility.canonical(config_lib.data_identity(config))  # as a checkpoint has it
+  assert 'pack_window' not in before and set(before) == set(config_lib.DATA_KEYS) - {
+      'pack_window'}
+  assert compatibility.mismatch({'data': before}, {'data': config_lib.data_identity(config)}
+                                ) == []
+  config.pack_window = 64
+  assert compatibility.mismatch({'data': before}, {'data': config_lib.data_identity(config)}
+                                ) == ['data.pack_window: checkpoint None != now 64']
 
 
 def _train_cli(*flags):

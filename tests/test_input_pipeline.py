@@ -72,7 +72,8 @@ def make_config(files, **overrides):
       dataset='text', tfds_name='', tfds_data_dir='', train_split='train',
       eval_split='validation', test_split='test', source_lang='en', target_lang='es',
       vocab_size=VOCAB_SIZE, vocab_model_type='unigram', vocab_max_sentences=10_000,
-      max_len=48, max_eval_len=256, batching='pack', batch_size=8, tokens_per_batch=512,
+      max_len=48, max_eval_len=256, batching='pack', batch_size=8, pack_window=64,
+      tokens_per_batch=512,
       bucket_boundaries=(), shuffle_buffer=64, seed=0, **files))
   config.update(overrides)
   return config
@@ -110,7 +111,7 @@ def test_packing_keeps_every_token_and_never_mixes_segments(examples):
   rows = list(ip.pack(tf.data.Dataset.from_generator(
       lambda: iter(examples),
       output_signature={k: tf.TensorSpec([None], tf.int32) for k in ip.SIDES}),
-      length).as_numpy_iterator())
+      length, window=4096).as_numpy_iterator())
   assert len(rows) < len(examples)  # several examples share a row
   unpacked = []
   for row in rows:
@@ -457,7 +458,7 @@ def test_training_on_text_reports_both_bleus_and_keeps_translations(files, tmp_p
   config.update(dataset='text', source_lang='en', target_lang='es', vocab_size=VOCAB_SIZE,
                 vocab_model_type='unigram', max_len=48, max_eval_len=48, num_train_steps=2,
                 eval_every_steps=2, num_eval_batches=1, decode_sentences=3,
-                max_decode_len=8, average_last=0, **files)
+                max_decode_len=8, average_last=0, pack_window=64, **files)
   config.model.max_len = 48
   train_lib.train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / 'metrics.jsonl') as f:

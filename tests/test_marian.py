@@ -319,7 +319,7 @@ def test_fine_tuning_an_imported_model(imported, tmp_path):
                                                'tiny.py'))
   config.update(dataset='text', init_from=workdir, vocab_size=model.vocab.vocab_size,
                 max_len=64, max_eval_len=64, num_train_steps=2, decode_sentences=0,
-                average_last=0, train_source=files['train', 'en'],
+                average_last=0, pack_window=64, train_source=files['train', 'en'],
                 train_target=files['train', 'es'], eval_source=files['dev', 'en'],
                 eval_target=files['dev', 'es'], test_source=files['dev', 'en'],
                 test_target=files['dev', 'es'])

@@ -25,7 +25,7 @@ def _train(tmp_path_factory, linearization):
   config.update(vocab_size=300, vocab_max_sentences=3000, batch_size=2, num_train_steps=3,
                 train_minutes=0.0, eval_every_minutes=0.0, eval_every_steps=3,
                 num_eval_batches=1, decode_sentences=EVAL_SENTENCES, save_every_steps=3,
-                average_last=0, progress_bar=False, shuffle_buffer=100,
+                average_last=0, progress_bar=False, shuffle_buffer=100, pack_window=64,
                 linearization=linearization)
   config.model.update(d_model=32, d_ff=64, num_heads=2, num_encoder_layers=1,
                       num_decoder_layers=1, max_len=512, dropout_rate=0.0)

@@ -25,8 +25,10 @@ normalised trees of 'train', 'dev' or 'test', split by whole articles (`split_of
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import gc
 import lzma
 import os
 import re
@@ -198,5 +200,19 @@ def split_trees(split: str, path: str = DATA_PATH) -> list[Tree]:
 @functools.lru_cache(maxsize=None)
 def _split_trees(split: str, path: str) -> tuple[Tree, ...]:
   articles = set(split_articles(split, path))
-  return tuple(normalize(parse_tree(tree)) for article, tree in read_corpus(path)
-               if article in articles)
+  with _no_garbage_collection():
+    return tuple(normalize(parse_tree(tree)) for article, tree in read_corpus(path)
+                 if article in articles)
+
+
+@contextlib.contextmanager
+def _no_garbage_collection():
+  """Python's cycle collector paused: building a split's millions of tree nodes (which
+  hold no cycles) otherwise spends two thirds of its time in repeated full collections."""
+  enabled = gc.isenabled()
+  gc.disable()
+  try:
+    yield
+  finally:
+    if enabled:
+      gc.enable()

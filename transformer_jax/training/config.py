@@ -72,6 +72,9 @@ _SCHEMA: tuple[tuple[str, Any, Optional[Rule], bool], ...] = (
     ('max_eval_len', 256, POSITIVE, RUN),  # eval/test: tokens per side, the padded length
     ('batching', 'tokens', None, DATA),  # 'pack' | 'tokens'
     ('batch_size', 64, POSITIVE, DATA),  # global rows per batch with 'pack' (and eval)
+    # 'pack': examples packed per window (a row closes at a window's end); the first batch
+    # waits for a whole window, so a smaller one starts sooner on a small corpus.
+    ('pack_window', 4096, POSITIVE, DATA),
     ('tokens_per_batch', 25000, POSITIVE, DATA),  # source (and target) tokens a step (§5.1)
     ('bucket_boundaries', (), None, DATA),  # 'tokens' bucket lengths; (): geometric from 8
     ('shuffle_buffer', 100_000, POSITIVE, DATA),
@@ -121,6 +124,9 @@ _SCHEMA: tuple[tuple[str, Any, Optional[Rule], bool], ...] = (
     ('progress_bar', True, None, RUN),
 )
 DATA_KEYS = tuple(key for key, _, _, data in _SCHEMA if data)
+# Data keys added after checkpoints already existed: recorded only when not at their
+# default, which is what those checkpoints' pipelines did, so that they still resume.
+LATER_DATA_KEYS = ('pack_window',)
 # Keys that were renamed: an old name is refused with the new one.
 RENAMED = {'num_bleu_sentences': 'decode_sentences', 'bleu_split': 'decode_split'}
 DTYPES = ('float32', 'bfloat16', 'float16')
@@ -259,6 +265,9 @@ def model_config(config: Any, vocab_size: int) -> Any:
 
 
 def data_identity(config: Mapping[str, Any]) -> dict[str, Any]:
-  """The values of `DATA_KEYS` (stored with every checkpoint, compared on resume)."""
-  return {key: config[key] for key in DATA_KEYS}
+  """The values of `DATA_KEYS` (stored with every checkpoint, compared on resume), less
+  `LATER_DATA_KEYS` at their defaults."""
+  defaults = {key: default for key, default, _, _ in _SCHEMA}
+  return {key: config[key] for key in DATA_KEYS
+          if key not in LATER_DATA_KEYS or config[key] != defaults[key]}
 

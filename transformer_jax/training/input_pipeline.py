@@ -14,7 +14,8 @@ Entry points
 Train batches (numpy int32, [rows, length], padding 0)
   * `batching='pack'`: keys `inputs`, `targets`, `inputs_position`,
     `targets_position`, `inputs_segmentation`, `targets_segmentation`; shape
-    [batch_size // process_count, max_len]; segment ids start at 1 in each row.
+    [batch_size // process_count, max_len]; segment ids start at 1 in each row;
+    examples are packed in order within windows of `pack_window` examples.
   * `batching='tokens'`: keys `inputs`, `targets`; shape [rows, bucket_length]
     with rows = (tokens_per_batch // process_count) // bucket_length, so each side
     holds at most that many tokens (padding included). With `grad_accum_steps` k > 1
@@ -202,7 +203,7 @@ def _pack_window(window: dict[str, tf.RaggedTensor], length: int) -> dict[str, t
   return out
 
 
-def pack(ds: tf.data.Dataset, length: int, window: int = 4096) -> tf.data.Dataset:
+def pack(ds: tf.data.Dataset, length: int, window: int) -> tf.data.Dataset:
   """Greedily pack examples (each side ≤ length) into rows of `length` tokens per side.
 
   Examples are kept in order; a row is closed when the next example does not fit on
@@ -267,7 +268,7 @@ def train_dataset(pairs: tf.data.Dataset, tokenizer: tokenizer_lib.Vocabulary,
                                   .repeat(), tokenizer, sampling=sampling), config.max_len)
   if config.batching == 'pack':
     rows = _per_process(config.batch_size, process_count, 'batch_size')
-    batches = pack(tokens, config.max_len).batch(rows, drop_remainder=True)
+    batches = pack(tokens, config.max_len, config.pack_window).batch(rows, drop_remainder=True)
   elif config.batching == 'tokens':
     budget = _per_process(config.tokens_per_batch, process_count, 'tokens_per_batch')
     batches = batch_by_tokens(tokens, budget,
