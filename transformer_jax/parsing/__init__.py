@@ -15,6 +15,7 @@ and `score_predictions` scores predicted sequences against the gold trees.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 from transformer_jax.parsing import evalb, linearize, treebank
@@ -22,9 +23,15 @@ from transformer_jax.parsing.treebank import Tree
 
 
 def pairs(split: str, linearization: str = 'xx') -> list[tuple[str, str]]:
-  """(words joined by spaces, bracket sequence) of every tree of `split`, corpus order."""
-  return [(' '.join(tree.words()), linearize.to_sequence(tree, linearization))
-          for tree in treebank.split_trees(split)]
+  """(words joined by spaces, bracket sequence) of every tree of `split`, corpus order
+  (computed once a process, like `treebank.split_trees`)."""
+  return list(_pairs(split, linearization))
+
+
+@functools.lru_cache(maxsize=None)
+def _pairs(split: str, linearization: str) -> tuple[tuple[str, str], ...]:
+  return tuple((' '.join(tree.words()), linearize.to_sequence(tree, linearization))
+               for tree in treebank.split_trees(split))
 
 
 def score_predictions(predictions: Sequence[str], sources: Sequence[str],
