@@ -208,7 +208,13 @@ def test_training_loop_logs_checkpoints_and_resumes(tmp_path, trained):
   assert {r['step'] for r in records if 'eval/loss' in r} == {3, 6}
   assert any('eval_averaged/loss' in r for r in records)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
-  assert os.path.isdir(os.path.join(workdir, 'tensorboard'))
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  events = EventAccumulator(os.path.join(workdir, 'tensorboard'))
+  events.Reload()
+  scalars = events.Scalars('train/loss')  # TensorBoard reads what metrics.jsonl holds
+  assert [e.step for e in scalars] == [r['step'] for r in train]
+  np.testing.assert_allclose([e.value for e in scalars], [r['train/loss'] for r in train],
+                             rtol=1e-6)
   # Another model is refused, and the workdir still describes the one its checkpoints hold.
   wider = _tiny_training_config()
   wider.model.d_model = 64
