@@ -80,7 +80,7 @@ class Tree:
   def preterminals(self) -> list['Tree']:
     """The preterminals, left to right."""
     found, stack = [], [self]
-    while stack:  # `events` without the constituents' events: 3x faster on the treebank
+    while stack:  # `events` without the constituents' events: 2x faster on the treebank
       node = stack.pop()
       if node.is_preterminal():
         found.append(node)
