@@ -123,6 +123,7 @@ _SCHEMA: tuple[tuple[str, Any, Optional[Rule], bool], ...] = (
     ('peak_tflops', 0.0, None, RUN),  # device peak for MFU; 0: from metrics.PEAK_TFLOPS
     ('progress_bar', True, None, RUN),
 )
+DEFAULTS = {key: default for key, default, _, _ in _SCHEMA}  # all immutable values
 DATA_KEYS = tuple(key for key, _, _, data in _SCHEMA if data)
 # Data keys added after checkpoints already existed: recorded only when not at their
 # default, which is what those checkpoints' pipelines did, so that they still resume.
@@ -139,7 +140,7 @@ def default_config() -> ml_collections.ConfigDict:
   `TransformerConfig`'s fields and defaults (dtypes by name) but the vocabulary sizes,
   which come from the tokenizer.
   """
-  c = ml_collections.ConfigDict({key: default for key, default, _, _ in _SCHEMA})
+  c = ml_collections.ConfigDict(DEFAULTS)
   c.model = ml_collections.ConfigDict(_model_defaults())
   return c
 
@@ -267,7 +268,6 @@ def model_config(config: Any, vocab_size: int) -> Any:
 def data_identity(config: Mapping[str, Any]) -> dict[str, Any]:
   """The values of `DATA_KEYS` (stored with every checkpoint, compared on resume), less
   `LATER_DATA_KEYS` at their defaults."""
-  defaults = {key: default for key, default, _, _ in _SCHEMA}
   return {key: config[key] for key in DATA_KEYS
-          if key not in LATER_DATA_KEYS or config[key] != defaults[key]}
+          if key not in LATER_DATA_KEYS or config[key] != DEFAULTS[key]}
 

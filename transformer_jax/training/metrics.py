@@ -93,7 +93,7 @@ class MetricWriter:
   """Scalars to `<workdir>/metrics.jsonl` and TensorBoard; a no-op unless `enabled`.
 
   Each `write(step, scalars)` appends one JSON line {"step", "time", **scalars}
-  and one TensorBoard event per scalar under `<workdir>/tensorboard/`.
+  and one TensorBoard event holding them under `<workdir>/tensorboard/`.
   """
 
   def __init__(self, workdir: str, enabled: bool = True):
@@ -104,11 +104,12 @@ class MetricWriter:
     # file I/O whenever it is installed (~3 s at every start, even on synthetic data).
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
-    os.makedirs(Workdir(workdir).tensorboard, exist_ok=True)
-    self._jsonl = open(Workdir(workdir).metrics_jsonl, 'a', encoding='utf-8')
+    paths = Workdir(workdir)
+    os.makedirs(paths.tensorboard, exist_ok=True)
+    self._jsonl = open(paths.metrics_jsonl, 'a', encoding='utf-8')
     now = time.time()
     name = f'events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}'
-    self._events = RecordWriter(open(os.path.join(Workdir(workdir).tensorboard, name), 'wb'))
+    self._events = RecordWriter(open(os.path.join(paths.tensorboard, name), 'wb'))
     self._events.write(event_pb2.Event(wall_time=now, file_version='brain.Event:2')
                        .SerializeToString())
 
