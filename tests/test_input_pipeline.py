@@ -237,6 +237,13 @@ def test_train_batches_have_the_documented_shapes(files):
   assert np.all(batch['inputs_segmentation'][:, 0] == 1)
 
 
+def test_pack_window_bounds_the_examples_a_row_holds(files, tokenizer):
+  """A row closes at a window's end: windows of one example give one example a row."""
+  rows = lambda window: np.concatenate([b['inputs_segmentation'] for b in _take(  # noqa: E731
+      _train_iter(files, tokenizer, pack_window=window), 4)])
+  assert rows(64).max() > 1 and rows(1).max() == 1
+
+
 @pytest.mark.parametrize('batching', ['pack', 'tokens'])
 def test_restored_iterator_continues_exactly(files, tokenizer, tmp_path, batching):
   train_iter = _train_iter(files, tokenizer, batching=batching)
